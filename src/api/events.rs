@@ -1,0 +1,159 @@
+//! Engine events of all prompts of a request, merged and turned into
+//! per-choice steps that chat and completions both format. Choice index =
+//! prompt index * n + sequence index. Usage comes once, after every choice
+//! finished; an error ends the steps.
+
+use std::time::Instant;
+
+use futures::stream::{SelectAll, StreamExt};
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+use super::admit::PendingGuard;
+use super::error::ApiError;
+use super::reqlog::RequestRecord;
+use super::wire_out::Usage;
+use super::AppState;
+use crate::engine::{EventKind, FinishReason, TokenEvent, TokenLogprob};
+
+/// New output of one choice.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delta {
+    pub choice: usize,
+    pub text: String,
+    /// The token this delta came from, when logprobs were asked for.
+    pub logprob: Option<TokenLogprob>,
+    /// "stop" or "length" on the choice's last delta.
+    pub finish: Option<&'static str>,
+}
+
+#[derive(Debug)]
+pub enum Step {
+    Delta(Delta),
+    /// All choices finished.
+    Usage(Usage),
+    Error(ApiError),
+}
+
+type Merged = SelectAll<futures::stream::BoxStream<'static, (usize, TokenEvent)>>;
+
+/// The live state of one admitted request, from submission to usage.
+pub struct Running {
+    events: Merged,
+    n: usize,
+    prompt_lens: Vec<usize>,
+    /// Per prompt: the most cached tokens any of its sequences reported.
+    cached: Vec<usize>,
+    completion_tokens: usize,
+    finished: Vec<bool>,
+    last_token_at: Vec<Option<Instant>>,
+    pending: Option<PendingGuard>,
+    record: RequestRecord,
+    state: std::sync::Arc<AppState>,
+    done: bool,
+}
+
+impl Running {
+    pub fn new(
+        receivers: Vec<UnboundedReceiver<TokenEvent>>,
+        n: usize,
+        prompt_lens: Vec<usize>,
+        pending: PendingGuard,
+        record: RequestRecord,
+        state: std::sync::Arc<AppState>,
+    ) -> Self {
+        let mut events = SelectAll::new();
+        for (p, rx) in receivers.into_iter().enumerate() {
+            events.push(UnboundedReceiverStream::new(rx).map(move |e| (p, e)).boxed());
+        }
+        let choices = prompt_lens.len() * n;
+        Running {
+            events,
+            n,
+            cached: vec![0; prompt_lens.len()],
+            prompt_lens,
+            completion_tokens: 0,
+            finished: vec![false; choices],
+            last_token_at: vec![None; choices],
+            pending: Some(pending),
+            record,
+            state,
+            done: false,
+        }
+    }
+
+    pub fn num_choices(&self) -> usize {
+        self.finished.len()
+    }
+
+    pub fn usage(&self) -> Usage {
+        Usage::new(self.prompt_lens.iter().sum(), self.cached.iter().sum(), self.completion_tokens)
+    }
+
+    /// The next step, or None after usage or an error.
+    pub async fn next_step(&mut self) -> Option<Step> {
+        if self.done {
+            return None;
+        }
+        if self.finished.iter().all(|&f| f) {
+            self.done = true;
+            return Some(Step::Usage(self.usage()));
+        }
+        loop {
+            let Some((prompt, event)) = self.events.next().await else {
+                return Some(Step::Error(self.fail("the engine stopped before the request finished".into())));
+            };
+            if event.index >= self.n {
+                return Some(Step::Error(self.fail(format!("engine sent sequence index {} for n = {}", event.index, self.n))));
+            }
+            let choice = prompt * self.n + event.index;
+            if let Some(step) = self.on_event(prompt, choice, event.kind) {
+                return Some(step);
+            }
+        }
+    }
+
+    fn fail(&mut self, detail: String) -> ApiError {
+        self.done = true;
+        self.record.set_error(&detail);
+        ApiError::Internal(detail)
+    }
+
+    fn on_event(&mut self, prompt: usize, choice: usize, kind: EventKind) -> Option<Step> {
+        if let Some(p) = self.pending.as_mut() {
+            p.release();
+        }
+        match kind {
+            EventKind::Token { text, logprob, .. } => {
+                let now = Instant::now();
+                if let Some(prev) = self.last_token_at[choice].replace(now) {
+                    self.state.metrics.inter_token_latency.record(now.duration_since(prev).as_secs_f64());
+                }
+                self.completion_tokens += 1;
+                self.record.add_completion_tokens(1);
+                if text.is_empty() && logprob.is_none() {
+                    return None;
+                }
+                Some(Step::Delta(Delta { choice, text, logprob, finish: None }))
+            }
+            EventKind::Finished { reason, text, usage } => {
+                self.cached[prompt] = self.cached[prompt].max(usage.cached_tokens);
+                self.finished[choice] = true;
+                let finish = match reason {
+                    FinishReason::Stop => "stop",
+                    FinishReason::Length => "length",
+                    FinishReason::Abort => {
+                        self.done = true;
+                        return Some(Step::Error(ApiError::ShuttingDown));
+                    }
+                };
+                Some(Step::Delta(Delta { choice, text, logprob: None, finish: Some(finish) }))
+            }
+            EventKind::Error(msg) => {
+                self.done = true;
+                self.record.set_error(&msg);
+                Some(Step::Error(ApiError::Engine(msg)))
+            }
+        }
+    }
+}

@@ -1,0 +1,36 @@
+//! Engine logprobs in OpenAI's two shapes: chat (`content: [{token,
+//! logprob, bytes, top_logprobs}]`) and legacy completions (parallel arrays).
+
+use std::collections::BTreeMap;
+
+use super::port::TextCodec;
+use super::wire_out::{ChatTokenLogprob, CompletionLogprobs, TopLogprob};
+use crate::engine::TokenLogprob;
+
+/// The text of one token as clients see it (decoded, special tokens kept).
+pub fn token_text(codec: &dyn TextCodec, id: u32) -> String {
+    codec.decode(&[id], false).unwrap_or_default()
+}
+
+pub fn chat_logprob(codec: &dyn TextCodec, lp: &TokenLogprob) -> ChatTokenLogprob {
+    let token = token_text(codec, lp.token_id);
+    let top_logprobs = lp
+        .top
+        .iter()
+        .map(|&(id, logprob)| {
+            let token = token_text(codec, id);
+            TopLogprob { bytes: Some(token.as_bytes().to_vec()), token, logprob }
+        })
+        .collect();
+    ChatTokenLogprob { bytes: Some(token.as_bytes().to_vec()), token, logprob: lp.logprob, top_logprobs }
+}
+
+/// Appends one token to completions logprobs; `offset` is the character
+/// offset of the token's text in the choice's whole text.
+pub fn push_completion_logprob(out: &mut CompletionLogprobs, codec: &dyn TextCodec, lp: &TokenLogprob, offset: usize) {
+    out.tokens.push(token_text(codec, lp.token_id));
+    out.token_logprobs.push(Some(lp.logprob));
+    let top: BTreeMap<String, f32> = lp.top.iter().map(|&(id, l)| (token_text(codec, id), l)).collect();
+    out.top_logprobs.push(Some(top));
+    out.text_offset.push(offset);
+}

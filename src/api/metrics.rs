@@ -1,0 +1,151 @@
+//! Prometheus metrics. The recorder belongs to the server state (no global
+//! recorder): handles are registered on it directly and `render` produces
+//! the text format for GET /metrics. Engine gauges are read at scrape time.
+
+use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder, SharedString, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+
+use super::port::EngineGauges;
+
+const META: Metadata<'static> = Metadata::new("kiln::api", Level::INFO, Some(module_path!()));
+
+/// Latency buckets in seconds, from 1 ms to 5 minutes.
+const LATENCY_BUCKETS: &[f64] =
+    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
+
+pub struct Metrics {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    pub prompt_tokens: Counter,
+    pub generation_tokens: Counter,
+    pub time_to_first_token: Histogram,
+    pub inter_token_latency: Histogram,
+    pub e2e_latency: Histogram,
+    waiting: Gauge,
+    running: Gauge,
+    api_pending: Gauge,
+    kv_used: Gauge,
+    kv_total: Gauge,
+    kv_usage: Gauge,
+    prefix_queries: Counter,
+    prefix_hits: Counter,
+    prefix_hit_rate: Gauge,
+    preemptions: Counter,
+    steps: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+            .expect("non-empty buckets")
+            .build_recorder();
+        let handle = recorder.handle();
+        let r = &recorder;
+        let counter = |name: &'static str, help: &'static str| {
+            r.describe_counter(name.into(), None, SharedString::const_str(help));
+            r.register_counter(&Key::from_static_name(name), &META)
+        };
+        let gauge = |name: &'static str, help: &'static str| {
+            r.describe_gauge(name.into(), None, SharedString::const_str(help));
+            r.register_gauge(&Key::from_static_name(name), &META)
+        };
+        let histogram = |name: &'static str, help: &'static str| {
+            r.describe_histogram(name.into(), Some(Unit::Seconds), SharedString::const_str(help));
+            r.register_histogram(&Key::from_static_name(name), &META)
+        };
+        r.describe_counter("kiln_requests_total".into(), None, "HTTP requests by route and status".into());
+        Metrics {
+            prompt_tokens: counter("kiln_prompt_tokens_total", "Prompt tokens of finished requests"),
+            generation_tokens: counter("kiln_generation_tokens_total", "Generated tokens"),
+            time_to_first_token: histogram("kiln_time_to_first_token_seconds", "Time from arrival to the first token"),
+            inter_token_latency: histogram("kiln_inter_token_latency_seconds", "Time between consecutive tokens"),
+            e2e_latency: histogram("kiln_e2e_request_latency_seconds", "Time from arrival to the last byte"),
+            waiting: gauge("kiln_num_requests_waiting", "Sequences waiting in the engine"),
+            running: gauge("kiln_num_requests_running", "Sequences running in the engine"),
+            api_pending: gauge("kiln_num_requests_pending", "Admitted requests that have no token yet"),
+            kv_used: gauge("kiln_kv_blocks_used", "KV cache blocks in use"),
+            kv_total: gauge("kiln_kv_blocks_total", "KV cache blocks in the pool"),
+            kv_usage: gauge("kiln_kv_cache_usage_ratio", "KV cache blocks used / total"),
+            prefix_queries: counter("kiln_prefix_cache_queries_total", "Prompt blocks looked up in the prefix cache"),
+            prefix_hits: counter("kiln_prefix_cache_hits_total", "Prompt blocks found in the prefix cache"),
+            prefix_hit_rate: gauge("kiln_prefix_cache_hit_rate", "Prefix cache hits / queries"),
+            preemptions: counter("kiln_num_preemptions_total", "Sequences preempted for lack of KV blocks"),
+            steps: counter("kiln_engine_steps_total", "Engine steps run"),
+            recorder,
+            handle,
+        }
+    }
+
+    /// Counts one finished HTTP request.
+    pub fn count_request(&self, route: &str, status: u16) {
+        let labels = vec![Label::new("route", route.to_string()), Label::new("status", status.to_string())];
+        self.recorder.register_counter(&Key::from_parts("kiln_requests_total", labels), &META).increment(1);
+    }
+
+    /// The Prometheus text format, with engine gauges as of now.
+    pub fn render(&self, g: EngineGauges, api_pending: usize) -> String {
+        self.waiting.set(g.num_waiting as f64);
+        self.running.set(g.num_running as f64);
+        self.api_pending.set(api_pending as f64);
+        self.kv_used.set(g.kv_blocks_used as f64);
+        self.kv_total.set(g.kv_blocks_total as f64);
+        self.kv_usage.set(ratio(g.kv_blocks_used as u64, g.kv_blocks_total as u64));
+        self.prefix_queries.absolute(g.prefix_cache_queries);
+        self.prefix_hits.absolute(g.prefix_cache_hits);
+        self.prefix_hit_rate.set(ratio(g.prefix_cache_hits, g.prefix_cache_queries));
+        self.preemptions.absolute(g.num_preemptions);
+        self.steps.absolute(g.steps);
+        self.handle.render()
+    }
+}
+
+fn ratio(a: u64, b: u64) -> f64 {
+    if b == 0 {
+        0.0
+    } else {
+        a as f64 / b as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The value of an unlabelled sample in Prometheus text.
+    fn sample(text: &str, name: &str) -> Option<f64> {
+        text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
+    #[test]
+    fn renders_counters_gauges_histograms() {
+        let m = Metrics::new();
+        m.count_request("/v1/chat/completions", 200);
+        m.count_request("/v1/chat/completions", 200);
+        m.generation_tokens.increment(7);
+        m.time_to_first_token.record(0.02);
+        let g = EngineGauges { kv_blocks_used: 3, kv_blocks_total: 12, prefix_cache_queries: 4, prefix_cache_hits: 1, ..Default::default() };
+        let text = m.render(g, 2);
+        assert!(text.contains(r#"kiln_requests_total{route="/v1/chat/completions",status="200"} 2"#), "{text}");
+        assert_eq!(sample(&text, "kiln_generation_tokens_total"), Some(7.0));
+        assert_eq!(sample(&text, "kiln_kv_blocks_used"), Some(3.0));
+        assert_eq!(sample(&text, "kiln_kv_cache_usage_ratio"), Some(0.25));
+        assert_eq!(sample(&text, "kiln_prefix_cache_hit_rate"), Some(0.25));
+        assert_eq!(sample(&text, "kiln_num_requests_pending"), Some(2.0));
+        assert!(text.contains("kiln_time_to_first_token_seconds_bucket{le=\"0.025\"} 1"), "{text}");
+    }
+
+    #[test]
+    fn two_servers_do_not_share_metrics() {
+        let a = Metrics::new();
+        let b = Metrics::new();
+        a.generation_tokens.increment(5);
+        assert_eq!(sample(&b.render(EngineGauges::default(), 0), "kiln_generation_tokens_total"), Some(0.0));
+    }
+}

@@ -1,0 +1,124 @@
+//! The small routes: models, tokenize / detokenize, health, version,
+//! metrics, and the 404 / 405 fallbacks.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{header, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use super::admit::{blocking, check_model, codec_error};
+use super::chat::flatten_messages;
+use super::error::{ApiError, ErrorResponse};
+use super::json::ApiJson;
+use super::validate::{check_token_id, refuse_extra};
+use super::wire_in::{DetokenizeRequest, TokenizeRequest};
+use super::wire_out::*;
+use super::AppState;
+
+fn model_card(state: &AppState) -> ModelCard {
+    ModelCard {
+        id: state.model.name.clone(),
+        object: "model".into(),
+        created: state.model.created,
+        owned_by: "kiln".into(),
+        max_model_len: state.model.max_model_len,
+    }
+}
+
+#[utoipa::path(get, path = "/v1/models", responses((status = 200, body = ModelList), (status = 401, body = ErrorResponse)),
+    security((), ("bearer" = [])))]
+pub async fn list_models(State(state): State<Arc<AppState>>) -> Json<ModelList> {
+    Json(ModelList { object: "list".into(), data: vec![model_card(&state)] })
+}
+
+#[utoipa::path(get, path = "/v1/models/{model}", params(("model" = String, Path, description = "Model id")),
+    responses((status = 200, body = ModelCard), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)),
+    security((), ("bearer" = [])))]
+pub async fn retrieve_model(State(state): State<Arc<AppState>>, Path(model): Path<String>) -> Result<Json<ModelCard>, ApiError> {
+    check_model(&state, Some(&model))?;
+    Ok(Json(model_card(&state)))
+}
+
+#[utoipa::path(post, path = "/tokenize", request_body = TokenizeRequest,
+    responses((status = 200, body = TokenizeResponse), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse),
+        (status = 404, body = ErrorResponse), (status = 413, body = ErrorResponse), (status = 415, body = ErrorResponse)),
+    security((), ("bearer" = [])))]
+pub async fn tokenize(
+    State(state): State<Arc<AppState>>,
+    ApiJson(req): ApiJson<TokenizeRequest>,
+) -> Result<Json<TokenizeResponse>, ApiError> {
+    check_model(&state, req.model.as_deref())?;
+    refuse_extra(&req.extra, "")?;
+    let codec = state.codec.clone();
+    let tokens = match (req.prompt, req.messages) {
+        (Some(prompt), None) => {
+            let special = req.add_special_tokens.unwrap_or(true);
+            blocking(move || codec.encode(&prompt, special).map_err(|e| codec_error(e, "prompt"))).await?
+        }
+        (None, Some(messages)) => {
+            let turns = flatten_messages(&messages)?;
+            let gen = req.add_generation_prompt.unwrap_or(true);
+            blocking(move || {
+                let text = codec.apply_chat_template(&turns, gen).map_err(|e| codec_error(e, "messages"))?;
+                codec.encode(&text, false).map_err(|e| codec_error(e, "messages"))
+            })
+            .await?
+        }
+        _ => return Err(ApiError::invalid("exactly one of prompt and messages is required", "prompt")),
+    };
+    Ok(Json(TokenizeResponse { count: tokens.len(), max_model_len: state.model.max_model_len, tokens }))
+}
+
+#[utoipa::path(post, path = "/detokenize", request_body = DetokenizeRequest,
+    responses((status = 200, body = DetokenizeResponse), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse),
+        (status = 404, body = ErrorResponse), (status = 413, body = ErrorResponse), (status = 415, body = ErrorResponse)),
+    security((), ("bearer" = [])))]
+pub async fn detokenize(
+    State(state): State<Arc<AppState>>,
+    ApiJson(req): ApiJson<DetokenizeRequest>,
+) -> Result<Json<DetokenizeResponse>, ApiError> {
+    check_model(&state, req.model.as_deref())?;
+    refuse_extra(&req.extra, "")?;
+    let vocab = state.limits.vocab_size;
+    let ids = req.tokens.iter().map(|&t| check_token_id(t, vocab, "tokens")).collect::<Result<Vec<_>, _>>()?;
+    let codec = state.codec.clone();
+    let prompt = blocking(move || codec.decode(&ids, false).map_err(|e| codec_error(e, "tokens"))).await?;
+    Ok(Json(DetokenizeResponse { prompt }))
+}
+
+/// 200 once a real forward pass has run; 503 while loading or draining.
+#[utoipa::path(get, path = "/health", responses((status = 200, body = HealthResponse), (status = 503, body = HealthResponse)))]
+pub async fn health(State(state): State<Arc<AppState>>) -> Response {
+    let (status, text) = if state.lifecycle.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining")
+    } else if state.lifecycle.is_ready() {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "loading")
+    };
+    (status, Json(HealthResponse { status: text.into() })).into_response()
+}
+
+#[utoipa::path(get, path = "/version", responses((status = 200, body = VersionResponse), (status = 401, body = ErrorResponse)),
+    security((), ("bearer" = [])))]
+pub async fn version() -> Json<VersionResponse> {
+    Json(VersionResponse { version: env!("CARGO_PKG_VERSION").into() })
+}
+
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"),
+    (status = 401, body = ErrorResponse)), security((), ("bearer" = [])))]
+pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let text = state.metrics.render(state.engine.gauges(), state.pending.load(Ordering::SeqCst));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+pub async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::RouteNotFound { method: method.to_string(), path: uri.path().to_string() }
+}
+
+pub async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::MethodNotAllowed { method: method.to_string(), path: uri.path().to_string() }
+}

@@ -1,0 +1,57 @@
+//! What the HTTP layer needs from the engine and the tokenizer, as two small
+//! traits. The real `EngineHandle` and `Tokenizer` implement them (see
+//! `adapters.rs`); in-process tests plug in fakes. The engine is still one
+//! owner on its own thread: `submit` only sends on a channel.
+
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::engine::{TokenEvent, ValidRequest};
+
+/// Engine counters the server exposes on /metrics and uses for /health.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineGauges {
+    pub num_running: usize,
+    pub num_waiting: usize,
+    pub kv_blocks_used: usize,
+    pub kv_blocks_total: usize,
+    pub prefix_cache_queries: u64,
+    pub prefix_cache_hits: u64,
+    pub num_preemptions: u64,
+    /// Model steps run so far (0 until the first forward pass).
+    pub steps: u64,
+}
+
+/// The engine as the HTTP layer sees it.
+pub trait Engine: Send + Sync + 'static {
+    /// Queues the request. Events arrive on the receiver; dropping the
+    /// receiver aborts every sequence of the request at the next step.
+    fn submit(&self, request: ValidRequest) -> Result<UnboundedReceiver<TokenEvent>, String>;
+    fn gauges(&self) -> EngineGauges;
+    /// Aborts everything still running and stops the engine thread.
+    fn shutdown(&self);
+}
+
+/// One chat turn after the API flattened its content parts to text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatTurn {
+    pub role: String,
+    pub content: String,
+}
+
+/// Errors a tokenizer reports. `Template` is the client's fault (e.g. roles
+/// that do not alternate) and becomes a 400; `Other` becomes a 500.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CodecError {
+    #[error("{0}")]
+    Template(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// The tokenizer as the HTTP layer sees it.
+pub trait TextCodec: Send + Sync + 'static {
+    fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, CodecError>;
+    fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, CodecError>;
+    fn vocab_size(&self) -> usize;
+    fn apply_chat_template(&self, turns: &[ChatTurn], add_generation_prompt: bool) -> Result<String, CodecError>;
+}

@@ -1,0 +1,95 @@
+//! The paged KV cache on the CPU and attention that reads it through each
+//! sequence's block table.
+//!
+//! ```text
+//! per layer, K and V: [num_blocks, block_size, num_kv_heads, head_dim] f32
+//! slot s = block * block_size + offset  ->  K[s] is num_kv_heads*head_dim floats
+//! ```
+
+use crate::model::BatchInput;
+use rayon::prelude::*;
+
+/// The CPU KV pool: every layer's K and V for `num_blocks` blocks.
+pub struct KvCache {
+    pub num_blocks: usize,
+    pub block_size: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub k: Vec<Vec<f32>>,
+    pub v: Vec<Vec<f32>>,
+}
+
+impl KvCache {
+    pub fn new(num_layers: usize, num_blocks: usize, block_size: usize, num_kv_heads: usize, head_dim: usize) -> KvCache {
+        let n = num_blocks * block_size * num_kv_heads * head_dim;
+        KvCache {
+            num_blocks,
+            block_size,
+            num_kv_heads,
+            head_dim,
+            k: (0..num_layers).map(|_| vec![0.0; n]).collect(),
+            v: (0..num_layers).map(|_| vec![0.0; n]).collect(),
+        }
+    }
+
+    /// Bytes one block takes over all layers (K and V).
+    pub fn bytes_per_block(num_layers: usize, block_size: usize, num_kv_heads: usize, head_dim: usize) -> usize {
+        2 * num_layers * block_size * num_kv_heads * head_dim * std::mem::size_of::<f32>()
+    }
+
+    fn stride(&self) -> usize {
+        self.num_kv_heads * self.head_dim
+    }
+
+    /// Writes `k, v: [tokens, num_kv_heads*head_dim]` of layer `layer` into their slots.
+    pub fn write(&mut self, layer: usize, slots: &[u32], k: &[f32], v: &[f32]) {
+        let st = self.stride();
+        for (t, &s) in slots.iter().enumerate() {
+            let dst = s as usize * st;
+            self.k[layer][dst..dst + st].copy_from_slice(&k[t * st..(t + 1) * st]);
+            self.v[layer][dst..dst + st].copy_from_slice(&v[t * st..(t + 1) * st]);
+        }
+    }
+}
+
+/// Causal attention of every query token of `batch` over its sequence's
+/// cached context (which already holds this step's K and V).
+/// `q: [tokens, num_heads*head_dim]`, `out: [tokens, num_heads*head_dim]`.
+pub fn paged_attention(batch: &BatchInput, cache: &KvCache, layer: usize, num_heads: usize, q: &[f32], out: &mut [f32]) {
+    let (hd, nkv, bs) = (cache.head_dim, cache.num_kv_heads, cache.block_size);
+    let group = num_heads / nkv;
+    let scale = 1.0 / (hd as f32).sqrt();
+    // token index -> (sequence, query position in the context)
+    let mut owner = vec![(0usize, 0usize); batch.tokens.len()];
+    for (si, s) in batch.seqs.iter().enumerate() {
+        for j in 0..s.q_len {
+            owner[s.q_start + j] = (si, s.ctx_len - s.q_len + j);
+        }
+    }
+    let (kc, vc) = (&cache.k[layer], &cache.v[layer]);
+    out.par_chunks_mut(hd).enumerate().for_each(|(idx, o)| {
+        let (t, h) = (idx / num_heads, idx % num_heads);
+        let (si, qpos) = owner[t];
+        let table = &batch.seqs[si].block_table;
+        let kvh = h / group;
+        let qv = &q[idx * hd..(idx + 1) * hd];
+        let slot_off = |p: usize| ((table[p / bs] as usize * bs + p % bs) * nkv + kvh) * hd;
+        let mut scores: Vec<f32> = (0..=qpos)
+            .map(|p| {
+                let a = slot_off(p);
+                super::simd::dot_f32(qv, &kc[a..a + hd]) * scale
+            })
+            .collect();
+        let max = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0;
+        for s in scores.iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        o.fill(0.0);
+        for (p, &s) in scores.iter().enumerate() {
+            let a = slot_off(p);
+            super::simd::axpy(o, s / sum, &vc[a..a + hd]);
+        }
+    });
+}

@@ -1,0 +1,10 @@
+//! The CPU backend (rayon): kiln's reference implementation of every op, and
+//! the engine every test and CI run uses.
+
+pub mod attention;
+pub mod matmul;
+pub mod ops;
+pub mod simd;
+
+pub use attention::KvCache;
+pub use matmul::{matmul, Weight, WeightData};

@@ -1,0 +1,98 @@
+//! Element-wise and row-wise CPU ops of the transformer block, in f32.
+
+use rayon::prelude::*;
+
+/// out[r] = x[r] / sqrt(mean(x[r]²) + eps) * w, for each row of width `w.len()`.
+pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let d = w.len();
+    out.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(o, x)| rms_norm_row(x, w, eps, o));
+}
+
+#[inline]
+pub fn rms_norm_row(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let ss: f32 = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let inv = 1.0 / (ss + eps).sqrt();
+    for ((o, &v), &g) in out.iter_mut().zip(x).zip(w) {
+        *o = g * (v * inv);
+    }
+}
+
+/// RMSNorm applied in place to every `w.len()`-wide head of every row (Qwen3 q/k norm).
+pub fn rms_norm_heads_inplace(x: &mut [f32], w: &[f32], eps: f32) {
+    let d = w.len();
+    x.par_chunks_mut(d).for_each(|h| {
+        let src: Vec<f32> = h.to_vec();
+        rms_norm_row(&src, w, eps, h);
+    });
+}
+
+/// Rotary embedding, Hugging Face half-rotation layout, in place on
+/// `x: [tokens, heads, head_dim]`:
+/// (x_i, x_{i+d/2}) <- (x_i cos - x_{i+d/2} sin, x_{i+d/2} cos + x_i sin),
+/// angle = position * inv_freq[i].
+pub fn rotary_inplace(x: &mut [f32], positions: &[u32], heads: usize, inv_freq: &[f32]) {
+    let half = inv_freq.len();
+    let d = 2 * half;
+    x.par_chunks_mut(heads * d).zip(positions.par_iter()).for_each(|(row, &pos)| {
+        let (sin, cos): (Vec<f32>, Vec<f32>) = inv_freq.iter().map(|&f| (pos as f32 * f).sin_cos()).unzip();
+        for h in row.chunks_mut(d) {
+            for i in 0..half {
+                let (a, b) = (h[i], h[i + half]);
+                h[i] = a * cos[i] - b * sin[i];
+                h[i + half] = b * cos[i] + a * sin[i];
+            }
+        }
+    });
+}
+
+/// out[t, i] = silu(gu[t, i]) * gu[t, inter + i] for `gu: [tokens, 2*inter]`
+/// (gate and up projections stacked).
+pub fn silu_and_mul(gu: &[f32], inter: usize, out: &mut [f32]) {
+    out.par_chunks_mut(inter).zip(gu.par_chunks(2 * inter)).for_each(|(o, gu)| {
+        let (g, u) = gu.split_at(inter);
+        for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+            *o = g / (1.0 + (-g).exp()) * u;
+        }
+    });
+}
+
+/// x += y
+pub fn add_inplace(x: &mut [f32], y: &[f32]) {
+    x.par_iter_mut().zip(y.par_iter()).for_each(|(a, b)| *a += b);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rms_norm_unit_rows() {
+        let x = [3.0f32, 4.0, 0.0, 0.0];
+        let mut o = [0f32; 4];
+        rms_norm(&x, &[1.0, 2.0, 1.0, 1.0], 0.0, &mut o);
+        // mean square = 25/4 -> rms 2.5
+        assert_eq!(o, [1.2, 3.2, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn rotary_at_position_zero_is_identity_and_preserves_norm() {
+        let inv = [1.0f32, 0.1];
+        let mut x = vec![1.0f32, 2.0, 3.0, 4.0];
+        rotary_inplace(&mut x, &[0], 1, &inv);
+        assert_eq!(x, vec![1.0, 2.0, 3.0, 4.0]);
+        rotary_inplace(&mut x, &[7], 1, &inv);
+        let n: f32 = x.iter().map(|v| v * v).sum();
+        assert!((n - 30.0).abs() < 1e-4);
+        let (s, c) = 7.0f32.sin_cos();
+        assert!((x[0] - (1.0 * c - 3.0 * s)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn silu_mul() {
+        let gu = [0.0f32, 1.0, 2.0, 3.0];
+        let mut o = [0f32; 2];
+        silu_and_mul(&gu, 2, &mut o);
+        assert_eq!(o[0], 0.0);
+        assert!((o[1] - 1.0 / (1.0 + (-1.0f32).exp()) * 3.0).abs() < 1e-6);
+    }
+}

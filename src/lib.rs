@@ -1,0 +1,16 @@
+//! kiln: a self-contained LLM inference engine and OpenAI-compatible server.
+//!
+//! Data flow: HTTP JSON -> `api` validates into an `engine::ValidRequest` ->
+//! the engine thread (`engine`) schedules token budgets over a paged KV cache
+//! -> `runner` turns the step into a `model::BatchInput` -> `model` runs the
+//! forward pass on a `backend` -> `sampling` picks ids -> `engine::TokenEvent`s
+//! flow back to the handler.
+
+pub mod api;
+pub mod backend;
+pub mod config;
+pub mod engine;
+pub mod model;
+pub mod runner;
+pub mod sampling;
+pub mod tokenizer;

@@ -1,0 +1,221 @@
+//! `ModelConfig`: the architecture hyper-parameters, read from a Hugging Face
+//! `config.json` or from GGUF metadata, validated once.
+
+use super::ModelError;
+use serde::Deserialize;
+use std::path::Path;
+
+/// Which member of the Llama family: they differ only in biases and norms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    /// Llama 2/3/3.1/3.2, Mistral, SmolLM2.
+    Llama,
+    /// q/k/v projections carry a bias.
+    Qwen2,
+    /// RMSNorm over each head of q and k before rotary embedding.
+    Qwen3,
+}
+
+/// Llama 3 frequency-dependent rotary scaling (`rope_scaling.rope_type == "llama3"`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum RopeScaling {
+    Llama3 { factor: f32, low_freq_factor: f32, high_freq_factor: f32, original_max_position_embeddings: usize },
+    /// Plain linear position interpolation.
+    Linear { factor: f32 },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelConfig {
+    pub arch: Arch,
+    /// The architecture name as given by the file (e.g. "LlamaForCausalLM", "llama").
+    pub arch_name: String,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f32,
+    pub rope_theta: f32,
+    pub rope_scaling: Option<RopeScaling>,
+    pub max_position_embeddings: usize,
+    pub tie_word_embeddings: bool,
+    /// q/k/v projections have a bias (Qwen2).
+    pub attention_bias: bool,
+    /// q_norm / k_norm per head (Qwen3).
+    pub qk_norm: bool,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+}
+
+#[derive(Deserialize)]
+struct HfConfig {
+    architectures: Option<Vec<String>>,
+    model_type: Option<String>,
+    vocab_size: usize,
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    rms_norm_eps: Option<f64>,
+    rope_theta: Option<f64>,
+    rope_scaling: Option<serde_json::Value>,
+    max_position_embeddings: Option<usize>,
+    tie_word_embeddings: Option<bool>,
+    attention_bias: Option<bool>,
+    bos_token_id: Option<serde_json::Value>,
+    eos_token_id: Option<serde_json::Value>,
+    hidden_act: Option<String>,
+}
+
+/// Reads an id or a list of ids (config.json allows both for eos_token_id).
+pub fn ids_from_json(v: &Option<serde_json::Value>) -> Vec<u32> {
+    match v {
+        Some(serde_json::Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
+        _ => vec![],
+    }
+}
+
+/// Maps an architecture name (HF class, HF model_type or GGUF
+/// `general.architecture`) to the family member.
+pub fn arch_from_name(name: &str) -> Option<Arch> {
+    let n = name.to_ascii_lowercase();
+    let n = n.trim_end_matches("forcausallm");
+    match n {
+        "llama" | "mistral" | "smollm" | "smollm2" => Some(Arch::Llama),
+        "qwen2" => Some(Arch::Qwen2),
+        "qwen3" => Some(Arch::Qwen3),
+        _ => None,
+    }
+}
+
+fn parse_rope_scaling(v: &serde_json::Value, path: &Path) -> Result<Option<RopeScaling>, ModelError> {
+    if v.is_null() {
+        return Ok(None);
+    }
+    let kind = v.get("rope_type").or_else(|| v.get("type")).and_then(|t| t.as_str()).unwrap_or("");
+    let f = |k: &str, d: f64| v.get(k).and_then(|x| x.as_f64()).unwrap_or(d) as f32;
+    match kind {
+        "llama3" => Ok(Some(RopeScaling::Llama3 {
+            factor: f("factor", 8.0),
+            low_freq_factor: f("low_freq_factor", 1.0),
+            high_freq_factor: f("high_freq_factor", 4.0),
+            original_max_position_embeddings: v
+                .get("original_max_position_embeddings")
+                .and_then(|x| x.as_u64())
+                .unwrap_or(8192) as usize,
+        })),
+        "linear" => Ok(Some(RopeScaling::Linear { factor: f("factor", 1.0) })),
+        "default" | "" => Ok(None),
+        other => Err(ModelError::Unsupported { path: path.into(), what: "rope_scaling type", name: other.into() }),
+    }
+}
+
+impl ModelConfig {
+    /// Parses a Hugging Face `config.json`.
+    pub fn from_hf_json(path: &Path) -> Result<ModelConfig, ModelError> {
+        let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => ModelError::NotFound { path: path.into() },
+            _ => ModelError::Io { path: path.into(), source: e },
+        })?;
+        let c: HfConfig = serde_json::from_str(&text)
+            .map_err(|e| ModelError::Corrupt { path: path.into(), msg: format!("invalid config.json: {e}") })?;
+        let arch_name = c
+            .architectures
+            .as_ref()
+            .and_then(|a| a.first().cloned())
+            .or(c.model_type.clone())
+            .unwrap_or_default();
+        let arch = arch_from_name(&arch_name)
+            .or_else(|| c.model_type.as_deref().and_then(arch_from_name))
+            .ok_or_else(|| ModelError::UnknownArch { path: path.into(), arch: arch_name.clone() })?;
+        if let Some(act) = &c.hidden_act {
+            if act != "silu" {
+                return Err(ModelError::Unsupported { path: path.into(), what: "hidden_act", name: act.clone() });
+            }
+        }
+        let cfg = ModelConfig {
+            arch,
+            arch_name,
+            vocab_size: c.vocab_size,
+            hidden_size: c.hidden_size,
+            intermediate_size: c.intermediate_size,
+            num_layers: c.num_hidden_layers,
+            num_heads: c.num_attention_heads,
+            num_kv_heads: c.num_key_value_heads.unwrap_or(c.num_attention_heads),
+            head_dim: c.head_dim.unwrap_or(c.hidden_size / c.num_attention_heads.max(1)),
+            rms_norm_eps: c.rms_norm_eps.unwrap_or(1e-6) as f32,
+            rope_theta: c.rope_theta.unwrap_or(10000.0) as f32,
+            rope_scaling: match &c.rope_scaling {
+                Some(v) => parse_rope_scaling(v, path)?,
+                None => None,
+            },
+            max_position_embeddings: c.max_position_embeddings.unwrap_or(2048),
+            tie_word_embeddings: c.tie_word_embeddings.unwrap_or(false),
+            attention_bias: c.attention_bias.unwrap_or(arch == Arch::Qwen2),
+            qk_norm: arch == Arch::Qwen3,
+            bos_token_id: ids_from_json(&c.bos_token_id).first().copied(),
+            eos_token_ids: ids_from_json(&c.eos_token_id),
+        };
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    /// Checks the values are usable at all (shapes against weights are
+    /// checked by the loader).
+    pub fn validate(&self, path: &Path) -> Result<(), ModelError> {
+        let bad = |msg: String| Err(ModelError::ConfigMismatch { path: path.into(), msg });
+        if self.num_heads == 0 || self.num_kv_heads == 0 || self.head_dim == 0 || self.num_layers == 0 {
+            return bad("zero heads, head_dim or layers".into());
+        }
+        if self.num_heads % self.num_kv_heads != 0 {
+            return bad(format!(
+                "num_attention_heads {} is not a multiple of num_key_value_heads {}",
+                self.num_heads, self.num_kv_heads
+            ));
+        }
+        if self.head_dim % 2 != 0 {
+            return bad(format!("head_dim {} is odd", self.head_dim));
+        }
+        if self.vocab_size == 0 || self.hidden_size == 0 || self.intermediate_size == 0 {
+            return bad("zero vocab_size, hidden_size or intermediate_size".into());
+        }
+        Ok(())
+    }
+
+    /// Rotary inverse frequencies for `head_dim`, with rope scaling applied.
+    pub fn rope_inv_freq(&self) -> Vec<f32> {
+        let d = self.head_dim;
+        let base: Vec<f64> = (0..d / 2)
+            .map(|i| 1.0 / (self.rope_theta as f64).powf(2.0 * i as f64 / d as f64))
+            .collect();
+        match &self.rope_scaling {
+            None => base.iter().map(|&x| x as f32).collect(),
+            Some(RopeScaling::Linear { factor }) => base.iter().map(|&x| (x / *factor as f64) as f32).collect(),
+            Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings }) => {
+                let (factor, lo, hi) = (*factor as f64, *low_freq_factor as f64, *high_freq_factor as f64);
+                let old = *original_max_position_embeddings as f64;
+                let low_wavelen = old / lo;
+                let high_wavelen = old / hi;
+                base.iter()
+                    .map(|&f| {
+                        let wavelen = 2.0 * std::f64::consts::PI / f;
+                        let v = if wavelen < high_wavelen {
+                            f
+                        } else if wavelen > low_wavelen {
+                            f / factor
+                        } else {
+                            let smooth = (old / wavelen - lo) / (hi - lo);
+                            (1.0 - smooth) * f / factor + smooth * f
+                        };
+                        v as f32
+                    })
+                    .collect()
+            }
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! ggml block formats dequantized to f32, as ggml defines them
+//! (`dequantize_row_*` in ggml-quants.c). All scales are little-endian f16.
+//!
+//! ```text
+//! Q8_0  32 values, 34 B: d f16 | qs i8[32]              x[i] = d * qs[i]
+//! Q4_0  32 values, 18 B: d f16 | qs u8[16]              x[i] = d * (nib - 8)
+//! Q4_1  32 values, 20 B: d f16 | m f16 | qs u8[16]      x[i] = d * nib + m
+//!       (Q4_0/Q4_1: x[j] uses the low nibble of qs[j], x[j+16] the high one)
+//! Q4_K 256 values, 144 B: d f16 | dmin f16 | scales u8[12] | qs u8[128]
+//!       8 sub-blocks of 32 with 6-bit scale sc and min m packed in `scales`;
+//!       x = (d*sc) * nib - (dmin*m); each 32 bytes of qs feed two sub-blocks
+//!       (low nibbles, then high nibbles)
+//! Q6_K 256 values, 210 B: ql u8[128] | qh u8[64] | scales i8[16] | d f16
+//!       6-bit q = low 4 bits from ql, high 2 bits from qh; x = (d*sc) * (q - 32)
+//! ```
+//! The order of f32 operations follows ggml's reference, so results are
+//! bit-identical to it (and to the `gguf` Python package).
+
+use super::gguf::GgmlType;
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum DequantError {
+    #[error("ggml type {0} cannot be dequantized by kiln")]
+    Unsupported(String),
+    #[error("{ty}: {n} elements need {expected} bytes, got {got}")]
+    SizeMismatch { ty: String, n: usize, expected: usize, got: usize },
+}
+
+/// Elements decoded per parallel task (a multiple of every block size).
+const CHUNK_ELEMS: usize = 16 * 1024;
+
+/// Dequantizes `n` elements of type `ty` stored in `src`.
+pub fn dequantize(ty: GgmlType, src: &[u8], n: usize) -> Result<Vec<f32>, DequantError> {
+    let (block_elems, block_bytes) = ty.block_layout().ok_or_else(|| DequantError::Unsupported(ty.name()))?;
+    let expected = (n / block_elems) * block_bytes;
+    if n % block_elems != 0 || src.len() != expected {
+        return Err(DequantError::SizeMismatch { ty: ty.name(), n, expected, got: src.len() });
+    }
+    let decode: fn(&[u8], &mut [f32]) = match ty {
+        GgmlType::F32 => f32_block,
+        GgmlType::F16 => f16_block,
+        GgmlType::BF16 => bf16_block,
+        GgmlType::Q8_0 => q8_0_block,
+        GgmlType::Q4_0 => q4_0_block,
+        GgmlType::Q4_1 => q4_1_block,
+        GgmlType::Q4_K => q4_k_block,
+        GgmlType::Q6_K => q6_k_block,
+        GgmlType::Other(_) => unreachable!("block_layout is None for Other"),
+    };
+    let mut out = vec![0f32; n];
+    let chunk_bytes = CHUNK_ELEMS / block_elems * block_bytes;
+    out.par_chunks_mut(CHUNK_ELEMS).zip(src.par_chunks(chunk_bytes)).for_each(|(dst, src)| {
+        for (d, s) in dst.chunks_exact_mut(block_elems).zip(src.chunks_exact(block_bytes)) {
+            decode(s, d);
+        }
+    });
+    Ok(out)
+}
+
+#[inline]
+fn f16_at(b: &[u8], i: usize) -> f32 {
+    f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+}
+
+fn f32_block(s: &[u8], d: &mut [f32]) {
+    d[0] = f32::from_le_bytes([s[0], s[1], s[2], s[3]]);
+}
+
+fn f16_block(s: &[u8], d: &mut [f32]) {
+    d[0] = f16_at(s, 0);
+}
+
+fn bf16_block(s: &[u8], d: &mut [f32]) {
+    d[0] = bf16::from_le_bytes([s[0], s[1]]).to_f32();
+}
+
+fn q8_0_block(s: &[u8], out: &mut [f32]) {
+    let d = f16_at(s, 0);
+    for (o, &q) in out.iter_mut().zip(&s[2..34]) {
+        *o = d * (q as i8) as f32;
+    }
+}
+
+fn q4_0_block(s: &[u8], out: &mut [f32]) {
+    let d = f16_at(s, 0);
+    let qs = &s[2..18];
+    for j in 0..16 {
+        out[j] = d * ((qs[j] & 0x0f) as i32 - 8) as f32;
+        out[j + 16] = d * ((qs[j] >> 4) as i32 - 8) as f32;
+    }
+}
+
+fn q4_1_block(s: &[u8], out: &mut [f32]) {
+    let d = f16_at(s, 0);
+    let m = f16_at(s, 2);
+    let qs = &s[4..20];
+    for j in 0..16 {
+        out[j] = d * (qs[j] & 0x0f) as f32 + m;
+        out[j + 16] = d * (qs[j] >> 4) as f32 + m;
+    }
+}
+
+/// Q4_K's 6-bit (scale, min) of sub-block `j` (0..8) from the 12 packed bytes:
+/// sub-blocks 0..4 use the low 6 bits of bytes j and j+4; 4..8 take 4 bits
+/// from byte j+4 and their top 2 bits from the spare bits of bytes j-4 and j.
+#[inline]
+fn q4_k_scale_min(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        ((q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+    }
+}
+
+fn q4_k_block(s: &[u8], out: &mut [f32]) {
+    let d = f16_at(s, 0);
+    let dmin = f16_at(s, 2);
+    let scales = &s[4..16];
+    let qs = &s[16..144];
+    // Four groups of 64 outputs; each reads 32 bytes of qs (low nibbles then high).
+    for g in 0..4 {
+        let (sc1, m1) = q4_k_scale_min(2 * g, scales);
+        let (sc2, m2) = q4_k_scale_min(2 * g + 1, scales);
+        let (d1, min1) = (d * sc1 as f32, dmin * m1 as f32);
+        let (d2, min2) = (d * sc2 as f32, dmin * m2 as f32);
+        let q = &qs[32 * g..32 * g + 32];
+        let o = &mut out[64 * g..64 * g + 64];
+        for l in 0..32 {
+            o[l] = d1 * (q[l] & 0x0f) as f32 - min1;
+            o[l + 32] = d2 * (q[l] >> 4) as f32 - min2;
+        }
+    }
+}
+
+fn q6_k_block(s: &[u8], out: &mut [f32]) {
+    let (ql, qh, sc) = (&s[0..128], &s[128..192], &s[192..208]);
+    let d = f16_at(s, 208);
+    // Two halves of 128 outputs; each uses 64 bytes of ql, 32 of qh, 8 scales.
+    for h in 0..2 {
+        let (ql, qh, sc) = (&ql[64 * h..], &qh[32 * h..], &sc[8 * h..]);
+        let o = &mut out[128 * h..128 * h + 128];
+        for l in 0..32 {
+            let is = l / 16;
+            let q1 = ((ql[l] & 0x0f) | ((qh[l] & 3) << 4)) as i32 - 32;
+            let q2 = ((ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
+            let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
+            let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
+            let scale = |k: usize| d * (sc[is + k] as i8) as f32;
+            o[l] = scale(0) * q1 as f32;
+            o[l + 32] = scale(2) * q2 as f32;
+            o[l + 64] = scale(4) * q3 as f32;
+            o[l + 96] = scale(6) * q4 as f32;
+        }
+    }
+}
+
+/// Restores Hugging Face row order of a llama-arch GGUF `attn_q` / `attn_k`
+/// weight (`rows x cols`, row-major), undoing llama.cpp's converter permute.
+///
+/// The converter views each head's rows as (2, head_dim/2) — HF's
+/// rotate-half halves — and stores them transposed as (head_dim/2, 2), i.e.
+/// interleaved pairs. So HF row `h*hd + i*hd/2 + j` is GGUF row `h*hd + 2*j + i`.
+/// Use `n_head` = num_heads for q and num_kv_heads for k. Only llama-arch GGUFs
+/// are permuted: transformers' GGUF loader applies its reverse permute only
+/// for `general.architecture == "llama"` (which includes Mistral and SmolLM2);
+/// qwen2/qwen3 GGUFs keep HF order (llama.cpp runs them with NEOX rope).
+/// `cols` = 1 handles a bias vector.
+pub fn unpermute_qk_rows(w: &[f32], n_head: usize, rows: usize, cols: usize) -> Vec<f32> {
+    assert_eq!(w.len(), rows * cols, "unpermute_qk_rows: w is not rows x cols");
+    assert!(n_head > 0 && rows % (2 * n_head) == 0, "unpermute_qk_rows: rows {rows} not divisible by 2*n_head {n_head}");
+    let hd = rows / n_head;
+    let half = hd / 2;
+    let mut out = vec![0f32; w.len()];
+    out.par_chunks_mut(cols).enumerate().for_each(|(r, dst)| {
+        let (h, k) = (r / hd, r % hd);
+        let (i, j) = (k / half, k % half);
+        let src = h * hd + 2 * j + i;
+        dst.copy_from_slice(&w[src * cols..(src + 1) * cols]);
+    });
+    out
+}

@@ -1,0 +1,98 @@
+//! Opens a model path — a Hugging Face directory or a GGUF file — into the
+//! config, the weights, the tokenizer and the generation defaults.
+
+use super::config::{ids_from_json, ModelConfig};
+use super::gguf::GgufFile;
+use super::gguf_config::config_from_gguf;
+use super::gguf_weights::GgufSource;
+use super::llama::LlamaModel;
+use super::weights::{SafetensorsSource, WeightSource};
+use super::ModelError;
+use crate::tokenizer::Tokenizer;
+use std::path::{Path, PathBuf};
+
+/// Sampling defaults from generation_config.json (None: not set by the model).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GenerationDefaults {
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<i32>,
+    pub repetition_penalty: Option<f32>,
+}
+
+pub struct LoadedModel {
+    /// A short name for the API (the directory or file name).
+    pub name: String,
+    pub path: PathBuf,
+    pub model: LlamaModel,
+    pub tokenizer: Tokenizer,
+    pub generation: GenerationDefaults,
+    /// Every id that ends generation: config, generation_config and tokenizer.
+    pub eos_token_ids: Vec<u32>,
+}
+
+impl LoadedModel {
+    pub fn config(&self) -> &ModelConfig {
+        &self.model.cfg
+    }
+}
+
+fn model_name(path: &Path) -> String {
+    let stem = if path.is_dir() { path.file_name() } else { path.file_stem() };
+    stem.map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into())
+}
+
+fn tok_err(path: &Path, e: impl std::fmt::Display) -> ModelError {
+    ModelError::Corrupt { path: path.into(), msg: format!("tokenizer: {e}") }
+}
+
+/// Loads a model directory or GGUF file. `progress(done, total)` is called
+/// as layers load.
+pub fn load(path: &Path, mut progress: impl FnMut(usize, usize)) -> Result<LoadedModel, ModelError> {
+    if !path.exists() {
+        return Err(ModelError::NotFound { path: path.into() });
+    }
+    let (config, source, tokenizer, generation, gen_eos): (ModelConfig, Box<dyn WeightSource>, Tokenizer, _, Vec<u32>) =
+        if path.is_dir() {
+            let config = ModelConfig::from_hf_json(&path.join("config.json"))?;
+            let tokenizer = Tokenizer::from_hf_dir(path).map_err(|e| tok_err(path, e))?;
+            let (generation, eos) = read_generation_config(&path.join("generation_config.json"))?;
+            (config, Box::new(SafetensorsSource::open_dir(path)?), tokenizer, generation, eos)
+        } else {
+            let file = GgufFile::open(path)?;
+            let config = config_from_gguf(&file)?;
+            let tokenizer = Tokenizer::from_gguf(&file).map_err(|e| tok_err(path, e))?;
+            let src = GgufSource::new(file, config.num_heads, config.num_kv_heads);
+            (config, Box::new(src), tokenizer, GenerationDefaults::default(), vec![])
+        };
+    let mut eos: Vec<u32> = config.eos_token_ids.clone();
+    eos.extend(gen_eos);
+    eos.extend(tokenizer.eos_ids());
+    eos.sort_unstable();
+    eos.dedup();
+    let total = config.num_layers;
+    let model = LlamaModel::load(config, source.as_ref(), |done| progress(done, total))?;
+    if tokenizer.vocab_size() > model.cfg.vocab_size {
+        return Err(ModelError::ConfigMismatch {
+            path: path.into(),
+            msg: format!("tokenizer has {} tokens, the model only {}", tokenizer.vocab_size(), model.cfg.vocab_size),
+        });
+    }
+    Ok(LoadedModel { name: model_name(path), path: path.into(), model, tokenizer, generation, eos_token_ids: eos })
+}
+
+fn read_generation_config(path: &Path) -> Result<(GenerationDefaults, Vec<u32>), ModelError> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok((GenerationDefaults::default(), vec![]));
+    };
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| ModelError::Corrupt { path: path.into(), msg: e.to_string() })?;
+    let f = |k: &str| v.get(k).and_then(|x| x.as_f64()).map(|x| x as f32);
+    let defaults = GenerationDefaults {
+        temperature: f("temperature"),
+        top_p: f("top_p"),
+        top_k: v.get("top_k").and_then(|x| x.as_i64()).map(|x| x as i32),
+        repetition_penalty: f("repetition_penalty"),
+    };
+    Ok((defaults, ids_from_json(&v.get("eos_token_id").cloned())))
+}

@@ -1,0 +1,38 @@
+//! The model runner: turns one scheduled step (`BatchInput`) into sampled
+//! token ids. It owns the backend's KV memory; the engine owns the block ids.
+
+pub mod cpu;
+
+use crate::engine::TokenLogprob;
+use crate::model::BatchInput;
+use crate::sampling::SamplingParams;
+
+/// What sampling needs for one sequence that wants logits this step.
+pub struct SampleRequest<'a> {
+    pub params: &'a SamplingParams,
+    /// The sequence's own RNG (seeded per request; advanced only when sampling).
+    pub rng: &'a mut rand_chacha::ChaCha8Rng,
+    /// Prompt ids and ids generated so far (for repetition/frequency/presence penalties).
+    pub prompt: &'a [u32],
+    pub output: &'a [u32],
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sampled {
+    pub token_id: u32,
+    /// Present when the request asked for logprobs.
+    pub logprob: Option<TokenLogprob>,
+}
+
+/// A backend able to run steps. The CPU runner (rayon) and the CUDA runner
+/// implement it; scheduler tests use a fake.
+pub trait ModelRunner: Send {
+    /// Runs the forward pass of `batch`, writing K/V of its tokens into the
+    /// paged cache, and samples one token for each sequence of `batch.seqs`
+    /// with `want_logits`, in order; `sample` has one entry per such sequence.
+    fn execute(&mut self, batch: &BatchInput, sample: &mut [SampleRequest<'_>]) -> anyhow::Result<Vec<Sampled>>;
+    /// Number of KV blocks the runner's pool holds (block 0 included, never used).
+    fn num_kv_blocks(&self) -> usize;
+    fn block_size(&self) -> usize;
+    fn vocab_size(&self) -> usize;
+}

@@ -1,0 +1,189 @@
+//! Tokenizer: a `tokenizers::Tokenizer` plus what the engine needs around it
+//! (BOS/EOS ids, which ids are special, the chat template), built from a
+//! Hugging Face directory or from GGUF metadata; and the incremental
+//! detokenizer used when streaming.
+//!
+//! Invariant: `encode(text, true)` adds exactly the special tokens the model
+//! asks for (BOS when `add_bos`, EOS when `add_eos`) and nothing else; the
+//! inner tokenizer's own post-processor is used only for Hugging Face
+//! directories (it is how transformers adds them there).
+
+mod chat;
+mod detok;
+mod gguf;
+mod hf;
+mod pretok;
+
+pub use chat::{ChatMessage, ChatTemplate};
+pub use detok::IncrementalDetokenizer;
+pub use gguf::GgufVocab;
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use crate::model::gguf::GgufFile;
+
+/// Everything that can go wrong building or using a tokenizer.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizerError {
+    #[error("{path}: {msg}")]
+    Load { path: String, msg: String },
+    #[error("GGUF tokenizer metadata: {0}")]
+    Gguf(String),
+    #[error("unsupported GGUF tokenizer model '{0}' (supported: gpt2, llama)")]
+    UnsupportedModel(String),
+    #[error("encoding failed: {0}")]
+    Encode(String),
+    #[error("decoding failed: {0}")]
+    Decode(String),
+    #[error("token id {id} is out of range (vocabulary size {vocab_size})")]
+    BadId { id: u32, vocab_size: usize },
+    #[error("this model has no chat template")]
+    NoChatTemplate,
+    #[error("chat template: {0}")]
+    Template(String),
+}
+
+/// How the special ids around a sequence are added on `encode(_, true)`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SpecialIds {
+    pub bos: Option<u32>,
+    pub eos: Option<u32>,
+    /// Every id that ends generation (EOS, end-of-turn ...), EOS first.
+    pub eos_ids: Vec<u32>,
+    pub add_bos: bool,
+    pub add_eos: bool,
+    /// When true the inner tokenizer's post-processor adds BOS/EOS itself.
+    pub use_post_processor: bool,
+}
+
+/// A model's tokenizer. Cheap to share behind `Arc`; all methods take `&self`.
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    ids: SpecialIds,
+    /// Ids of special (control) tokens, skipped when decoding for output.
+    special: HashSet<u32>,
+    chat: Option<ChatTemplate>,
+}
+
+impl Tokenizer {
+    /// Loads `tokenizer.json` and `tokenizer_config.json` (chat template,
+    /// bos/eos tokens, add_bos_token) from a Hugging Face model directory.
+    pub fn from_hf_dir(dir: &Path) -> Result<Tokenizer, TokenizerError> {
+        hf::load(dir)
+    }
+
+    /// Builds the tokenizer from GGUF `tokenizer.*` metadata.
+    pub fn from_gguf(g: &GgufFile) -> Result<Tokenizer, TokenizerError> {
+        let vocab = GgufVocab::from_gguf(g)?;
+        Self::from_gguf_vocab(&vocab)
+    }
+
+    /// Builds the tokenizer from already extracted GGUF tokenizer metadata.
+    pub fn from_gguf_vocab(v: &GgufVocab) -> Result<Tokenizer, TokenizerError> {
+        let (inner, ids) = gguf::build(v)?;
+        let name = |id: Option<u32>| id.and_then(|i| v.tokens.get(i as usize)).cloned();
+        let chat = match &v.chat_template {
+            Some(src) => Some(ChatTemplate::new(src, name(ids.bos), name(ids.eos))?),
+            None => None,
+        };
+        Ok(Tokenizer::from_parts(inner, ids, chat))
+    }
+
+    pub(crate) fn from_parts(
+        inner: tokenizers::Tokenizer,
+        ids: SpecialIds,
+        chat: Option<ChatTemplate>,
+    ) -> Tokenizer {
+        let special = inner
+            .get_added_tokens_decoder()
+            .iter()
+            .filter(|(_, t)| t.special)
+            .map(|(id, _)| *id)
+            .collect();
+        Tokenizer { inner, ids, special, chat }
+    }
+
+    /// Token ids of `text`. With `add_special_tokens` the model's BOS (and
+    /// EOS where the model wants it) are added. Special-token strings that
+    /// appear in `text` (e.g. `<|im_start|>`) become their single ids.
+    pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, TokenizerError> {
+        let post = add_special_tokens && self.ids.use_post_processor;
+        let enc = self
+            .inner
+            .encode(text, post)
+            .map_err(|e| TokenizerError::Encode(e.to_string()))?;
+        let mut out = Vec::with_capacity(enc.len() + 2);
+        if add_special_tokens && !self.ids.use_post_processor {
+            if let (true, Some(b)) = (self.ids.add_bos, self.ids.bos) {
+                out.push(b);
+            }
+        }
+        out.extend_from_slice(enc.get_ids());
+        if add_special_tokens && !self.ids.use_post_processor {
+            if let (true, Some(e)) = (self.ids.add_eos, self.ids.eos) {
+                out.push(e);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The text of `ids`; with `skip_special_tokens` control tokens are left out.
+    /// No clean-up of spaces is done (the text is what the tokens spell).
+    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, TokenizerError> {
+        let n = self.vocab_size();
+        if let Some(&id) = ids.iter().find(|&&id| id as usize >= n) {
+            return Err(TokenizerError::BadId { id, vocab_size: n });
+        }
+        self.inner
+            .decode(ids, skip_special_tokens)
+            .map_err(|e| TokenizerError::Decode(e.to_string()))
+    }
+
+    /// Number of ids, added tokens included.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    pub fn bos_id(&self) -> Option<u32> {
+        self.ids.bos
+    }
+
+    /// Ids that end generation, EOS first. Never empty when the model names an EOS.
+    pub fn eos_ids(&self) -> &[u32] {
+        &self.ids.eos_ids
+    }
+
+    /// Whether `id` is a special (control) token, left out of output text.
+    pub fn is_special(&self, id: u32) -> bool {
+        self.special.contains(&id)
+    }
+
+    /// Whether the model ships a chat template.
+    pub fn has_chat_template(&self) -> bool {
+        self.chat.is_some()
+    }
+
+    /// Renders the model's chat template over `messages`.
+    pub fn apply_chat_template(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, TokenizerError> {
+        let chat = self.chat.as_ref().ok_or(TokenizerError::NoChatTemplate)?;
+        chat.render(messages, add_generation_prompt)
+    }
+
+    /// The wrapped `tokenizers::Tokenizer`.
+    pub fn inner(&self) -> &tokenizers::Tokenizer {
+        &self.inner
+    }
+}
