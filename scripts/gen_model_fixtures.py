@@ -24,7 +24,8 @@ tests/fixtures/models/
 tests/fixtures/default_model/
   reference.json             transformers' results on models/SmolLM2-135M-Instruct.Q4_1.gguf
                              (loaded with gguf_file=, dequantized to f32): prompt ids,
-                             top-20 ids, greedy ids/text, dequantized weight samples
+                             top-20 ids, greedy ids/text, GGUF tokenizer cases,
+                             dequantized weight samples
   logits_<i>.f32             last-position logits of prompt i, float32 little-endian
 
 The JSON schemas are described in tests/fixtures/models/README.md.
@@ -386,6 +387,19 @@ DEFAULT_PROMPTS = [
     {"kind": "chat", "messages": [{"role": "user", "content": "What is the capital of France?"}]},
 ]
 TOP_K = 20
+# the GGUF tokenizer against transformers': unicode, code, emoji, whitespace runs, specials
+GGUF_TOKENIZER_TEXTS = [
+    "Hello, world!",
+    "  two leading spaces, trailing tab\t",
+    "line one\n\nline three\r\n\tindented",
+    "caf\u00e9 na\u00efve \u00fcber \u0141\u00f3d\u017a \u65e5\u672c\u8a9e\u306e\u30c6\u30ad\u30b9\u30c8 \u0645\u0631\u062d\u0628\u0627 \u043f\u0440\u0438\u0432\u0435\u0442",
+    "emoji \U0001F600\U0001F680 family \U0001F468\u200d\U0001F469\u200d\U0001F467 flag \U0001F1EB\U0001F1F7",
+    "fn main() {\n    let x: Vec<u32> = (0..10).map(|i| i * 2).collect();\n}\n",
+    "numbers 1234567890 3.14159 -42 1e-9 0x1F",
+    "it's they'll we'd I'M DON'T",
+    "<|im_start|>user\nhi<|im_end|>\n<|endoftext|>",
+    "          many          spaces          ",
+]
 # (tensor name, rows whose first 8 values are recorded). Rows 0..3, 32, 33 of q/k
 # straddle GGUF's rotary permutation (head_dim 64): a loader that does not undo
 # it puts the wrong row at 1, 2, 32, ... `row_sums` cover every row.
@@ -463,6 +477,10 @@ def default_reference():
             "greedy_text_until_eos": tok.decode(gen[: eos[0]] if eos else gen, skip_special_tokens=False),
         })
         print(f"  default prompt {i}: {len(ids)} ids, greedy: {cases[-1]['greedy_text_until_eos']!r}")
+    tokenizer_cases = []
+    for text in GGUF_TOKENIZER_TEXTS:
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        tokenizer_cases.append({"text": text, "ids": ids, "decoded": tok.decode(ids, skip_special_tokens=False)})
     ref = {
         "generator": "scripts/gen_model_fixtures.py",
         "transformers_version": transformers.__version__,
@@ -475,6 +493,7 @@ def default_reference():
         "chat_template": tok.chat_template,
         "greedy_steps": GREEDY_STEPS,
         "cases": cases,
+        "tokenizer_cases": tokenizer_cases,
         "weights": weight_samples(model),
     }
     path = DEFAULT_DIR / "reference.json"

@@ -10,6 +10,7 @@ pub mod api;
 pub mod backend;
 pub mod config;
 pub mod engine;
+pub mod launch;
 pub mod model;
 pub mod runner;
 pub mod sampling;

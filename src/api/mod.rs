@@ -2,25 +2,59 @@
 //! SSE streaming, auth, per-key rate limits, admission control, metrics and
 //! graceful shutdown. Errors become HTTP statuses in one place
 //! (`error::ApiError::status_type_code`).
+//!
+//! Layers, outermost first: CORS -> panic catcher -> request record (id,
+//! log line, metrics, rate-limit headers) -> auth (on the matched route) ->
+//! 413 rewrite -> body limit -> route. Inside a generation handler: parse ->
+//! model -> validate -> admission (drain, queue cap, request limits) ->
+//! template + tokenize -> context window -> token limit -> submit -> respond.
 
+pub mod adapters;
+pub mod admit;
+pub mod auth;
+pub mod chat;
+pub mod completions;
 pub mod error;
+pub mod events;
 pub mod json;
+pub mod logprobs;
+pub mod metrics;
+pub mod misc;
+pub mod openapi;
 pub mod port;
+pub mod ratelimit;
+pub mod reqlog;
+pub mod server;
+pub mod sse;
 pub mod validate;
 pub mod wire_in;
 pub mod wire_out;
 
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
+use axum::middleware::{from_fn_with_state, map_response};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use rand::distributions::{Alphanumeric, DistString};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::limit::RequestBodyLimitLayer;
 
 pub use error::ApiError;
 pub use port::{ChatTurn, CodecError, Engine, EngineGauges, TextCodec};
+pub use server::{init_tracing, serve_with};
 
-use crate::config::ServerConfig;
+use crate::config::{ConfigError, ServerConfig};
 
 /// What the server tells clients about the model it serves.
 #[derive(Debug, Clone)]
 pub struct ModelInfo {
-    /// Name clients send as `model` (after `--served-model-name`).
+    /// Name clients send as `model` (`--served-model-name` overrides it).
     pub name: String,
     pub max_model_len: usize,
     /// Unix seconds reported as `created` in /v1/models.
@@ -34,4 +68,145 @@ pub struct AppState {
     pub model: ModelInfo,
     pub config: ServerConfig,
     pub limits: validate::Limits,
+    pub keys: auth::KeyStore,
+    pub metrics: Arc<metrics::Metrics>,
+    pub lifecycle: admit::Lifecycle,
+    /// Admitted requests that have not received their first token.
+    pub pending: Arc<AtomicUsize>,
+    /// `system_fingerprint`: fixed for one build serving one model.
+    pub fingerprint: String,
+}
+
+impl AppState {
+    /// Checks the config once and loads keys.
+    pub fn new(
+        config: ServerConfig,
+        engine: Arc<dyn Engine>,
+        codec: Arc<dyn TextCodec>,
+        mut model: ModelInfo,
+    ) -> Result<Arc<AppState>, ConfigError> {
+        config.check()?;
+        let keys = auth::KeyStore::new(&config.keys()?);
+        if let Some(name) = &config.served_model_name {
+            model.name = name.clone();
+        }
+        let limits = validate::Limits {
+            max_n: config.max_n,
+            max_stop: config.max_stop,
+            max_logprobs: config.max_logprobs,
+            max_prompts: config.max_prompts,
+            max_model_len: model.max_model_len,
+            vocab_size: codec.vocab_size(),
+        };
+        let digest = blake3::hash(format!("kiln {} {} {}", env!("CARGO_PKG_VERSION"), model.name, model.max_model_len).as_bytes());
+        let fingerprint = format!("fp_{}", &digest.to_hex()[..10]);
+        Ok(Arc::new(AppState {
+            engine,
+            codec,
+            model,
+            config,
+            limits,
+            keys,
+            metrics: Arc::new(metrics::Metrics::new()),
+            lifecycle: admit::Lifecycle::default(),
+            pending: Arc::new(AtomicUsize::new(0)),
+            fingerprint,
+        }))
+    }
+}
+
+/// id / created / model / fingerprint shared by a response and its chunks.
+#[derive(Debug, Clone)]
+pub struct ResponseMeta {
+    pub id: String,
+    pub created: u64,
+    pub model: String,
+    pub fingerprint: String,
+}
+
+impl ResponseMeta {
+    pub fn new(prefix: &str, state: &AppState) -> Self {
+        let suffix = Alphanumeric.sample_string(&mut rand::thread_rng(), 24);
+        ResponseMeta {
+            id: format!("{prefix}-{suffix}"),
+            created: unix_now(),
+            model: state.model.name.clone(),
+            fingerprint: state.fingerprint.clone(),
+        }
+    }
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// tower-http answers an oversized Content-Length with a bare 413 before
+/// reading the body; give it OpenAI's error shape.
+async fn shape_413(limit: usize, resp: Response) -> Response {
+    let is_json = resp.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if resp.status() == StatusCode::PAYLOAD_TOO_LARGE && !is_json {
+        return ApiError::PayloadTooLarge { limit }.into_response();
+    }
+    resp
+}
+
+fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    let h = |s: &'static str| HeaderName::from_static(s);
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, h("x-api-key"), h("x-request-id")])
+            .expose_headers([
+                h("x-request-id"),
+                h("x-ratelimit-limit-requests"),
+                h("x-ratelimit-remaining-requests"),
+                h("x-ratelimit-reset-requests"),
+                h("x-ratelimit-limit-tokens"),
+                h("x-ratelimit-remaining-tokens"),
+                h("x-ratelimit-reset-tokens"),
+                header::RETRY_AFTER,
+            ]),
+    )
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    ApiError::Internal("handler panicked".into()).into_response()
+}
+
+/// Every route with every layer; used by `serve_with` and by tests.
+pub fn router(state: Arc<AppState>) -> Router {
+    let limit = state.config.max_body_bytes;
+    let app = Router::new()
+        .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/v1/completions", post(completions::completions))
+        .route("/v1/models", get(misc::list_models))
+        .route("/v1/models/{model}", get(misc::retrieve_model))
+        .route("/tokenize", post(misc::tokenize))
+        .route("/detokenize", post(misc::detokenize))
+        .route("/health", get(misc::health))
+        .route("/version", get(misc::version))
+        .route("/metrics", get(misc::metrics))
+        .route("/openapi.json", get(openapi::openapi_json))
+        .fallback(misc::not_found)
+        .method_not_allowed_fallback(misc::method_not_allowed)
+        .layer(DefaultBodyLimit::disable())
+        .layer(RequestBodyLimitLayer::new(limit))
+        .layer(map_response(move |r: Response| shape_413(limit, r)))
+        .layer(from_fn_with_state(state.clone(), auth::require_key))
+        .layer(from_fn_with_state(state.clone(), reqlog::record_request))
+        .layer(CatchPanicLayer::custom(panic_response));
+    let app = match cors_layer(&state.config.cors_origins) {
+        Some(cors) => app.layer(cors),
+        None => app,
+    };
+    app.with_state(state)
 }

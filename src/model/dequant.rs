@@ -166,13 +166,14 @@ fn q6_k_block(s: &[u8], out: &mut [f32]) {
 /// are permuted: transformers' GGUF loader applies its reverse permute only
 /// for `general.architecture == "llama"` (which includes Mistral and SmolLM2);
 /// qwen2/qwen3 GGUFs keep HF order (llama.cpp runs them with NEOX rope).
-/// `cols` = 1 handles a bias vector.
-pub fn unpermute_qk_rows(w: &[f32], n_head: usize, rows: usize, cols: usize) -> Vec<f32> {
+/// `cols` = 1 handles a bias vector. Generic over the element so raw
+/// quantized rows (bytes, `cols` = bytes per row) permute the same way.
+pub fn unpermute_qk_rows<T: Copy + Default + Send + Sync>(w: &[T], n_head: usize, rows: usize, cols: usize) -> Vec<T> {
     assert_eq!(w.len(), rows * cols, "unpermute_qk_rows: w is not rows x cols");
     assert!(n_head > 0 && rows % (2 * n_head) == 0, "unpermute_qk_rows: rows {rows} not divisible by 2*n_head {n_head}");
     let hd = rows / n_head;
     let half = hd / 2;
-    let mut out = vec![0f32; w.len()];
+    let mut out = vec![T::default(); w.len()];
     out.par_chunks_mut(cols).enumerate().for_each(|(r, dst)| {
         let (h, k) = (r / hd, r % hd);
         let (i, j) = (k / half, k % half);

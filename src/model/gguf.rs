@@ -319,7 +319,7 @@ impl<'a> Reader<'a> {
         let n = self.u64(what)?;
         if n.saturating_mul(min_size) > self.left() as u64 {
             return Err(self.corrupt(format!(
-                "{what} {n} is impossible: {} bytes remain at offset {}",
+                "{what} {n} is impossible (file truncated or corrupt): {} bytes remain at offset {}",
                 self.left(),
                 self.pos
             )));
@@ -542,8 +542,8 @@ fn parse_header(
         let what = "GGUF version";
         return Err(ModelError::Unsupported { path: path.into(), what, name: format!("{version} (kiln reads 2 and 3)") });
     }
-    // Smallest tensor info: name len 8 + n_dims 4 + type 4 + offset 8 (+ one dim 8).
-    let n_tensors = r.count("tensor count", 32)?;
+    let tensor_count_at = r.pos;
+    let n_tensors = r.u64("header")?;
     // Smallest key/value: key len 8 + type 4 + one byte.
     let n_kv = r.count("metadata count", 13)?;
     let mut metadata = BTreeMap::new();
@@ -553,7 +553,17 @@ fn parse_header(
         let v = r.value(ty, &key, 0)?;
         metadata.insert(key, v);
     }
-    let mut tensors = Vec::with_capacity(n_tensors as usize);
+    // Smallest tensor info: name len 8 + n_dims 4 + one dim 8 + type 4 + offset 8.
+    // A count the whole file cannot hold is refused; one the rest of a
+    // truncated file cannot hold fails below, naming the tensor cut short.
+    if n_tensors.saturating_mul(32) > buf.len() as u64 {
+        let msg = format!(
+            "tensor count {n_tensors} (at offset {tensor_count_at}) is impossible (file truncated or corrupt): the file has {} bytes",
+            buf.len()
+        );
+        return Err(r.corrupt(msg));
+    }
+    let mut tensors = Vec::with_capacity((n_tensors as usize).min(r.left() / 32));
     for _ in 0..n_tensors {
         tensors.push(read_tensor_info(&mut r)?);
     }

@@ -1,9 +1,13 @@
-//! GGUF as a `WeightSource`: tensors answered by Hugging Face name,
-//! dequantized to f32, with llama.cpp's rotary permutation of the Q and K
-//! projections undone so they match the Hugging Face layout.
+//! GGUF as a `WeightSource`: tensors answered by Hugging Face name, with
+//! llama.cpp's rotary permutation of the Q and K projections undone (see
+//! `gguf_config::hf_tensor_f32`). Q8_0 and Q4_1 matrices keep their blocks
+//! (the CPU backend multiplies them directly, rows permuted as raw bytes);
+//! every other type is dequantized to f32 at load.
 
-use super::gguf::GgufFile;
-use super::gguf_config::hf_name;
+use super::config::ModelConfig;
+use super::dequant::unpermute_qk_rows;
+use super::gguf::{GgmlType, GgufFile};
+use super::gguf_config::{hf_name, hf_tensor_f32, qk_permuted};
 use super::weights::{HostTensor, WeightSource};
 use super::ModelError;
 use crate::backend::cpu::WeightData;
@@ -12,23 +16,15 @@ use std::path::Path;
 
 pub struct GgufSource {
     file: GgufFile,
+    cfg: ModelConfig,
     /// Hugging Face name -> GGUF name
     names: HashMap<String, String>,
-    /// (heads of q, heads of k) when the file's Q/K rows are permuted.
-    permuted: Option<(usize, usize)>,
 }
 
 impl GgufSource {
-    pub fn new(file: GgufFile, num_heads: usize, num_kv_heads: usize) -> GgufSource {
+    pub fn new(file: GgufFile, cfg: ModelConfig) -> GgufSource {
         let names = file.tensors.iter().filter_map(|t| hf_name(&t.name).map(|h| (h, t.name.clone()))).collect();
-        // llama.cpp's converter permutes Q/K only for the llama architecture
-        // (which covers Mistral and SmolLM); Qwen GGUFs keep the HF order.
-        let permuted = (file.get_str("general.architecture") == Some("llama")).then_some((num_heads, num_kv_heads));
-        GgufSource { file, names, permuted }
-    }
-
-    pub fn file(&self) -> &GgufFile {
-        &self.file
+        GgufSource { file, cfg, names }
     }
 }
 
@@ -47,25 +43,26 @@ impl WeightSource for GgufSource {
             .names
             .get(name)
             .ok_or_else(|| ModelError::MissingTensor { path: self.file.path.clone(), tensor: name.into() })?;
-        let (shape, mut data) = self.file.tensor_f32(gname)?;
-        if let Some((nh, nkv)) = self.permuted {
-            let heads = if name.ends_with("self_attn.q_proj.weight") {
-                Some(nh)
-            } else if name.ends_with("self_attn.k_proj.weight") {
-                Some(nkv)
-            } else {
-                None
+        let info = self.file.tensor(gname).expect("names come from the file's tensors");
+        if let (GgmlType::Q8_0 | GgmlType::Q4_1, [cols, rows]) = (info.ggml_type, info.dims.as_slice()) {
+            let (rows, cols, ty) = (*rows, *cols, info.ggml_type);
+            let mut raw = self.file.raw_bytes(info)?.to_vec();
+            let heads = match name {
+                n if n.ends_with("self_attn.q_proj.weight") => Some(self.cfg.num_heads),
+                n if n.ends_with("self_attn.k_proj.weight") => Some(self.cfg.num_kv_heads),
+                _ => None,
             };
-            if let (Some(heads), [rows, cols]) = (heads, shape.as_slice()) {
-                if rows % (2 * heads) != 0 {
-                    return Err(ModelError::ConfigMismatch {
-                        path: self.file.path.clone(),
-                        msg: format!("tensor '{gname}' has {rows} rows, not a multiple of 2 x {heads} heads"),
-                    });
+            if let (Some(h), true) = (heads, qk_permuted(&self.file)) {
+                if rows % (2 * h) != 0 {
+                    let msg = format!("{gname} has {rows} rows, not a multiple of 2 x {h} heads");
+                    return Err(ModelError::ConfigMismatch { path: self.file.path.clone(), msg });
                 }
-                data = super::dequant::unpermute_qk_rows(&data, heads, *rows, *cols);
+                raw = unpermute_qk_rows(&raw, h, rows, raw.len() / rows);
             }
+            let data = if ty == GgmlType::Q8_0 { WeightData::Q8_0(raw) } else { WeightData::Q4_1(raw) };
+            return Ok(HostTensor { shape: vec![rows, cols], data });
         }
+        let (_, shape, data) = hf_tensor_f32(&self.file, &self.cfg, gname)?;
         Ok(HostTensor { shape, data: WeightData::F32(data) })
     }
 }

@@ -62,7 +62,7 @@ pub fn load(path: &Path, mut progress: impl FnMut(usize, usize)) -> Result<Loade
             let file = GgufFile::open(path)?;
             let config = config_from_gguf(&file)?;
             let tokenizer = Tokenizer::from_gguf(&file).map_err(|e| tok_err(path, e))?;
-            let src = GgufSource::new(file, config.num_heads, config.num_kv_heads);
+            let src = GgufSource::new(file, config.clone());
             (config, Box::new(src), tokenizer, GenerationDefaults::default(), vec![])
         };
     let mut eos: Vec<u32> = config.eos_token_ids.clone();

@@ -6,7 +6,9 @@ pub mod config;
 pub mod dequant;
 pub mod gguf;
 pub mod gguf_config;
+pub mod gguf_weights;
 pub mod llama;
+pub mod loader;
 pub mod weights;
 
 pub use batch::{BatchInput, SeqInput};

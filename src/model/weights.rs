@@ -3,7 +3,7 @@
 //! file formats.
 
 use super::ModelError;
-use crate::backend::cpu::WeightData;
+use crate::backend::cpu::{Weight, WeightData};
 use half::{bf16, f16};
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
@@ -23,11 +23,14 @@ impl HostTensor {
         self.shape.iter().product()
     }
 
-    /// The values as f32 (a copy for bf16 data).
+    /// The values as f32 (a copy, dequantized for block formats).
     pub fn to_f32(&self) -> Vec<f32> {
         match &self.data {
             WeightData::F32(v) => v.clone(),
-            WeightData::Bf16(v) => v.iter().map(|x| x.to_f32()).collect(),
+            data => {
+                let cols = self.shape.last().copied().unwrap_or(1).max(1);
+                Weight { rows: self.numel() / cols, cols, data: data.clone() }.to_f32()
+            }
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Loading a tokenizer from a Hugging Face model directory:
 //! `tokenizer.json` (the whole pipeline) and `tokenizer_config.json`
-//! (chat template, bos/eos tokens, add_bos_token/add_eos_token).
+//! (chat template, bos/eos tokens, add_bos_token/add_eos_token), and
+//! `chat_template.jinja` when present.
 
 use std::path::Path;
 
@@ -27,7 +28,7 @@ pub(crate) fn load(dir: &Path) -> Result<Tokenizer, TokenizerError> {
     let eos = eos_token.as_deref().and_then(|t| inner.token_to_id(t));
 
     let ids = special_ids(&inner, &cfg, bos, eos);
-    let chat = match chat_template_source(&cfg) {
+    let chat = match chat_template_file(dir)?.or_else(|| chat_template_source(&cfg)) {
         Some(src) => Some(ChatTemplate::new(&src, bos_token, eos_token)?),
         None => None,
     };
@@ -53,6 +54,16 @@ fn token_content(v: &J) -> Option<String> {
         J::Object(m) => m.get("content").and_then(J::as_str).map(str::to_string),
         _ => None,
     }
+}
+
+/// `chat_template.jinja`, where transformers >= 4.50 saves the template
+/// (it wins over tokenizer_config.json's, as in transformers).
+fn chat_template_file(dir: &Path) -> Result<Option<String>, TokenizerError> {
+    let path = dir.join("chat_template.jinja");
+    if !path.is_file() {
+        return Ok(None);
+    }
+    std::fs::read_to_string(&path).map(Some).map_err(|e| load_err(&path, e))
 }
 
 /// `chat_template` is a string, or a list of `{name, template}` of which

@@ -64,6 +64,9 @@ pub struct Tokenizer {
     /// Ids of special (control) tokens, skipped when decoding for output.
     special: HashSet<u32>,
     chat: Option<ChatTemplate>,
+    /// Highest id + 1 (computed once: the inner tokenizer rebuilds its whole
+    /// vocabulary map to count it).
+    vocab_size: usize,
 }
 
 impl Tokenizer {
@@ -101,7 +104,8 @@ impl Tokenizer {
             .filter(|(_, t)| t.special)
             .map(|(id, _)| *id)
             .collect();
-        Tokenizer { inner, ids, special, chat }
+        let vocab_size = inner.get_vocab(true).values().max().map_or(0, |&m| m as usize + 1);
+        Tokenizer { inner, ids, special, chat, vocab_size }
     }
 
     /// Token ids of `text`. With `add_special_tokens` the model's BOS (and
@@ -140,9 +144,9 @@ impl Tokenizer {
             .map_err(|e| TokenizerError::Decode(e.to_string()))
     }
 
-    /// Number of ids, added tokens included.
+    /// Number of ids (highest id + 1), added tokens included.
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        self.vocab_size
     }
 
     pub fn token_to_id(&self, token: &str) -> Option<u32> {

@@ -8,15 +8,31 @@
 //! in tiles of rows so a tile stays in cache while the block's weight rows
 //! stream past. Each task writes a disjoint set of columns of y.
 
+use super::quant::{self, block_sums, dot_q4_1, dot_q8_0};
 use super::simd::{dot_bf16, dot_f32};
 use half::bf16;
 use rayon::prelude::*;
 
-/// Weight storage of a matrix. bf16 weights are widened exactly in the dot product.
+/// Weight storage of a matrix. bf16 weights are widened exactly in the dot
+/// product; GGUF Q8_0 / Q4_1 rows stay in their blocks (see `quant`).
 #[derive(Clone, Debug)]
 pub enum WeightData {
     F32(Vec<f32>),
     Bf16(Vec<bf16>),
+    Q8_0(Vec<u8>),
+    Q4_1(Vec<u8>),
+}
+
+impl WeightData {
+    /// Bytes of one row of `cols` values.
+    fn row_bytes(&self, cols: usize) -> usize {
+        match self {
+            WeightData::F32(_) => cols * 4,
+            WeightData::Bf16(_) => cols * 2,
+            WeightData::Q8_0(_) => cols / quant::QK * quant::Q8_0_BYTES,
+            WeightData::Q4_1(_) => cols / quant::QK * quant::Q4_1_BYTES,
+        }
+    }
 }
 
 /// A row-major `[rows, cols]` matrix of weights.
@@ -33,54 +49,64 @@ impl Weight {
         Weight { rows, cols, data: WeightData::F32(data) }
     }
 
+    /// x · row r; `xsum` holds x's 32-wide block sums (Q4_1 only).
     #[inline]
-    fn dot_row(&self, r: usize, x: &[f32]) -> f32 {
+    fn dot_row(&self, r: usize, x: &[f32], xsum: &[f32]) -> f32 {
         let (a, b) = (r * self.cols, (r + 1) * self.cols);
+        let rb = self.data.row_bytes(self.cols);
         match &self.data {
             WeightData::F32(w) => dot_f32(x, &w[a..b]),
             WeightData::Bf16(w) => dot_bf16(x, &w[a..b]),
+            WeightData::Q8_0(w) => dot_q8_0(x, &w[r * rb..(r + 1) * rb]),
+            WeightData::Q4_1(w) => dot_q4_1(x, xsum, &w[r * rb..(r + 1) * rb]),
         }
     }
 
     /// Copies row `r` into `out` as f32 (embedding lookup).
     pub fn row_into(&self, r: usize, out: &mut [f32]) {
         let (a, b) = (r * self.cols, (r + 1) * self.cols);
+        let rb = self.data.row_bytes(self.cols);
         match &self.data {
             WeightData::F32(w) => out.copy_from_slice(&w[a..b]),
             WeightData::Bf16(w) => out.iter_mut().zip(&w[a..b]).for_each(|(o, v)| *o = v.to_f32()),
+            WeightData::Q8_0(w) => quant::row_q8_0(&w[r * rb..(r + 1) * rb], out),
+            WeightData::Q4_1(w) => quant::row_q4_1(&w[r * rb..(r + 1) * rb], out),
         }
     }
 
-    /// Stacks matrices with the same number of columns (e.g. q, k, v into qkv).
-    /// The result is f32 unless all parts are bf16.
+    /// The whole matrix as f32.
+    pub fn to_f32(&self) -> Vec<f32> {
+        let mut v = vec![0.0; self.rows * self.cols];
+        for (r, o) in v.chunks_mut(self.cols.max(1)).enumerate() {
+            self.row_into(r, o);
+        }
+        v
+    }
+
+    /// Stacks matrices with the same number of columns (e.g. q, k, v into
+    /// qkv). Parts of one storage type keep it; mixed parts become f32.
     pub fn concat_rows(parts: &[&Weight]) -> Weight {
         let cols = parts[0].cols;
         assert!(parts.iter().all(|p| p.cols == cols));
         let rows = parts.iter().map(|p| p.rows).sum();
-        if parts.iter().all(|p| matches!(p.data, WeightData::Bf16(_))) {
-            let mut v = Vec::with_capacity(rows * cols);
-            for p in parts {
-                if let WeightData::Bf16(d) = &p.data {
-                    v.extend_from_slice(d);
-                }
+        let same = parts.iter().all(|p| std::mem::discriminant(&p.data) == std::mem::discriminant(&parts[0].data));
+        let data = match &parts[0].data {
+            WeightData::Bf16(_) if same => {
+                WeightData::Bf16(parts.iter().flat_map(|p| if let WeightData::Bf16(d) = &p.data { d.clone() } else { vec![] }).collect())
             }
-            return Weight { rows, cols, data: WeightData::Bf16(v) };
-        }
-        let mut v = Vec::with_capacity(rows * cols);
-        for p in parts {
-            match &p.data {
-                WeightData::F32(d) => v.extend_from_slice(d),
-                WeightData::Bf16(d) => v.extend(d.iter().map(|x| x.to_f32())),
+            WeightData::Q8_0(_) if same => {
+                WeightData::Q8_0(parts.iter().flat_map(|p| if let WeightData::Q8_0(d) = &p.data { d.clone() } else { vec![] }).collect())
             }
-        }
-        Weight::f32(rows, cols, v)
+            WeightData::Q4_1(_) if same => {
+                WeightData::Q4_1(parts.iter().flat_map(|p| if let WeightData::Q4_1(d) = &p.data { d.clone() } else { vec![] }).collect())
+            }
+            _ => WeightData::F32(parts.iter().flat_map(|p| p.to_f32()).collect()),
+        };
+        Weight { rows, cols, data }
     }
 
     pub fn bytes(&self) -> usize {
-        match &self.data {
-            WeightData::F32(d) => d.len() * 4,
-            WeightData::Bf16(d) => d.len() * 2,
-        }
+        self.rows * self.data.row_bytes(self.cols)
     }
 }
 
@@ -103,6 +129,11 @@ pub fn matmul(x: &[f32], m: usize, w: &Weight, bias: Option<&[f32]>, y: &mut [f3
     let threads = rayon::current_num_threads().max(1);
     // Enough blocks to balance, few enough to amortise task overhead.
     let block = (n / (threads * 8)).clamp(4, 256);
+    let xsums: Vec<f32> = match w.data {
+        WeightData::Q4_1(_) => x.chunks(k).flat_map(block_sums).collect(),
+        _ => Vec::new(),
+    };
+    let kb = k.div_ceil(quant::QK);
     let out = SyncPtr(y.as_mut_ptr());
     (0..n.div_ceil(block)).into_par_iter().for_each(|bi| {
         let out = out;
@@ -112,7 +143,8 @@ pub fn matmul(x: &[f32], m: usize, w: &Weight, bias: Option<&[f32]>, y: &mut [f3
             for j in j0..j1 {
                 let b = bias.map_or(0.0, |b| b[j]);
                 for i in i0..i1 {
-                    let v = w.dot_row(j, &x[i * k..(i + 1) * k]) + b;
+                    let xs = xsums.get(i * kb..(i + 1) * kb).unwrap_or(&[]);
+                    let v = w.dot_row(j, &x[i * k..(i + 1) * k], xs) + b;
                     // SAFETY: (i, j) is in bounds and column j belongs to this task only.
                     unsafe { *out.0.add(i * n + j) = v };
                 }

@@ -4,7 +4,7 @@
 use half::bf16;
 use std::sync::OnceLock;
 
-fn has_avx2_fma() -> bool {
+pub(crate) fn has_avx2_fma() -> bool {
     static FLAG: OnceLock<bool> = OnceLock::new();
     *FLAG.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]

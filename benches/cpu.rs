@@ -1,0 +1,64 @@
+//! CPU backend benchmarks: the matmul of a decode step and of a prefill
+//! chunk, paged attention, and one whole decode step of the default model.
+//!
+//! cargo bench --bench cpu
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use kiln::backend::cpu::attention::paged_attention;
+use kiln::backend::cpu::{matmul, KvCache, Weight};
+use kiln::model::BatchInput;
+use std::hint::black_box;
+
+fn bench_matmul(c: &mut Criterion) {
+    // SmolLM2-135M's MLP gate+up projection: [2*1536, 576].
+    let (n, k) = (3072, 576);
+    let w = Weight::f32(n, k, (0..n * k).map(|i| (i % 13) as f32 * 0.01).collect());
+    for m in [1usize, 16, 128] {
+        let x: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
+        let mut y = vec![0.0; m * n];
+        c.bench_function(&format!("matmul f32 m={m} n={n} k={k}"), |b| b.iter(|| matmul(black_box(&x), m, &w, None, &mut y)));
+    }
+}
+
+fn bench_attention(c: &mut Criterion) {
+    // 9 query heads, 3 KV heads, head_dim 64 (SmolLM2-135M), context 1024.
+    let (nh, nkv, hd, bs, ctx) = (9, 3, 64, 16, 1024);
+    let blocks = ctx / bs;
+    let mut cache = KvCache::new(1, blocks + 1, bs, nkv, hd);
+    cache.k[0].iter_mut().enumerate().for_each(|(i, v)| *v = (i % 11) as f32 * 0.01);
+    cache.v[0].iter_mut().enumerate().for_each(|(i, v)| *v = (i % 5) as f32 * 0.1);
+    let table: Vec<u32> = (1..=blocks as u32).collect();
+    for batch in [1usize, 16] {
+        let seqs: Vec<(&[u32], usize, &[u32], bool)> = (0..batch).map(|_| (&[0u32][..], ctx - 1, &table[..], true)).collect();
+        let b = BatchInput::build(bs, &seqs);
+        let q = vec![0.05f32; batch * nh * hd];
+        let mut out = vec![0.0; batch * nh * hd];
+        c.bench_function(&format!("paged attention decode ctx={ctx} seqs={batch}"), |bch| {
+            bch.iter(|| paged_attention(black_box(&b), &cache, 0, nh, &q, &mut out))
+        });
+    }
+}
+
+fn bench_decode_step(c: &mut Criterion) {
+    let Ok(path) = kiln::launch::resolve_model(&None) else {
+        eprintln!("skipping decode-step bench: the default model is not available");
+        return;
+    };
+    let loaded = kiln::model::loader::load(&path, |_, _| {}).expect("load default model");
+    let model = loaded.model;
+    let bs = 16;
+    let ctx = 128;
+    let table: Vec<u32> = (1..=(ctx / bs + 1) as u32).collect();
+    let mut kv = model.new_kv_cache(table.len() + 1, bs);
+    let prompt: Vec<u32> = (0..ctx as u32 - 1).map(|i| 100 + i).collect();
+    model.forward(&BatchInput::build(bs, &[(&prompt, 0, &table, true)]), &mut kv);
+    let step = BatchInput::build(bs, &[(&[42], ctx - 1, &table, true)]);
+    c.bench_function("default model decode step (batch 1, ctx 128)", |b| b.iter(|| model.forward(black_box(&step), &mut kv)));
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(20).measurement_time(std::time::Duration::from_secs(4));
+    targets = bench_matmul, bench_attention, bench_decode_step
+}
+criterion_main!(benches);

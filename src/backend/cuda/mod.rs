@@ -1,0 +1,27 @@
+//! The CUDA backend.
+//!
+//! Always built (no GPU, driver or toolkit needed; unit-tested in CI):
+//! - `kernels`: the .cu sources embedded in the binary;
+//! - `nvrtc`: finding NVRTC and compiling a kernel file for one architecture;
+//! - `module_cache`: compiled modules on disk, keyed by source, arch, NVRTC;
+//! - `launch`: grid / block / shared memory of every kernel;
+//! - `attention_plan`: decode vs prefill sequences, split-K, prefill tiles;
+//! - `graph_buckets`: batch sizes captured as CUDA graphs;
+//! - `memory`: KV pool sizing from --gpu-memory-utilization, workspace layout;
+//! - `sampling_plan`: sampling requests packed for the GPU, Philox twin.
+//!
+//! Built with `--features cuda` (cudarc with dynamic loading, so building
+//! still needs no toolkit): the device, cuBLAS GEMMs, kernel launchers, the
+//! forward pass, CUDA graphs and the `ModelRunner`.
+
+pub mod attention_plan;
+pub mod graph_buckets;
+pub mod kernels;
+pub mod launch;
+pub mod memory;
+pub mod module_cache;
+pub mod nvrtc;
+pub mod sampling_plan;
+
+#[cfg(test)]
+pub(crate) mod tests_support;

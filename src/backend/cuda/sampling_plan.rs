@@ -1,0 +1,229 @@
+//! Host side of GPU sampling: packs the step's sampling requests into the
+//! flat arrays sample_f32 / apply_penalties_f32 read, and the Rust twin of
+//! the kernels' Philox4x32-10.
+//!
+//! Semantics match `crate::sampling::sample` (bias, then repetition penalty
+//! over prompt and output, then frequency/presence over output counts;
+//! logprobs from the processed logits before temperature). Each sampled row
+//! draws one u64 from the sequence's own RNG as its Philox key (greedy rows
+//! draw nothing), so the RNG advances exactly when the sequence samples, as
+//! on the CPU, and the draw does not depend on the batch.
+
+use crate::runner::SampleRequest;
+use rand::RngCore;
+use std::collections::BTreeMap;
+
+/// Philox4x32-10: counter (4 words) and key (2 words) to 4 random words.
+/// Bit-identical to `philox4x32_10` in kernels/common.cuh.
+pub fn philox4x32_10(mut c: [u32; 4], key: [u32; 2]) -> [u32; 4] {
+    const M0: u32 = 0xD251_1F53;
+    const M1: u32 = 0xCD9E_8D57;
+    const W0: u32 = 0x9E37_79B9;
+    const W1: u32 = 0xBB67_AE85;
+    let (mut k0, mut k1) = (key[0], key[1]);
+    for r in 0..10 {
+        if r > 0 {
+            k0 = k0.wrapping_add(W0);
+            k1 = k1.wrapping_add(W1);
+        }
+        let p0 = (M0 as u64) * (c[0] as u64);
+        let p1 = (M1 as u64) * (c[2] as u64);
+        c = [((p1 >> 32) as u32) ^ c[1] ^ k0, p1 as u32, ((p0 >> 32) as u32) ^ c[3] ^ k1, p0 as u32];
+    }
+    c
+}
+
+/// The uniform in [0, 1) the kernel draws for (seed, step): top 24 bits of
+/// the first word.
+pub fn philox_uniform(seed: u64, step: u64) -> f32 {
+    let r = philox4x32_10([step as u32, (step >> 32) as u32, 0, 0], [seed as u32, (seed >> 32) as u32]);
+    (r[0] >> 8) as f32 * (1.0 / 16_777_216.0)
+}
+
+/// The arrays of one step's sampling, one entry (or CSR row) per request.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SamplingBatch {
+    pub temperature: Vec<f32>,
+    pub top_k: Vec<i32>,
+    pub top_p: Vec<f32>,
+    pub min_p: Vec<f32>,
+    pub seeds: Vec<u64>,
+    pub steps: Vec<u64>,
+    pub repetition: Vec<f32>,
+    pub frequency: Vec<f32>,
+    pub presence: Vec<f32>,
+    pub pen_offsets: Vec<i32>,
+    pub pen_ids: Vec<u32>,
+    pub pen_counts: Vec<f32>,
+    pub bias_offsets: Vec<i32>,
+    pub bias_ids: Vec<u32>,
+    pub bias_values: Vec<f32>,
+    /// Per row: Some(n) when the request wants logprobs (n alternatives).
+    pub logprobs: Vec<Option<u32>>,
+}
+
+impl SamplingBatch {
+    pub fn build(reqs: &mut [SampleRequest<'_>]) -> SamplingBatch {
+        let mut b = SamplingBatch { pen_offsets: vec![0], bias_offsets: vec![0], ..Default::default() };
+        for r in reqs.iter_mut() {
+            let p = r.params;
+            b.temperature.push(p.temperature.max(0.0));
+            b.top_k.push(p.top_k);
+            b.top_p.push(p.top_p);
+            b.min_p.push(p.min_p);
+            b.seeds.push(if p.temperature > 0.0 { r.rng.next_u64() } else { 0 });
+            b.steps.push(0);
+            b.repetition.push(p.repetition_penalty);
+            b.frequency.push(p.frequency_penalty);
+            b.presence.push(p.presence_penalty);
+            b.logprobs.push(p.logprobs);
+            for (id, count) in penalty_entries(p, r.prompt, r.output) {
+                b.pen_ids.push(id);
+                b.pen_counts.push(count as f32);
+            }
+            b.pen_offsets.push(b.pen_ids.len() as i32);
+            let mut bias: BTreeMap<u32, f32> = BTreeMap::new();
+            for &(id, v) in &p.logit_bias {
+                *bias.entry(id).or_default() += v;
+            }
+            b.bias_ids.extend(bias.keys());
+            b.bias_values.extend(bias.values());
+            b.bias_offsets.push(b.bias_ids.len() as i32);
+        }
+        b
+    }
+
+    pub fn rows(&self) -> usize {
+        self.temperature.len()
+    }
+
+    /// Whether apply_penalties_f32 has anything to do.
+    pub fn any_processor(&self) -> bool {
+        !self.pen_ids.is_empty() || !self.bias_ids.is_empty()
+    }
+
+    /// The largest number of alternatives any row asks for (0: none).
+    pub fn max_top_logprobs(&self) -> usize {
+        self.logprobs.iter().flatten().map(|&n| n as usize).max().unwrap_or(0)
+    }
+}
+
+/// Distinct tokens a penalty touches, sorted, with their output counts.
+/// Prompt-only tokens matter only to the repetition penalty.
+fn penalty_entries(p: &crate::sampling::SamplingParams, prompt: &[u32], output: &[u32]) -> Vec<(u32, u32)> {
+    let rep = p.repetition_penalty != 1.0;
+    let counts = p.frequency_penalty != 0.0 || p.presence_penalty != 0.0;
+    if !rep && !counts {
+        return Vec::new();
+    }
+    let mut m: BTreeMap<u32, u32> = BTreeMap::new();
+    if rep {
+        for &t in prompt {
+            m.entry(t).or_default();
+        }
+    }
+    for &t in output {
+        *m.entry(t).or_default() += 1;
+    }
+    m.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sampling::SamplingParams;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    /// Random123 tests/kat_vectors, the three philox4x32 10 lines.
+    #[test]
+    fn philox_known_answers() {
+        assert_eq!(philox4x32_10([0; 4], [0; 2]), [0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8]);
+        assert_eq!(philox4x32_10([u32::MAX; 4], [u32::MAX; 2]), [0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd]);
+        assert_eq!(
+            philox4x32_10([0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344], [0xa4093822, 0x299f31d0]),
+            [0xd16cfe09, 0x94fdcceb, 0x5001e420, 0x24126ea1]
+        );
+    }
+
+    #[test]
+    fn uniforms_are_in_range_and_spread() {
+        let u: Vec<f32> = (0..10_000).map(|s| philox_uniform(s, 3)).collect();
+        assert!(u.iter().all(|&x| (0.0..1.0).contains(&x)));
+        let mean = u.iter().sum::<f32>() / u.len() as f32;
+        assert!((mean - 0.5).abs() < 0.01, "{mean}");
+    }
+
+    #[test]
+    fn build_packs_params_penalties_and_bias() {
+        let greedy = SamplingParams { logit_bias: vec![(5, 1.0), (2, -1.0), (5, 0.5)], ..SamplingParams::greedy() };
+        let pen = SamplingParams {
+            temperature: 0.7,
+            top_k: 40,
+            repetition_penalty: 1.2,
+            frequency_penalty: 0.5,
+            logprobs: Some(3),
+            ..Default::default()
+        };
+        let (mut r0, mut r1) = (ChaCha8Rng::seed_from_u64(1), ChaCha8Rng::seed_from_u64(2));
+        let mut expect_rng = ChaCha8Rng::seed_from_u64(2);
+        let mut reqs = vec![
+            SampleRequest { params: &greedy, rng: &mut r0, prompt: &[1, 2], output: &[] },
+            SampleRequest { params: &pen, rng: &mut r1, prompt: &[4, 3, 4], output: &[3, 9, 3] },
+        ];
+        let b = SamplingBatch::build(&mut reqs);
+        assert_eq!(b.rows(), 2);
+        assert_eq!(b.temperature, vec![0.0, 0.7]);
+        assert_eq!(b.top_k, vec![0, 40]);
+        assert_eq!(b.seeds, vec![0, expect_rng.next_u64()]);
+        assert_eq!(b.pen_offsets, vec![0, 0, 3]);
+        assert_eq!(b.pen_ids, vec![3, 4, 9]);
+        assert_eq!(b.pen_counts, vec![2.0, 0.0, 1.0]);
+        assert_eq!(b.bias_offsets, vec![0, 2, 2]);
+        assert_eq!(b.bias_ids, vec![2, 5]);
+        assert_eq!(b.bias_values, vec![-1.0, 1.5]);
+        assert_eq!(b.max_top_logprobs(), 3);
+        assert!(b.any_processor());
+    }
+
+    #[test]
+    fn greedy_rows_leave_the_rng_alone() {
+        let p = SamplingParams::greedy();
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let before = rng.clone();
+        SamplingBatch::build(&mut [SampleRequest { params: &p, rng: &mut rng, prompt: &[], output: &[] }]);
+        assert_eq!(rng, before);
+    }
+
+    /// The packed arrays, applied as the kernel does, give what the CPU
+    /// processors give.
+    #[test]
+    fn packed_penalties_match_the_cpu_processors() {
+        let p = SamplingParams {
+            repetition_penalty: 1.3,
+            frequency_penalty: 0.4,
+            presence_penalty: 0.2,
+            logit_bias: vec![(1, 2.0), (7, -3.0)],
+            ..Default::default()
+        };
+        let (prompt, output) = ([0u32, 1, 1, 5], [5u32, 7, 5, 2]);
+        let logits: Vec<f32> = (0..10).map(|i| (i as f32 - 4.5) * 0.7).collect();
+        let mut want = logits.clone();
+        crate::sampling::apply_processors(&mut want, &p, &prompt, &output);
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let b = SamplingBatch::build(&mut [SampleRequest { params: &p, rng: &mut rng, prompt: &prompt, output: &output }]);
+        let mut got = logits;
+        for (i, &id) in b.bias_ids.iter().enumerate() {
+            got[id as usize] += b.bias_values[i];
+        }
+        for (i, &id) in b.pen_ids.iter().enumerate() {
+            let mut v = got[id as usize];
+            v = if v > 0.0 { v / b.repetition[0] } else { v * b.repetition[0] };
+            if b.pen_counts[i] > 0.0 {
+                v -= b.pen_counts[i] * b.frequency[0] + b.presence[0];
+            }
+            got[id as usize] = v;
+        }
+        assert_eq!(got, want);
+    }
+}

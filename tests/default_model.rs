@@ -1,0 +1,150 @@
+//! The default model (SmolLM2-135M-Instruct, Q4_1 GGUF) end to end against
+//! Hugging Face transformers loading the same file with `gguf_file=`
+//! (reference made by scripts/gen_model_fixtures.py): dequantized weights,
+//! tokenization, last-position logits, 32 greedy steps, and the chat answer.
+
+use kiln::launch::resolve_model;
+use kiln::model::gguf::GgufFile;
+use kiln::model::gguf_config::config_from_gguf;
+use kiln::model::gguf_weights::GgufSource;
+use kiln::model::loader::{load, LoadedModel};
+use kiln::model::weights::WeightSource;
+use kiln::model::BatchInput;
+use kiln::tokenizer::ChatMessage;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+/// Logits may differ from transformers' by this fraction of the largest
+/// |logit|: both use the same dequantized weights in f32 and differ only in
+/// summation order (kiln multiplies Q4_1 blocks directly).
+const LOGIT_TOL: f32 = 2e-5;
+
+#[derive(Deserialize)]
+struct Case {
+    kind: String,
+    text: String,
+    messages: Option<Vec<HashMap<String, String>>>,
+    prompt_ids: Vec<u32>,
+    logits_file: String,
+    greedy_ids: Vec<u32>,
+    greedy_text_until_eos: String,
+}
+
+#[derive(Deserialize)]
+struct WeightRows {
+    /// row index -> its first 8 values (matrices)
+    rows_first8: Option<HashMap<String, Vec<f32>>>,
+    /// the sum of every row (matrices)
+    row_sums: Option<Vec<f64>>,
+    /// first 8 values (vectors)
+    first8: Option<Vec<f32>>,
+}
+
+#[derive(Deserialize)]
+struct Reference {
+    cases: Vec<Case>,
+    weights: HashMap<String, WeightRows>,
+}
+
+fn fixture_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/default_model")
+}
+
+fn reference() -> Reference {
+    serde_json::from_str(&std::fs::read_to_string(fixture_dir().join("reference.json")).unwrap()).unwrap()
+}
+
+fn model_path() -> PathBuf {
+    resolve_model(&None).expect("the default model (models/fetch_default.sh)")
+}
+
+fn read_f32(name: &str) -> Vec<f32> {
+    let b = std::fs::read(fixture_dir().join(name)).unwrap();
+    b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+}
+
+fn argmax(v: &[f32]) -> u32 {
+    (0..v.len()).fold(0, |b, i| if v[i] > v[b] { i } else { b }) as u32
+}
+
+/// Greedy decoding straight through the model (no engine): prefill, then steps.
+fn greedy(m: &LoadedModel, prompt: &[u32], steps: usize) -> (Vec<f32>, Vec<u32>) {
+    let bs = 16;
+    let table: Vec<u32> = (1..=((prompt.len() + steps) / bs + 1) as u32).collect();
+    let mut kv = m.model.new_kv_cache(table.len() + 1, bs);
+    let first = m.model.forward(&BatchInput::build(bs, &[(prompt, 0, &table, true)]), &mut kv);
+    let mut out = vec![argmax(&first)];
+    while out.len() < steps {
+        let b = BatchInput::build(bs, &[(&out[out.len() - 1..], prompt.len() + out.len() - 1, &table, true)]);
+        out.push(argmax(&m.model.forward(&b, &mut kv)));
+    }
+    (first, out)
+}
+
+#[test]
+fn weights_equal_transformers_dequantized_and_unpermuted() {
+    let r = reference();
+    let file = GgufFile::open(&model_path()).unwrap();
+    let cfg = config_from_gguf(&file).unwrap();
+    let src = GgufSource::new(file, cfg);
+    let mut checked = 0;
+    for (name, w) in &r.weights {
+        let t = src.load(name).unwrap();
+        let cols = if t.shape.len() == 1 { t.numel() } else { *t.shape.last().unwrap() };
+        let all = t.to_f32();
+        let first8 = w.first8.iter().map(|v| ("0".to_string(), v.clone()));
+        for (row, want) in w.rows_first8.clone().unwrap_or_default().into_iter().chain(first8) {
+            let r: usize = row.parse().unwrap();
+            let got = &all[r * cols..r * cols + want.len().min(cols)];
+            for (g, w8) in got.iter().zip(&want) {
+                assert!((g - w8).abs() <= 1e-6 * w8.abs().max(1.0), "{name} row {r}: {got:?} vs {want:?}");
+            }
+        }
+        for (r, want) in w.row_sums.iter().flatten().enumerate() {
+            let got: f64 = all[r * cols..(r + 1) * cols].iter().map(|&v| v as f64).sum();
+            assert!((got - want).abs() <= 1e-4 * want.abs().max(1.0), "{name} row {r}: sum {got} vs {want}");
+        }
+        checked += 1;
+    }
+    assert!(checked >= 10, "only {checked} reference weights");
+}
+
+#[test]
+fn tokens_logits_and_greedy_match_transformers() {
+    let r = reference();
+    let m = load(&model_path(), |_, _| {}).unwrap();
+    for (i, case) in r.cases.iter().enumerate() {
+        let ids = if case.kind == "chat" {
+            let msgs: Vec<ChatMessage> =
+                case.messages.as_ref().unwrap().iter().map(|m| ChatMessage::new(m["role"].clone(), m["content"].clone())).collect();
+            let text = m.tokenizer.apply_chat_template(&msgs, true).unwrap();
+            assert_eq!(text, case.text, "case {i}: chat template");
+            m.tokenizer.encode(&text, false).unwrap()
+        } else {
+            m.tokenizer.encode(&case.text, true).unwrap()
+        };
+        assert_eq!(ids, case.prompt_ids, "case {i}: prompt ids");
+
+        let (logits, tokens) = greedy(&m, &case.prompt_ids, case.greedy_ids.len());
+        let want = read_f32(&case.logits_file);
+        let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let err = logits.iter().zip(&want).fold(0f32, |a, (x, y)| a.max((x - y).abs()));
+        println!("case {i}: max |logit error| {err:.2e}, max |logit| {scale:.2}, relative {:.2e}", err / scale);
+        assert!(err <= LOGIT_TOL * scale, "case {i}: logits differ by {err} (max |logit| {scale})");
+        assert_eq!(tokens, case.greedy_ids, "case {i}: greedy tokens");
+        let eos = tokens.iter().position(|t| m.eos_token_ids.contains(t)).unwrap_or(tokens.len());
+        assert_eq!(m.tokenizer.decode(&tokens[..eos], true).unwrap(), case.greedy_text_until_eos, "case {i}: text");
+    }
+}
+
+#[test]
+fn chat_answer_names_paris() {
+    let m = load(&model_path(), |_, _| {}).unwrap();
+    let text = m.tokenizer.apply_chat_template(&[ChatMessage::new("user", "What is the capital of France?")], true).unwrap();
+    let ids = m.tokenizer.encode(&text, false).unwrap();
+    let (_, out) = greedy(&m, &ids, 24);
+    let eos = out.iter().position(|t| m.eos_token_ids.contains(t)).unwrap_or(out.len());
+    let answer = m.tokenizer.decode(&out[..eos], true).unwrap();
+    assert!(answer.contains("Paris"), "answer: {answer:?}");
+}
