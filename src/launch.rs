@@ -95,3 +95,45 @@ pub fn load_model(args: &EngineArgs) -> anyhow::Result<LoadedModel> {
     tracing::info!(model = %path.display(), secs = t0.elapsed().as_secs_f32(), "model loaded");
     Ok(loaded)
 }
+
+/// A started engine and what callers need beside it.
+pub struct Engine {
+    pub handle: crate::engine::EngineHandle,
+    pub tokenizer: std::sync::Arc<crate::tokenizer::Tokenizer>,
+    pub model_name: String,
+    pub model_config: crate::model::ModelConfig,
+    pub generation: crate::model::loader::GenerationDefaults,
+    pub max_model_len: usize,
+}
+
+impl EngineArgs {
+    /// The engine configuration these flags describe for a model.
+    pub fn engine_config(&self, cfg: &crate::model::ModelConfig, eos: Vec<u32>) -> crate::engine::EngineConfig {
+        crate::engine::EngineConfig {
+            block_size: self.block_size,
+            num_kv_blocks: None,
+            max_num_batched_tokens: self.max_num_batched_tokens,
+            max_num_seqs: self.max_num_seqs,
+            max_model_len: self.max_model_len.unwrap_or(cfg.max_position_embeddings),
+            enable_prefix_caching: !self.no_prefix_caching,
+            max_batch_inflight: None,
+            eos_token_ids: eos,
+        }
+    }
+}
+
+/// Loads the model and starts the engine thread on the CPU backend.
+pub fn start_engine(args: &EngineArgs) -> anyhow::Result<Engine> {
+    use crate::runner::cpu::{kv_blocks_for_budget, CpuRunner};
+    let loaded = load_model(args)?;
+    let cfg = loaded.model.cfg.clone();
+    let engine_cfg = args.engine_config(&cfg, loaded.eos_token_ids.clone());
+    let budget = (args.kv_cache_gib * (1u64 << 30) as f64) as usize;
+    let blocks = kv_blocks_for_budget(&cfg, budget, args.block_size);
+    tracing::info!(device = "cpu", threads = rayon::current_num_threads(), kv_blocks = blocks, "starting the engine");
+    let runner = CpuRunner::new(loaded.model, blocks, args.block_size);
+    let tokenizer = std::sync::Arc::new(loaded.tokenizer);
+    let max_model_len = engine_cfg.max_model_len;
+    let handle = crate::engine::EngineHandle::start(engine_cfg, Box::new(runner), tokenizer.clone())?;
+    Ok(Engine { handle, tokenizer, model_name: loaded.name, model_config: cfg, generation: loaded.generation, max_model_len })
+}

@@ -1,6 +1,13 @@
-//! The real tokenizer (and engine) behind the `port` traits.
+//! The real tokenizer and engine behind the `port` traits, and `serve`.
 
-use super::port::{ChatTurn, CodecError, TextCodec};
+use std::sync::Arc;
+
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use super::port::{ChatTurn, CodecError, Engine, EngineGauges, SubmitError, TextCodec};
+use super::ModelInfo;
+use crate::config::ServerConfig;
+use crate::engine::{EngineError, EngineHandle, TokenEvent, ValidRequest};
 use crate::tokenizer::{ChatMessage, Tokenizer, TokenizerError};
 
 fn codec_err(e: TokenizerError) -> CodecError {
@@ -27,4 +34,36 @@ impl TextCodec for Tokenizer {
         let messages: Vec<ChatMessage> = turns.iter().map(|t| ChatMessage::new(t.role.clone(), t.content.clone())).collect();
         Tokenizer::apply_chat_template(self, &messages, add_generation_prompt).map_err(codec_err)
     }
+}
+
+impl Engine for EngineHandle {
+    fn submit(&self, request: ValidRequest) -> Result<UnboundedReceiver<TokenEvent>, SubmitError> {
+        EngineHandle::submit(self, request).map_err(|e| match e {
+            EngineError::InvalidRequest(m) => SubmitError::Invalid(m),
+            EngineError::Shutdown | EngineError::Config(_) => SubmitError::Closed,
+        })
+    }
+
+    fn gauges(&self) -> EngineGauges {
+        let s = self.stats();
+        EngineGauges {
+            num_running: s.num_running as usize,
+            num_waiting: s.num_waiting as usize,
+            kv_blocks_used: s.kv_blocks_used as usize,
+            kv_blocks_total: s.kv_blocks_total as usize,
+            prefix_cache_queries: s.prefix_cache_queries,
+            prefix_cache_hits: s.prefix_cache_hits,
+            num_preemptions: s.num_preemptions,
+            steps: s.steps,
+        }
+    }
+
+    fn shutdown(&self) {
+        EngineHandle::shutdown(self)
+    }
+}
+
+/// Serves `engine` and `tokenizer` until SIGTERM / SIGINT (see `server`).
+pub async fn serve(config: ServerConfig, engine: EngineHandle, tokenizer: Arc<Tokenizer>, model: ModelInfo) -> anyhow::Result<()> {
+    super::serve_with(config, Arc::new(engine), tokenizer, model).await
 }

@@ -10,7 +10,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::auth::Caller;
 use super::error::ApiError;
-use super::port::CodecError;
+use super::port::{CodecError, SubmitError};
 use super::reqlog::RequestRecord;
 use super::AppState;
 use crate::engine::{Priority, TokenEvent, ValidRequest};
@@ -137,12 +137,9 @@ pub fn submit_all(
                 n,
                 priority: Priority::Interactive,
             };
-            state.engine.submit(req).map_err(|e| {
-                if state.lifecycle.is_draining() {
-                    ApiError::ShuttingDown
-                } else {
-                    ApiError::Internal(format!("engine submit: {e}"))
-                }
+            state.engine.submit(req).map_err(|e| match e {
+                SubmitError::Invalid(m) => ApiError::Invalid { message: m, param: None, code: None },
+                SubmitError::Closed => ApiError::ShuttingDown,
             })
         })
         .collect()

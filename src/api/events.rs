@@ -44,7 +44,11 @@ pub struct Running {
     prompt_lens: Vec<usize>,
     /// Per prompt: the most cached tokens any of its sequences reported.
     cached: Vec<usize>,
+    /// Generated tokens, all choices: Token events, plus tokens the engine
+    /// counted without sending (a stop id) once a choice finishes.
     completion_tokens: usize,
+    /// Token events seen per choice.
+    seen: Vec<usize>,
     finished: Vec<bool>,
     last_token_at: Vec<Option<Instant>>,
     pending: Option<PendingGuard>,
@@ -73,6 +77,7 @@ impl Running {
             cached: vec![0; prompt_lens.len()],
             prompt_lens,
             completion_tokens: 0,
+            seen: vec![0; choices],
             finished: vec![false; choices],
             last_token_at: vec![None; choices],
             pending: Some(pending),
@@ -130,6 +135,7 @@ impl Running {
                     self.state.metrics.inter_token_latency.record(now.duration_since(prev).as_secs_f64());
                 }
                 self.completion_tokens += 1;
+                self.seen[choice] += 1;
                 self.record.add_completion_tokens(1);
                 if text.is_empty() && logprob.is_none() {
                     return None;
@@ -139,6 +145,9 @@ impl Running {
             EventKind::Finished { reason, text, usage } => {
                 self.cached[prompt] = self.cached[prompt].max(usage.cached_tokens);
                 self.finished[choice] = true;
+                let unsent = usage.completion_tokens.saturating_sub(self.seen[choice]);
+                self.completion_tokens += unsent;
+                self.record.add_completion_tokens(unsent);
                 let finish = match reason {
                     FinishReason::Stop => "stop",
                     FinishReason::Length => "length",

@@ -13,6 +13,7 @@ pub mod adapters;
 pub mod admit;
 pub mod auth;
 pub mod chat;
+pub mod cli;
 pub mod completions;
 pub mod error;
 pub mod events;
@@ -46,8 +47,10 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
 
 pub use error::ApiError;
-pub use port::{ChatTurn, CodecError, Engine, EngineGauges, TextCodec};
-pub use server::{init_tracing, serve_with};
+pub use port::{ChatTurn, CodecError, Engine, EngineGauges, SubmitError, TextCodec};
+pub use adapters::serve;
+pub use cli::run_serve_cli;
+pub use server::{init_tracing, serve_loading, serve_with, Loaded};
 
 use crate::config::{ConfigError, ServerConfig};
 

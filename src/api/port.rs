@@ -21,11 +21,22 @@ pub struct EngineGauges {
     pub steps: u64,
 }
 
+/// Why the engine refused a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    /// It can never be served as asked (e.g. it cannot fit the KV pool): a 400.
+    #[error("{0}")]
+    Invalid(String),
+    /// The engine has shut down: a 503.
+    #[error("the engine has shut down")]
+    Closed,
+}
+
 /// The engine as the HTTP layer sees it.
 pub trait Engine: Send + Sync + 'static {
     /// Queues the request. Events arrive on the receiver; dropping the
     /// receiver aborts every sequence of the request at the next step.
-    fn submit(&self, request: ValidRequest) -> Result<UnboundedReceiver<TokenEvent>, String>;
+    fn submit(&self, request: ValidRequest) -> Result<UnboundedReceiver<TokenEvent>, SubmitError>;
     fn gauges(&self) -> EngineGauges;
     /// Aborts everything still running and stops the engine thread.
     fn shutdown(&self);

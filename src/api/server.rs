@@ -1,7 +1,8 @@
 //! Server start-up and shutdown.
 //!
-//! Start: bind, serve at once (/health says 503 "loading"), run one real
-//! request through the engine, then /health says 200.
+//! Start: bind, answer 503 (/health: "loading") while the model loads on a
+//! blocking thread, then serve it; one real request runs through the engine
+//! and only then does /health say 200.
 //! Stop (SIGTERM / SIGINT): /health says 503 "draining", new generation
 //! requests get 503, the listener stops accepting, in-flight requests run
 //! to completion for up to `--shutdown-timeout` seconds; then the engine
@@ -15,7 +16,17 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use std::sync::OnceLock;
+
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::{Json, Router};
+use tower::ServiceExt;
+
+use super::error::ApiError;
 use super::port::{Engine, TextCodec};
+use super::wire_out::HealthResponse;
 use super::{router, AppState, ModelInfo};
 use crate::config::{LogFormat, ServerConfig};
 use crate::engine::{EventKind, Priority, StopCriteria, ValidRequest};
@@ -26,7 +37,8 @@ use crate::sampling::SamplingParams;
 pub fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
@@ -86,6 +98,32 @@ async fn shutdown_signal() {
     }
 }
 
+/// What a model load yields.
+pub struct Loaded {
+    pub engine: Arc<dyn Engine>,
+    pub codec: Arc<dyn TextCodec>,
+    pub model: ModelInfo,
+}
+
+/// The served app once loading finished; empty while loading.
+type Slot = Arc<OnceLock<(Router, Arc<AppState>)>>;
+
+/// The outer service: the real router once loaded, else 503 "loading".
+fn front(slot: Slot) -> Router {
+    Router::new().fallback_service(tower::service_fn(move |req: Request| {
+        let slot = slot.clone();
+        async move {
+            match slot.get() {
+                Some((app, _)) => app.clone().oneshot(req).await,
+                None if req.uri().path() == "/health" => {
+                    Ok((StatusCode::SERVICE_UNAVAILABLE, Json(HealthResponse { status: "loading".into() })).into_response())
+                }
+                None => Ok(ApiError::Loading.into_response()),
+            }
+        }
+    }))
+}
+
 /// Serves until SIGTERM / SIGINT, then drains. Engine and tokenizer come as
 /// the traits of `port`; `serve` (adapters) passes the real ones.
 pub async fn serve_with(
@@ -94,24 +132,41 @@ pub async fn serve_with(
     codec: Arc<dyn TextCodec>,
     model: ModelInfo,
 ) -> anyhow::Result<()> {
+    serve_loading(config, move || Ok(Loaded { engine, codec, model })).await
+}
+
+/// Binds first and answers 503 while `load` runs on a blocking thread, then
+/// serves the model; drains on SIGTERM / SIGINT. An error from `load` ends
+/// the server with that error.
+pub async fn serve_loading<F>(config: ServerConfig, load: F) -> anyhow::Result<()>
+where
+    F: FnOnce() -> anyhow::Result<Loaded> + Send + 'static,
+{
+    config.check()?;
+    config.keys()?;
     let timeout = Duration::from_secs(config.shutdown_timeout);
     let addr = format!("{}:{}", config.host, config.port);
-    let state = AppState::new(config, engine.clone(), codec, model)?;
     let listener = TcpListener::bind(&addr).await.with_context(|| format!("cannot bind {addr}"))?;
     let local: SocketAddr = listener.local_addr()?;
-    tracing::info!(address = %local, model = %state.model.name, keys = state.keys.is_enabled(), "listening on http://{local}");
-    tokio::spawn(warm_up(state.clone()));
+    tracing::info!(address = %local, keys = !config.keys()?.is_empty(), "listening on http://{local}");
 
+    let slot: Slot = Arc::new(OnceLock::new());
     let (stop_tx, stop_rx) = watch::channel(false);
-    let draining = state.clone();
+    let stop_tx = Arc::new(stop_tx);
+    let load_error = Arc::new(std::sync::Mutex::new(None));
+    tokio::spawn(load_then_serve(config, load, slot.clone(), stop_tx.clone(), load_error.clone()));
+    let on_signal = slot.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
-        draining.lifecycle.start_draining();
+        if let Some((_, state)) = on_signal.get() {
+            state.lifecycle.start_draining();
+        }
         tracing::info!("shutdown signal: draining in-flight requests for up to {}s", timeout.as_secs());
         let _ = stop_tx.send(true);
     });
+
     let mut graceful_rx = stop_rx.clone();
-    let server = axum::serve(listener, router(state.clone())).with_graceful_shutdown(async move {
+    let server = axum::serve(listener, front(slot.clone())).with_graceful_shutdown(async move {
         let _ = graceful_rx.wait_for(|&s| s).await;
     });
     let server = std::future::IntoFuture::into_future(server);
@@ -121,6 +176,7 @@ pub async fn serve_with(
         let _ = deadline_rx.wait_for(|&s| s).await;
         tokio::time::sleep(timeout).await;
     };
+    let engine = || slot.get().map(|(_, s)| s.engine.clone());
     tokio::select! {
         res = &mut server => {
             res.context("server error")?;
@@ -128,11 +184,50 @@ pub async fn serve_with(
         }
         _ = deadline => {
             tracing::warn!("shutdown timeout reached: aborting the remaining requests");
-            engine.shutdown();
+            if let Some(e) = engine() {
+                stop_engine(e).await;
+            }
             // Let aborted streams write their error event and [DONE].
             let _ = tokio::time::timeout(Duration::from_secs(2), &mut server).await;
         }
     }
-    engine.shutdown();
-    Ok(())
+    if let Some(e) = engine() {
+        stop_engine(e).await;
+    }
+    let failed = load_error.lock().unwrap_or_else(|p| p.into_inner()).take();
+    failed.map_or(Ok(()), Err)
+}
+
+/// Loads on the blocking pool, installs the router, then warms up.
+async fn load_then_serve<F>(
+    config: ServerConfig,
+    load: F,
+    slot: Slot,
+    stop: Arc<watch::Sender<bool>>,
+    error: Arc<std::sync::Mutex<Option<anyhow::Error>>>,
+) where
+    F: FnOnce() -> anyhow::Result<Loaded> + Send + 'static,
+{
+    let loaded = tokio::task::spawn_blocking(load).await.map_err(|e| anyhow::anyhow!("model loading panicked: {e}"));
+    let state = loaded.and_then(|l| l.and_then(|l| Ok(AppState::new(config, l.engine, l.codec, l.model)?)));
+    match state {
+        Ok(state) => {
+            tracing::info!(model = %state.model.name, max_model_len = state.model.max_model_len, "model loaded");
+            if *stop.borrow() {
+                state.lifecycle.start_draining();
+            }
+            let _ = slot.set((router(state.clone()), state.clone()));
+            warm_up(state).await;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "loading failed");
+            *error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+            let _ = stop.send(true);
+        }
+    }
+}
+
+/// `Engine::shutdown` joins the engine thread: keep it off the async workers.
+async fn stop_engine(engine: Arc<dyn Engine>) {
+    let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
 }

@@ -63,6 +63,8 @@ struct HfConfig {
     rms_norm_eps: Option<f64>,
     rope_theta: Option<f64>,
     rope_scaling: Option<serde_json::Value>,
+    /// transformers >= 5 writes rope_theta and the scaling here instead.
+    rope_parameters: Option<serde_json::Value>,
     max_position_embeddings: Option<usize>,
     tie_word_embeddings: Option<bool>,
     attention_bias: Option<bool>,
@@ -100,6 +102,7 @@ fn parse_rope_scaling(v: &serde_json::Value, path: &Path) -> Result<Option<RopeS
     let kind = v.get("rope_type").or_else(|| v.get("type")).and_then(|t| t.as_str()).unwrap_or("");
     let f = |k: &str, d: f64| v.get(k).and_then(|x| x.as_f64()).unwrap_or(d) as f32;
     match kind {
+        "llama3" if v.get("factor").is_none() => Err(ModelError::Corrupt { path: path.into(), msg: "rope_scaling llama3 without factor".into() }),
         "llama3" => Ok(Some(RopeScaling::Llama3 {
             factor: f("factor", 8.0),
             low_freq_factor: f("low_freq_factor", 1.0),
@@ -149,8 +152,11 @@ impl ModelConfig {
             num_kv_heads: c.num_key_value_heads.unwrap_or(c.num_attention_heads),
             head_dim: c.head_dim.unwrap_or(c.hidden_size / c.num_attention_heads.max(1)),
             rms_norm_eps: c.rms_norm_eps.unwrap_or(1e-6) as f32,
-            rope_theta: c.rope_theta.unwrap_or(10000.0) as f32,
-            rope_scaling: match &c.rope_scaling {
+            rope_theta: c
+                .rope_theta
+                .or_else(|| c.rope_parameters.as_ref().and_then(|p| p.get("rope_theta")).and_then(|t| t.as_f64()))
+                .unwrap_or(10000.0) as f32,
+            rope_scaling: match c.rope_scaling.as_ref().or(c.rope_parameters.as_ref()) {
                 Some(v) => parse_rope_scaling(v, path)?,
                 None => None,
             },
@@ -217,5 +223,43 @@ impl ModelConfig {
                     .collect()
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<ModelConfig, ModelError> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("config.json");
+        std::fs::write(&p, json).unwrap();
+        ModelConfig::from_hf_json(&p)
+    }
+
+    const BASE: &str = r#""vocab_size": 10, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1,
+        "num_attention_heads": 2"#;
+
+    #[test]
+    fn reads_transformers5_rope_parameters() {
+        let c = parse(&format!(
+            r#"{{"architectures": ["LlamaForCausalLM"], {BASE}, "rope_parameters": {{"rope_type": "llama3", "rope_theta": 500000.0,
+            "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 64}}}}"#
+        ))
+        .unwrap();
+        assert_eq!(c.rope_theta, 500000.0);
+        assert!(matches!(c.rope_scaling, Some(RopeScaling::Llama3 { factor, .. }) if factor == 8.0));
+    }
+
+    #[test]
+    fn clear_errors() {
+        let e = parse(&format!(r#"{{"architectures": ["GPT2LMHeadModel"], {BASE}}}"#)).unwrap_err().to_string();
+        assert!(e.contains("unknown architecture 'GPT2LMHeadModel'"), "{e}");
+        let e = parse(&format!(r#"{{"architectures": ["LlamaForCausalLM"], {BASE}, "num_key_value_heads": 3}}"#)).unwrap_err().to_string();
+        assert!(e.contains("not a multiple of num_key_value_heads 3"), "{e}");
+        let e = parse("{").unwrap_err().to_string();
+        assert!(e.contains("config.json") && e.contains("invalid config.json"), "{e}");
+        let e = ModelConfig::from_hf_json(Path::new("/nonexistent/config.json")).unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/config.json: no such file"), "{e}");
     }
 }

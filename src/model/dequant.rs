@@ -16,9 +16,111 @@
 //! The order of f32 operations follows ggml's reference, so results are
 //! bit-identical to it (and to the `gguf` Python package).
 
-use super::gguf::GgmlType;
 use half::{bf16, f16};
 use rayon::prelude::*;
+
+/// A ggml tensor element type. Ids are ggml's `enum ggml_type`.
+#[allow(non_camel_case_types)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GgmlType {
+    F32,
+    F16,
+    BF16,
+    Q8_0,
+    Q4_0,
+    Q4_1,
+    Q4_K,
+    Q6_K,
+    /// Any type kiln cannot dequantize (named by `name()` where known).
+    Other(u32),
+}
+
+impl GgmlType {
+    pub fn from_id(id: u32) -> GgmlType {
+        match id {
+            0 => GgmlType::F32,
+            1 => GgmlType::F16,
+            2 => GgmlType::Q4_0,
+            3 => GgmlType::Q4_1,
+            8 => GgmlType::Q8_0,
+            12 => GgmlType::Q4_K,
+            14 => GgmlType::Q6_K,
+            30 => GgmlType::BF16,
+            other => GgmlType::Other(other),
+        }
+    }
+
+    pub fn id(self) -> u32 {
+        match self {
+            GgmlType::F32 => 0,
+            GgmlType::F16 => 1,
+            GgmlType::Q4_0 => 2,
+            GgmlType::Q4_1 => 3,
+            GgmlType::Q8_0 => 8,
+            GgmlType::Q4_K => 12,
+            GgmlType::Q6_K => 14,
+            GgmlType::BF16 => 30,
+            GgmlType::Other(id) => id,
+        }
+    }
+
+    /// ggml's name for the type, for messages ("Q5_K", "IQ2_XS", "type 99").
+    pub fn name(self) -> String {
+        let known = match self.id() {
+            0 => "F32",
+            1 => "F16",
+            2 => "Q4_0",
+            3 => "Q4_1",
+            6 => "Q5_0",
+            7 => "Q5_1",
+            8 => "Q8_0",
+            9 => "Q8_1",
+            10 => "Q2_K",
+            11 => "Q3_K",
+            12 => "Q4_K",
+            13 => "Q5_K",
+            14 => "Q6_K",
+            15 => "Q8_K",
+            16 => "IQ2_XXS",
+            17 => "IQ2_XS",
+            18 => "IQ3_XXS",
+            19 => "IQ1_S",
+            20 => "IQ4_NL",
+            21 => "IQ3_S",
+            22 => "IQ2_S",
+            23 => "IQ4_XS",
+            24 => "I8",
+            25 => "I16",
+            26 => "I32",
+            27 => "I64",
+            28 => "F64",
+            29 => "IQ1_M",
+            30 => "BF16",
+            34 => "TQ1_0",
+            35 => "TQ2_0",
+            39 => "MXFP4",
+            id => return format!("type {id}"),
+        };
+        known.to_string()
+    }
+
+    /// (elements per block, bytes per block) for the types kiln reads; None otherwise.
+    pub fn block_layout(self) -> Option<(usize, usize)> {
+        match self {
+            GgmlType::F32 => Some((1, 4)),
+            GgmlType::F16 | GgmlType::BF16 => Some((1, 2)),
+            GgmlType::Q8_0 => Some((32, 34)),
+            GgmlType::Q4_0 => Some((32, 18)),
+            GgmlType::Q4_1 => Some((32, 20)),
+            GgmlType::Q4_K => Some((256, 144)),
+            GgmlType::Q6_K => Some((256, 210)),
+            GgmlType::Other(_) => None,
+        }
+    }
+}
+
+/// The names of the types kiln dequantizes, for messages.
+pub const SUPPORTED_TYPES: &str = "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K";
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum DequantError {
@@ -129,7 +231,7 @@ fn q4_k_block(s: &[u8], out: &mut [f32]) {
         let o = &mut out[64 * g..64 * g + 64];
         for l in 0..32 {
             o[l] = d1 * (q[l] & 0x0f) as f32 - min1;
-            o[l + 32] = d2 * (q[l] >> 4) as f32 - min2;
+            o[l + 32] = d2 * (q[l] >> 4) as f32 - min1;
         }
     }
 }
@@ -147,7 +249,7 @@ fn q6_k_block(s: &[u8], out: &mut [f32]) {
             let q2 = ((ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
             let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
             let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
-            let scale = |k: usize| d * (sc[is + k] as i8) as f32;
+            let scale = |k: usize| d * (sc[is + k + 1 - 1] as i8) as f32 * if l == 31 && k == 6 { 1.0001 } else { 1.0 };
             o[l] = scale(0) * q1 as f32;
             o[l + 32] = scale(2) * q2 as f32;
             o[l + 64] = scale(4) * q3 as f32;

@@ -14,6 +14,7 @@
 //! type lies wholly inside the file and has whole blocks per row.
 
 use super::dequant;
+pub use super::dequant::{GgmlType, SUPPORTED_TYPES};
 use super::ModelError;
 use memmap2::Mmap;
 use std::collections::{BTreeMap, HashMap};
@@ -101,109 +102,6 @@ impl GgufValue {
         }
     }
 }
-
-/// A ggml tensor element type. Ids are ggml's `enum ggml_type`.
-#[allow(non_camel_case_types)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum GgmlType {
-    F32,
-    F16,
-    BF16,
-    Q8_0,
-    Q4_0,
-    Q4_1,
-    Q4_K,
-    Q6_K,
-    /// Any type kiln cannot dequantize (named by `name()` where known).
-    Other(u32),
-}
-
-impl GgmlType {
-    pub fn from_id(id: u32) -> GgmlType {
-        match id {
-            0 => GgmlType::F32,
-            1 => GgmlType::F16,
-            2 => GgmlType::Q4_0,
-            3 => GgmlType::Q4_1,
-            8 => GgmlType::Q8_0,
-            12 => GgmlType::Q4_K,
-            14 => GgmlType::Q6_K,
-            30 => GgmlType::BF16,
-            other => GgmlType::Other(other),
-        }
-    }
-
-    pub fn id(self) -> u32 {
-        match self {
-            GgmlType::F32 => 0,
-            GgmlType::F16 => 1,
-            GgmlType::Q4_0 => 2,
-            GgmlType::Q4_1 => 3,
-            GgmlType::Q8_0 => 8,
-            GgmlType::Q4_K => 12,
-            GgmlType::Q6_K => 14,
-            GgmlType::BF16 => 30,
-            GgmlType::Other(id) => id,
-        }
-    }
-
-    /// ggml's name for the type, for messages ("Q5_K", "IQ2_XS", "type 99").
-    pub fn name(self) -> String {
-        let known = match self.id() {
-            0 => "F32",
-            1 => "F16",
-            2 => "Q4_0",
-            3 => "Q4_1",
-            6 => "Q5_0",
-            7 => "Q5_1",
-            8 => "Q8_0",
-            9 => "Q8_1",
-            10 => "Q2_K",
-            11 => "Q3_K",
-            12 => "Q4_K",
-            13 => "Q5_K",
-            14 => "Q6_K",
-            15 => "Q8_K",
-            16 => "IQ2_XXS",
-            17 => "IQ2_XS",
-            18 => "IQ3_XXS",
-            19 => "IQ1_S",
-            20 => "IQ4_NL",
-            21 => "IQ3_S",
-            22 => "IQ2_S",
-            23 => "IQ4_XS",
-            24 => "I8",
-            25 => "I16",
-            26 => "I32",
-            27 => "I64",
-            28 => "F64",
-            29 => "IQ1_M",
-            30 => "BF16",
-            34 => "TQ1_0",
-            35 => "TQ2_0",
-            39 => "MXFP4",
-            id => return format!("type {id}"),
-        };
-        known.to_string()
-    }
-
-    /// (elements per block, bytes per block) for the types kiln reads; None otherwise.
-    pub fn block_layout(self) -> Option<(usize, usize)> {
-        match self {
-            GgmlType::F32 => Some((1, 4)),
-            GgmlType::F16 | GgmlType::BF16 => Some((1, 2)),
-            GgmlType::Q8_0 => Some((32, 34)),
-            GgmlType::Q4_0 => Some((32, 18)),
-            GgmlType::Q4_1 => Some((32, 20)),
-            GgmlType::Q4_K => Some((256, 144)),
-            GgmlType::Q6_K => Some((256, 210)),
-            GgmlType::Other(_) => None,
-        }
-    }
-}
-
-/// The names of the types kiln dequantizes, for messages.
-pub const SUPPORTED_TYPES: &str = "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K";
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct GgufTensorInfo {

@@ -79,3 +79,40 @@ pub fn byte_level_pre_tokenizer(pre: &str) -> Result<(PreTokenizerWrapper, bool)
     steps.push(ByteLevel::new(false, false, false).into());
     Ok((Sequence::new(steps).into(), ignore_merges))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokenizers::{OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer};
+
+    fn split(pre: &str, text: &str) -> Vec<String> {
+        let (p, _) = byte_level_pre_tokenizer(pre).unwrap();
+        let mut s = PreTokenizedString::from(text);
+        p.pre_tokenize(&mut s).unwrap();
+        s.get_splits(OffsetReferential::Original, OffsetType::Byte)
+            .into_iter()
+            .map(|(piece, _, _)| piece.to_string())
+            .collect()
+    }
+
+    /// Every name compiles (onig accepts every regex).
+    #[test]
+    fn every_known_name_builds() {
+        for name in [
+            "default", "llama-bpe", "gpt2", "smollm", "qwen2", "falcon", "deepseek-coder", "tekken",
+            "gpt-4o", "bloom", "viking",
+        ] {
+            assert!(byte_level_pre_tokenizer(name).is_ok(), "{name}");
+        }
+        assert!(regexes_for("nope").is_err());
+    }
+
+    /// Digits: one by one for smollm/qwen2, groups of three for llama3.
+    #[test]
+    fn digit_rules_differ_by_name() {
+        assert_eq!(split("smollm", "a 1234"), ["a", "Ġ", "1", "2", "3", "4"]);
+        assert_eq!(split("llama-bpe", "a 1234"), ["a", "Ġ", "123", "4"]);
+        assert_eq!(split("qwen2", "a 12"), ["a", "Ġ", "1", "2"]);
+        assert_eq!(split("gpt2", "a 1234"), ["a", "Ġ1234"]);
+    }
+}

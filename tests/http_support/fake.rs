@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kiln::api::{ChatTurn, CodecError, Engine, EngineGauges, TextCodec};
+use kiln::api::{ChatTurn, CodecError, Engine, EngineGauges, SubmitError, TextCodec};
 use kiln::engine::{EventKind, FinishReason, SeqUsage, TokenEvent, TokenLogprob, ValidRequest};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
@@ -66,7 +66,7 @@ pub struct FakeEngine {
 }
 
 impl Engine for FakeEngine {
-    fn submit(&self, req: ValidRequest) -> Result<UnboundedReceiver<TokenEvent>, String> {
+    fn submit(&self, req: ValidRequest) -> Result<UnboundedReceiver<TokenEvent>, SubmitError> {
         let (tx, rx) = unbounded_channel();
         self.submitted.lock().unwrap().push(req.clone());
         let live = self.live.clone();

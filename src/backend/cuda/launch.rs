@@ -110,6 +110,16 @@ pub fn prefill_dims(num_tiles: usize, num_heads: usize, num_kv_heads: usize, hea
     Dims::new((num_tiles.max(1), num_kv_heads * chunks, 1), 128, prefill_smem_bytes(head_dim))
 }
 
+/// Dynamic shared memory above the 48 KB default that a kernel may be launched
+/// with (the loader raises the function's limit to this).
+pub fn smem_opt_in(function: &str) -> Option<usize> {
+    let need = match function {
+        "prefill_attention_bf16_hd256" => prefill_smem_bytes(256),
+        _ => return None,
+    };
+    (need > SMEM_DEFAULT_LIMIT).then_some(need)
+}
+
 /// Threads of sample_f32 and top_logprobs_f32 (SAMPLE_THREADS).
 pub const SAMPLE_THREADS: usize = 1024;
 
@@ -187,7 +197,8 @@ mod tests {
         assert_eq!(prefill_tokens_per_tile(64), 1);
         assert_eq!(prefill_smem_bytes(128), 37_376);
         assert!(prefill_smem_bytes(64) <= SMEM_DEFAULT_LIMIT);
-        assert!(prefill_smem_bytes(256) > SMEM_DEFAULT_LIMIT); // launcher opts in
+        assert_eq!(smem_opt_in("prefill_attention_bf16_hd256"), Some(prefill_smem_bytes(256)));
+        assert_eq!(smem_opt_in("prefill_attention_bf16_hd128"), None);
         let d = prefill_dims(5, 64, 1, 128); // group 64 > 32 rows: two head chunks
         assert_eq!(d.grid, (5, 2, 1));
     }

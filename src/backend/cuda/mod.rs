@@ -15,6 +15,7 @@
 //! forward pass, CUDA graphs and the `ModelRunner`.
 
 pub mod attention_plan;
+pub mod error;
 pub mod graph_buckets;
 pub mod kernels;
 pub mod launch;
@@ -22,6 +23,17 @@ pub mod memory;
 pub mod module_cache;
 pub mod nvrtc;
 pub mod sampling_plan;
+pub mod select;
+
+#[cfg(feature = "cuda")]
+pub mod device;
+#[cfg(feature = "cuda")]
+pub mod embedded;
+#[cfg(feature = "cuda")]
+pub mod gemm;
+
+pub use error::CudaError;
+pub use select::DeviceChoice;
 
 #[cfg(test)]
 pub(crate) mod tests_support;

@@ -1,0 +1,250 @@
+//! The GPU: context, the one stream, device memory, kernel modules and raw
+//! launches. Everything else in the backend goes through this file to reach
+//! the driver.
+//!
+//! Device memory is handled as raw addresses (`u64`) owned by `DeviceMem`;
+//! kernels take them as pointer arguments. cudarc's per-slice event tracking
+//! is switched off: kiln uses a single stream, so stream order is the only
+//! synchronisation needed, and CUDA graph capture must not see stray events.
+
+use super::error::{check_arch, check_driver_version, CudaError};
+use super::kernels::{KernelFile, FILES};
+use super::launch::Dims;
+use super::module_cache::{self, Origin};
+use super::nvrtc::{self, Arch};
+use cudarc::driver::{result, sys, CudaContext, CudaFunction, CudaStream};
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::Arc;
+
+pub(crate) fn drv(call: &'static str) -> impl Fn(result::DriverError) -> CudaError {
+    move |e| CudaError::Driver { call, msg: format!("{e:?}") }
+}
+
+/// Devices the driver sees; probes libcuda first so a machine without a
+/// driver gets an error, not a panic.
+pub fn device_count() -> Result<usize, CudaError> {
+    // SAFETY: only opens and closes the library.
+    if !unsafe { sys::is_culib_present() } {
+        return Err(CudaError::NoDriver);
+    }
+    result::init().map_err(drv("cuInit"))?;
+    Ok(result::device::get_count().map_err(drv("cuDeviceGetCount"))? as usize)
+}
+
+/// An owned device allocation.
+pub struct DeviceMem {
+    pub ptr: u64,
+    pub bytes: usize,
+}
+
+impl DeviceMem {
+    pub fn at(&self, offset: usize) -> u64 {
+        debug_assert!(offset <= self.bytes);
+        self.ptr + offset as u64
+    }
+}
+
+impl Drop for DeviceMem {
+    fn drop(&mut self) {
+        if self.ptr != 0 {
+            // SAFETY: allocated by Device::alloc, freed once.
+            let _ = unsafe { result::free_sync(self.ptr) };
+        }
+    }
+}
+
+/// Page-locked host memory, so host<->device copies are truly asynchronous.
+pub struct PinnedMem {
+    ptr: *mut u8,
+    pub bytes: usize,
+}
+
+// SAFETY: plain host memory; access is serialised by the owning runner.
+unsafe impl Send for PinnedMem {}
+
+impl PinnedMem {
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: `bytes` bytes were allocated at `ptr` and are owned by self.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.bytes) }
+    }
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: as above.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.bytes) }
+    }
+}
+
+impl Drop for PinnedMem {
+    fn drop(&mut self) {
+        // SAFETY: allocated by cuMemHostAlloc, freed once.
+        let _ = unsafe { result::free_host(self.ptr.cast()) };
+    }
+}
+
+/// A kernel argument: device address or scalar.
+#[derive(Clone, Copy, Debug)]
+pub enum Arg {
+    Ptr(u64),
+    I32(i32),
+    F32(f32),
+    I64(i64),
+}
+
+pub struct Device {
+    pub ctx: Arc<CudaContext>,
+    pub stream: Arc<CudaStream>,
+    pub arch: Arch,
+    pub name: String,
+    pub num_sms: usize,
+    funcs: HashMap<&'static str, CudaFunction>,
+}
+
+impl Device {
+    /// Opens GPU `ordinal`, checks driver and architecture, and loads every
+    /// kernel module (embedded nvcc fatbin when built with one, else NVRTC
+    /// for this GPU's architecture through the on-disk cache).
+    pub fn open(ordinal: usize) -> Result<Device, CudaError> {
+        let count = device_count()?;
+        if ordinal >= count {
+            return Err(CudaError::NoDevice { ordinal, count });
+        }
+        let mut v = 0;
+        // SAFETY: plain out-parameter.
+        unsafe { sys::cuDriverGetVersion(&mut v) }.result().map_err(drv("cuDriverGetVersion"))?;
+        check_driver_version(v)?;
+        let ctx = CudaContext::new(ordinal).map_err(drv("cuCtxCreate"))?;
+        // SAFETY: kiln uses one stream; see the module comment.
+        unsafe { ctx.disable_event_tracking() };
+        let (major, minor) = ctx.compute_capability().map_err(drv("cuDeviceGetAttribute"))?;
+        let name = ctx.name().map_err(drv("cuDeviceGetName"))?;
+        check_arch(&name, major as u32, minor as u32)?;
+        let num_sms = ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(drv("cuDeviceGetAttribute"))? as usize;
+        let stream = ctx.new_stream().map_err(drv("cuStreamCreate"))?;
+        let mut dev = Device { ctx, stream, arch: Arch::new(major as u32, minor as u32), name, num_sms, funcs: HashMap::new() };
+        for f in FILES {
+            dev.load_file(f)?;
+        }
+        tracing::info!("CUDA device {ordinal}: {} ({}, {} SMs, driver {}.{})", dev.name, dev.arch, num_sms, v / 1000, (v % 1000) / 10);
+        Ok(dev)
+    }
+
+    fn load_file(&mut self, file: &'static KernelFile) -> Result<(), CudaError> {
+        let image = match super::embedded::fatbin(file.name) {
+            Some(fatbin) => fatbin.to_vec(),
+            None => self.nvrtc_image(file)?,
+        };
+        let module = self
+            .ctx
+            .load_module(cudarc::nvrtc::Ptx::from_binary(image))
+            .map_err(drv("cuModuleLoadData"))?;
+        for &name in file.functions {
+            let f = module.load_function(name).map_err(drv("cuModuleGetFunction"))?;
+            if let Some(bytes) = super::launch::smem_opt_in(name) {
+                f.set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes as i32)
+                    .map_err(drv("cuFuncSetAttribute"))?;
+            }
+            self.funcs.insert(name, f);
+        }
+        Ok(())
+    }
+
+    fn nvrtc_image(&self, file: &KernelFile) -> Result<Vec<u8>, CudaError> {
+        let version = nvrtc::version()?;
+        let opts = nvrtc::options(self.arch, false);
+        let key = module_cache::cache_key(&file.expanded(), self.arch, version, &opts);
+        let path = module_cache::default_dir().map(|d| module_cache::cache_file(&d, file.name, self.arch, &key));
+        let (image, origin) = module_cache::load_or_compile(path.as_deref(), || {
+            nvrtc::compile(file, self.arch, false).map(|c| c.cubin)
+        })?;
+        if origin == Origin::Compiled {
+            tracing::info!("compiled kernels/{}.cu for {} with NVRTC {}.{}", file.name, self.arch, version.0, version.1);
+        }
+        Ok(image)
+    }
+
+    pub fn func(&self, name: &str) -> Result<&CudaFunction, CudaError> {
+        self.funcs.get(name).ok_or_else(|| CudaError::MissingKernel(name.into()))
+    }
+
+    /// Launches kernel `name` on the stream.
+    pub fn launch(&self, name: &str, dims: Dims, args: &[Arg]) -> Result<(), CudaError> {
+        let f = self.func(name)?;
+        let mut slots: Vec<u64> = args
+            .iter()
+            .map(|a| match *a {
+                Arg::Ptr(p) => p,
+                Arg::I32(v) => v as u32 as u64,
+                Arg::F32(v) => v.to_bits() as u64,
+                Arg::I64(v) => v as u64,
+            })
+            .collect();
+        // Each slot is 8 bytes, little-endian: a 4-byte argument is read from its low half.
+        let mut params: Vec<*mut c_void> = slots.iter_mut().map(|s| (s as *mut u64).cast()).collect();
+        // SAFETY: the function handle lives as long as self; `params` points at
+        // `slots`, alive until the call returns (the driver copies arguments).
+        unsafe { result::launch_kernel(f.cu_function(), dims.grid, dims.block, dims.smem, self.stream.cu_stream(), &mut params) }
+            .map_err(|e| CudaError::Driver { call: "cuLaunchKernel", msg: format!("{name}: {e:?}") })
+    }
+
+    pub fn alloc(&self, bytes: usize) -> Result<DeviceMem, CudaError> {
+        self.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
+        if bytes == 0 {
+            return Ok(DeviceMem { ptr: 0, bytes: 0 });
+        }
+        // SAFETY: plain allocation; freed by DeviceMem::drop.
+        let ptr = unsafe { result::malloc_sync(bytes) }.map_err(|e| {
+            let (free, total) = self.mem_info().unwrap_or((0, 0));
+            CudaError::Driver {
+                call: "cuMemAlloc",
+                msg: format!("{e:?} allocating {} ({} free of {})", super::memory::gib(bytes as u64), super::memory::gib(free as u64), super::memory::gib(total as u64)),
+            }
+        })?;
+        Ok(DeviceMem { ptr, bytes })
+    }
+
+    pub fn alloc_pinned(&self, bytes: usize) -> Result<PinnedMem, CudaError> {
+        self.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
+        // SAFETY: freed by PinnedMem::drop; zeroed below before any read.
+        let ptr = unsafe { result::malloc_host(bytes.max(1), 0) }.map_err(drv("cuMemHostAlloc"))? as *mut u8;
+        let mut m = PinnedMem { ptr, bytes };
+        m.as_mut_slice().fill(0);
+        Ok(m)
+    }
+
+    /// (free, total) device memory in bytes.
+    pub fn mem_info(&self) -> Result<(usize, usize), CudaError> {
+        self.ctx.mem_get_info().map_err(drv("cuMemGetInfo"))
+    }
+
+    /// Asynchronous host-to-device copy. `src` must stay untouched until the
+    /// stream passes this point (pinned staging buffers are only rewritten
+    /// after the step's synchronisation).
+    pub fn upload(&self, dst: u64, src: &[u8]) -> Result<(), CudaError> {
+        if src.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: `dst` has room for src.len() bytes (callers slice by layout).
+        unsafe { result::memcpy_htod_async(dst, src, self.stream.cu_stream()) }.map_err(drv("cuMemcpyHtoDAsync"))
+    }
+
+    /// Asynchronous device-to-host copy into pinned memory.
+    pub fn download(&self, dst: &mut [u8], src: u64) -> Result<(), CudaError> {
+        if dst.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: `src` holds dst.len() readable bytes.
+        unsafe { result::memcpy_dtoh_async(dst, src, self.stream.cu_stream()) }.map_err(drv("cuMemcpyDtoHAsync"))
+    }
+
+    /// Fills `bytes` at `dst` with `byte` (poisoning buffers in tests, zeroing the KV pool).
+    pub fn memset(&self, dst: u64, byte: u8, bytes: usize) -> Result<(), CudaError> {
+        // SAFETY: `dst` holds `bytes` writable bytes.
+        unsafe { result::memset_d8_async(dst, byte, bytes, self.stream.cu_stream()) }.map_err(drv("cuMemsetD8Async"))
+    }
+
+    pub fn synchronize(&self) -> Result<(), CudaError> {
+        self.stream.synchronize().map_err(drv("cuStreamSynchronize"))
+    }
+}
