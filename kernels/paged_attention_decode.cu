@@ -199,6 +199,14 @@ KILN_DEVICE void decode_partition(bf16* __restrict__ out, float* __restrict__ pa
                                    scale);                                                                         \
     }
 
+DEFINE_DECODE(16, 1)
+DEFINE_DECODE(16, 2)
+DEFINE_DECODE(16, 4)
+DEFINE_DECODE(16, 8)
+DEFINE_DECODE(32, 1)
+DEFINE_DECODE(32, 2)
+DEFINE_DECODE(32, 4)
+DEFINE_DECODE(32, 8)
 DEFINE_DECODE(64, 1)
 DEFINE_DECODE(64, 2)
 DEFINE_DECODE(64, 4)

@@ -58,19 +58,25 @@ KILN_DEVICE void load_kv_tile(PrefillSmem<HD>& sm, const bf16* __restrict__ k_ca
     }
 }
 
-// E consecutive bf16 of a value row as f32, one 4/8/16-byte shared load
-// (consecutive lanes read consecutive vectors: no bank conflicts).
-template <int E>
-KILN_DEVICE void load_v_dims(const unsigned* p, float* f) {
-    if constexpr (E == 2) {
-        const unsigned w = p[0];
+// The E value dims lane `lane` owns from one value row (bf16x2 words), as f32,
+// in one 4/8/16-byte shared load (consecutive lanes read consecutive words:
+// no bank conflicts). E == 1 (head_dim 16 and 32): lane owns dim `lane`; lanes
+// >= head_dim read a clamped dim and their result is never stored.
+template <int HD, int E>
+KILN_DEVICE void load_v_dims(const unsigned* row, int lane, float* f) {
+    if constexpr (E == 1) {
+        const int d = min(lane, HD - 1);
+        const unsigned w = row[d >> 1];
+        f[0] = (d & 1) ? bf16x2_hi(w) : bf16x2_lo(w);
+    } else if constexpr (E == 2) {
+        const unsigned w = row[lane];
         f[0] = bf16x2_lo(w); f[1] = bf16x2_hi(w);
     } else if constexpr (E == 4) {
-        const uint2 w = *reinterpret_cast<const uint2*>(p);
+        const uint2 w = *reinterpret_cast<const uint2*>(row + 2 * lane);
         f[0] = bf16x2_lo(w.x); f[1] = bf16x2_hi(w.x); f[2] = bf16x2_lo(w.y); f[3] = bf16x2_hi(w.y);
     } else {
-        static_assert(E == 8, "head_dim must be 64, 128 or 256");
-        const uint4 w = *reinterpret_cast<const uint4*>(p);
+        static_assert(E == 8, "head_dim must be 16, 32, 64, 128 or 256");
+        const uint4 w = *reinterpret_cast<const uint4*>(row + 4 * lane);
         f[0] = bf16x2_lo(w.x); f[1] = bf16x2_hi(w.x); f[2] = bf16x2_lo(w.y); f[3] = bf16x2_hi(w.y);
         f[4] = bf16x2_lo(w.z); f[5] = bf16x2_hi(w.z); f[6] = bf16x2_lo(w.w); f[7] = bf16x2_hi(w.w);
     }
@@ -83,7 +89,7 @@ KILN_DEVICE void prefill_tile(bf16* __restrict__ out, const bf16* __restrict__ q
                               const int* __restrict__ seq_ctx_len, const int* __restrict__ tile_seq,
                               const int* __restrict__ tile_q0, int num_heads, int num_kv_heads, int heads_per_block,
                               int max_blocks, int block_size, float scale) {
-    constexpr int E = HD / 32;  // output dims per lane
+    constexpr int E = HD >= 32 ? HD / 32 : 1;  // output dims per lane (lanes >= HD idle when HD < 32)
     extern __shared__ __align__(16) unsigned char smem_raw[];
     PrefillSmem<HD>& sm = *reinterpret_cast<PrefillSmem<HD>*>(smem_raw);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -173,7 +179,7 @@ KILN_DEVICE void prefill_tile(bf16* __restrict__ out, const bf16* __restrict__ q
         for (int j = 0; j < PF_BN; j += 4) {
             float vf[4][E];
 #pragma unroll
-            for (int jj = 0; jj < 4; jj++) load_v_dims<E>(&sm.v[j + jj][lane * E / 2], vf[jj]);
+            for (int jj = 0; jj < 4; jj++) load_v_dims<HD, E>(sm.v[j + jj], lane, vf[jj]);
 #pragma unroll
             for (int rr = 0; rr < PF_RW; rr++) {
                 const float4 p4 = *reinterpret_cast<const float4*>(&sm.p[warp][rr][j]);
@@ -187,7 +193,7 @@ KILN_DEVICE void prefill_tile(bf16* __restrict__ out, const bf16* __restrict__ q
 
 #pragma unroll
     for (int rr = 0; rr < PF_RW; rr++) {
-        if (qpos[rr] < 0) continue;
+        if (qpos[rr] < 0 || lane * E >= HD) continue;
         const int r = warp * PF_RW + rr;
         const int tok = qt0 + r / heads_per_block, g = r % heads_per_block;
         bf16* o = out + ((long long)(q_start + tok) * num_heads + kvh * group + g0 + g) * HD + lane * E;
@@ -218,6 +224,8 @@ KILN_DEVICE void prefill_tile(bf16* __restrict__ out, const bf16* __restrict__ q
                          tile_q0, num_heads, num_kv_heads, heads_per_block, max_blocks, block_size, scale);        \
     }
 
+DEFINE_PREFILL(16)
+DEFINE_PREFILL(32)
 DEFINE_PREFILL(64)
 DEFINE_PREFILL(128)
 DEFINE_PREFILL(256)

@@ -60,6 +60,17 @@ pub struct ServerConfig {
     /// Seconds between SSE keep-alive comments on an idle stream.
     #[arg(long, default_value_t = 15)]
     pub sse_keepalive: u64,
+    /// Batch API (/v1/files, /v1/batches): directory of its SQLite database
+    /// and files. An empty path turns the batch API off (it answers 503).
+    #[arg(long, env = "KILN_DATA_DIR", default_value_os_t = crate::batch::default_data_dir())]
+    pub data_dir: PathBuf,
+    /// Largest file POST /v1/files accepts, in bytes; bigger uploads get 413.
+    #[arg(long, default_value_t = 200 * 1024 * 1024)]
+    pub max_file_bytes: u64,
+    /// Batch-API sequences in flight at most; batch work runs below
+    /// interactive requests and only fills the capacity they leave.
+    #[arg(long, default_value_t = std::num::NonZeroUsize::new(32).unwrap())]
+    pub max_batch_inflight: std::num::NonZeroUsize,
 }
 
 impl Default for ServerConfig {
@@ -80,6 +91,9 @@ impl Default for ServerConfig {
             cors_origins: Vec::new(),
             log_format: LogFormat::Text,
             sse_keepalive: 15,
+            data_dir: PathBuf::new(),
+            max_file_bytes: 200 * 1024 * 1024,
+            max_batch_inflight: std::num::NonZeroUsize::new(32).unwrap(),
         }
     }
 }

@@ -8,6 +8,8 @@
 
 pub mod api;
 pub mod backend;
+pub mod bench;
+pub mod batch;
 pub mod config;
 pub mod engine;
 pub mod launch;

@@ -389,3 +389,20 @@ fn batch_priority_waits_for_interactive_and_respects_its_cap() {
         assert_eq!(sim.output(*k, 0), r.reference(0).as_slice());
     }
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
+
+    /// Random workloads over random limits: caps hold each step (checked in
+    /// `Sim::step`), outputs are exact, nothing leaks.
+    #[test]
+    fn random_workloads_over_random_limits(seed in 0u64..1000, budget in 1usize..80, seqs in 1usize..10,
+                                           blocks in 19usize..120, caching: bool, n in 1usize..4) {
+        let mut reqs = random_reqs(seed, 16, 60, 12);
+        for r in reqs.iter_mut().step_by(5) {
+            r.n = n;
+        }
+        let mut sim = Sim::new(blocks, 4, cfg(budget, seqs), caching);
+        run_all(&mut sim, &reqs);
+    }
+}

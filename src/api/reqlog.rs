@@ -124,7 +124,7 @@ impl Drop for Inner {
         tracing::info!(
             target: "kiln::access",
             request_id = %self.id,
-            key = m.key_name.as_deref().unwrap_or("-"),
+            key = %m.key_name.as_deref().unwrap_or("-"),
             method = %self.method,
             route = %self.route,
             status,
@@ -132,7 +132,7 @@ impl Drop for Inner {
             completion_tokens = completion,
             ttft_ms,
             duration_ms = duration.as_secs_f64() * 1e3,
-            error = m.error.as_deref(),
+            error = m.error.as_deref().map(tracing::field::display),
             "request"
         );
     }

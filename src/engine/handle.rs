@@ -58,6 +58,7 @@ impl EngineHandle {
             kv,
         );
         let stats = Arc::new(StatsCells::default());
+        stats.kv_blocks_total.store(limits.usable_blocks as u64, Relaxed);
         let core = EngineCore::new(config.clone(), sched, runner, decoder, stats.clone());
         let (tx, rx) = crossbeam_channel::unbounded();
         let thread = std::thread::Builder::new()

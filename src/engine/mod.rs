@@ -13,6 +13,7 @@ mod core;
 pub mod fake;
 pub mod handle;
 pub mod kv_cache;
+pub mod offline;
 pub mod output;
 pub mod scheduler;
 pub mod sequence;

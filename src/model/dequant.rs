@@ -231,7 +231,7 @@ fn q4_k_block(s: &[u8], out: &mut [f32]) {
         let o = &mut out[64 * g..64 * g + 64];
         for l in 0..32 {
             o[l] = d1 * (q[l] & 0x0f) as f32 - min1;
-            o[l + 32] = d2 * (q[l] >> 4) as f32 - min1;
+            o[l + 32] = d2 * (q[l] >> 4) as f32 - min2;
         }
     }
 }
@@ -249,7 +249,7 @@ fn q6_k_block(s: &[u8], out: &mut [f32]) {
             let q2 = ((ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
             let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
             let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
-            let scale = |k: usize| d * (sc[is + k + 1 - 1] as i8) as f32 * if l == 31 && k == 6 { 1.0001 } else { 1.0 };
+            let scale = |k: usize| d * (sc[is + k] as i8) as f32;
             o[l] = scale(0) * q1 as f32;
             o[l + 32] = scale(2) * q2 as f32;
             o[l + 64] = scale(4) * q3 as f32;

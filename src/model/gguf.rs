@@ -249,6 +249,7 @@ impl<'a> Reader<'a> {
         })
     }
 
+    #[allow(clippy::manual_range_patterns)] // type ids listed one by one
     fn array_value(&mut self, key: &str, depth: u32) -> Result<GgufValue, ModelError> {
         if depth >= MAX_ARRAY_DEPTH {
             return Err(self.corrupt(format!("metadata key '{key}': arrays nested deeper than {MAX_ARRAY_DEPTH}")));

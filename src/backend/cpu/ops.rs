@@ -2,10 +2,18 @@
 
 use rayon::prelude::*;
 
+/// Below this many elements an op runs on the calling thread: a decode step
+/// of one sequence is too small to pay for rayon's hand-offs.
+const PAR_MIN: usize = 1 << 14;
+
 /// out[r] = x[r] / sqrt(mean(x[r]²) + eps) * w, for each row of width `w.len()`.
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let d = w.len();
-    out.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(o, x)| rms_norm_row(x, w, eps, o));
+    if x.len() < PAR_MIN {
+        out.chunks_mut(d).zip(x.chunks(d)).for_each(|(o, x)| rms_norm_row(x, w, eps, o));
+    } else {
+        out.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(o, x)| rms_norm_row(x, w, eps, o));
+    }
 }
 
 #[inline]
@@ -20,10 +28,15 @@ pub fn rms_norm_row(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
 /// RMSNorm applied in place to every `w.len()`-wide head of every row (Qwen3 q/k norm).
 pub fn rms_norm_heads_inplace(x: &mut [f32], w: &[f32], eps: f32) {
     let d = w.len();
-    x.par_chunks_mut(d).for_each(|h| {
+    let norm = |h: &mut [f32]| {
         let src: Vec<f32> = h.to_vec();
         rms_norm_row(&src, w, eps, h);
-    });
+    };
+    if x.len() < PAR_MIN {
+        x.chunks_mut(d).for_each(norm);
+    } else {
+        x.par_chunks_mut(d).for_each(norm);
+    }
 }
 
 /// Rotary embedding, Hugging Face half-rotation layout, in place on
@@ -58,7 +71,11 @@ pub fn silu_and_mul(gu: &[f32], inter: usize, out: &mut [f32]) {
 
 /// x += y
 pub fn add_inplace(x: &mut [f32], y: &[f32]) {
-    x.par_iter_mut().zip(y.par_iter()).for_each(|(a, b)| *a += b);
+    if x.len() < PAR_MIN {
+        x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
+    } else {
+        x.par_iter_mut().with_min_len(PAR_MIN).zip(y.par_iter()).for_each(|(a, b)| *a += b);
+    }
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ pub fn block_sums(x: &[f32]) -> Vec<f32> {
 pub fn dot_q8_0(x: &[f32], row: &[u8]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if super::simd::has_avx2_fma() {
-        // SAFETY: avx2 and fma are present.
+        // SAFETY: avx2, fma and f16c are present.
         return unsafe { x86::dot_q8_0(x, row) };
     }
     let mut s = 0.0;
@@ -48,7 +48,7 @@ pub fn dot_q8_0(x: &[f32], row: &[u8]) -> f32 {
 pub fn dot_q4_1(x: &[f32], xsum: &[f32], row: &[u8]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if super::simd::has_avx2_fma() {
-        // SAFETY: avx2 and fma are present.
+        // SAFETY: avx2, fma and f16c are present.
         return unsafe { x86::dot_q4_1(x, xsum, row) };
     }
     let mut s = 0.0;
@@ -83,11 +83,19 @@ pub fn row_q4_1(row: &[u8], out: &mut [f32]) {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{f16_at, Q4_1_BYTES, Q8_0_BYTES, QK};
+    use super::{Q4_1_BYTES, Q8_0_BYTES, QK};
     use std::arch::x86_64::*;
 
+    /// The little-endian f16 at b[i..i+2] as f32 (F16C).
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn f16_at(b: &[u8], i: usize) -> f32 {
+        let bits = u16::from_le_bytes([*b.get_unchecked(i), *b.get_unchecked(i + 1)]);
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn hsum(v: __m256) -> f32 {
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -96,17 +104,17 @@ mod x86 {
 
     /// 8 bytes at p (as i32 lanes, signed or not) -> f32 lanes.
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn i8x8(v: __m128i) -> __m256 {
         _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v))
     }
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn u8x8(v: __m128i) -> __m256 {
         _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v))
     }
 
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_q8_0(x: &[f32], row: &[u8]) -> f32 {
         let mut acc = _mm256_setzero_ps();
         let px = x.as_ptr();
@@ -124,7 +132,7 @@ mod x86 {
         hsum(acc)
     }
 
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_q4_1(x: &[f32], xsum: &[f32], row: &[u8]) -> f32 {
         let mut acc = _mm256_setzero_ps();
         let mut macc = 0.0f32;
@@ -160,9 +168,10 @@ mod tests {
             .collect();
         for b in v.chunks_exact_mut(bytes) {
             // finite, moderate f16 scales
-            b[0..2].copy_from_slice(&f16::from_f32(0.01 + b[4] as f32 * 1e-4).to_bits().to_le_bytes());
+            let (d, m) = (0.01 + b[4] as f32 * 1e-4, -0.05 + b[5] as f32 * 1e-4);
+            b[0..2].copy_from_slice(&f16::from_f32(d).to_bits().to_le_bytes());
             if bytes == Q4_1_BYTES {
-                b[2..4].copy_from_slice(&f16::from_f32(-0.05 + b[5] as f32 * 1e-4).to_bits().to_le_bytes());
+                b[2..4].copy_from_slice(&f16::from_f32(m).to_bits().to_le_bytes());
             }
         }
         v

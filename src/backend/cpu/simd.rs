@@ -1,5 +1,5 @@
-//! Dot products, the inner loop of every CPU matmul. AVX2+FMA when the CPU
-//! has it (checked once at run time), portable code otherwise.
+//! Dot products, the inner loop of every CPU matmul. AVX2+FMA(+F16C) when the CPU
+//! has them (checked once at run time), portable code otherwise.
 
 use half::bf16;
 use std::sync::OnceLock;
@@ -9,7 +9,7 @@ pub(crate) fn has_avx2_fma() -> bool {
     *FLAG.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
         {
-            is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+            is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
         }
         #[cfg(not(target_arch = "x86_64"))]
         {

@@ -30,6 +30,13 @@ pub fn decode_split(blocks_per_part: usize, max_ctx: usize, num_sms: usize) -> D
     DecodeSplit { part_size, num_parts: max_ctx.div_ceil(part_size) }
 }
 
+/// The most (sequence, partition) pairs any decode launch of up to
+/// `max_seqs` sequences over contexts of up to `max_ctx` tokens can use:
+/// sizes the partial-result buffers. `kv_chunks` is the decode grid's x.
+pub fn max_partial_rows(kv_chunks: usize, max_seqs: usize, max_ctx: usize, num_sms: usize) -> usize {
+    (1..=max_seqs.max(1)).map(|s| s * decode_split(kv_chunks * s, max_ctx, num_sms).num_parts).max().unwrap_or(1)
+}
+
 /// Decode and prefill sequences of a batch, and the per-sequence arrays each
 /// kernel reads. Indices are positions in `batch.seqs`.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -122,6 +129,19 @@ mod tests {
                 assert!((MIN_PART_SIZE..=MAX_PART_SIZE).contains(&s.part_size));
             }
         }
+    }
+
+    #[test]
+    fn partial_rows_bound_every_batch() {
+        let (chunks, sms, ctx) = (8, 132, 8192);
+        let bound = max_partial_rows(chunks, 256, ctx, sms);
+        for s in 1..=256 {
+            for c in [1, 100, 1000, ctx] {
+                assert!(s * decode_split(chunks * s, c, sms).num_parts <= bound);
+            }
+        }
+        // 256 sequences x 8 partitions of 1024 at most.
+        assert!(bound <= 256 * 8, "{bound}");
     }
 
     #[test]

@@ -36,6 +36,7 @@ pub fn device_count() -> Result<usize, CudaError> {
 pub struct DeviceMem {
     pub ptr: u64,
     pub bytes: usize,
+    ctx: Arc<CudaContext>,
 }
 
 impl DeviceMem {
@@ -47,8 +48,8 @@ impl DeviceMem {
 
 impl Drop for DeviceMem {
     fn drop(&mut self) {
-        if self.ptr != 0 {
-            // SAFETY: allocated by Device::alloc, freed once.
+        if self.ptr != 0 && self.ctx.bind_to_thread().is_ok() {
+            // SAFETY: allocated by Device::alloc, freed once, its context current.
             let _ = unsafe { result::free_sync(self.ptr) };
         }
     }
@@ -58,6 +59,7 @@ impl Drop for DeviceMem {
 pub struct PinnedMem {
     ptr: *mut u8,
     pub bytes: usize,
+    ctx: Arc<CudaContext>,
 }
 
 // SAFETY: plain host memory; access is serialised by the owning runner.
@@ -76,8 +78,10 @@ impl PinnedMem {
 
 impl Drop for PinnedMem {
     fn drop(&mut self) {
-        // SAFETY: allocated by cuMemHostAlloc, freed once.
-        let _ = unsafe { result::free_host(self.ptr.cast()) };
+        if self.ctx.bind_to_thread().is_ok() {
+            // SAFETY: allocated by cuMemHostAlloc, freed once.
+            let _ = unsafe { result::free_host(self.ptr.cast()) };
+        }
     }
 }
 
@@ -191,7 +195,7 @@ impl Device {
     pub fn alloc(&self, bytes: usize) -> Result<DeviceMem, CudaError> {
         self.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
         if bytes == 0 {
-            return Ok(DeviceMem { ptr: 0, bytes: 0 });
+            return Ok(DeviceMem { ptr: 0, bytes: 0, ctx: self.ctx.clone() });
         }
         // SAFETY: plain allocation; freed by DeviceMem::drop.
         let ptr = unsafe { result::malloc_sync(bytes) }.map_err(|e| {
@@ -201,14 +205,14 @@ impl Device {
                 msg: format!("{e:?} allocating {} ({} free of {})", super::memory::gib(bytes as u64), super::memory::gib(free as u64), super::memory::gib(total as u64)),
             }
         })?;
-        Ok(DeviceMem { ptr, bytes })
+        Ok(DeviceMem { ptr, bytes, ctx: self.ctx.clone() })
     }
 
     pub fn alloc_pinned(&self, bytes: usize) -> Result<PinnedMem, CudaError> {
         self.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
         // SAFETY: freed by PinnedMem::drop; zeroed below before any read.
         let ptr = unsafe { result::malloc_host(bytes.max(1), 0) }.map_err(drv("cuMemHostAlloc"))? as *mut u8;
-        let mut m = PinnedMem { ptr, bytes };
+        let mut m = PinnedMem { ptr, bytes, ctx: self.ctx.clone() };
         m.as_mut_slice().fill(0);
         Ok(m)
     }
@@ -242,6 +246,12 @@ impl Device {
     pub fn memset(&self, dst: u64, byte: u8, bytes: usize) -> Result<(), CudaError> {
         // SAFETY: `dst` holds `bytes` writable bytes.
         unsafe { result::memset_d8_async(dst, byte, bytes, self.stream.cu_stream()) }.map_err(drv("cuMemsetD8Async"))
+    }
+
+    /// Makes this device's context current on the calling thread (the runner
+    /// may be built on one thread and stepped on another).
+    pub fn bind(&self) -> Result<(), CudaError> {
+        self.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))
     }
 
     pub fn synchronize(&self) -> Result<(), CudaError> {

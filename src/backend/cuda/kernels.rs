@@ -41,6 +41,14 @@ pub const FILES: &[KernelFile] = &[
     kernel_file!(
         "paged_attention_decode",
         [
+            "paged_attention_decode_bf16_hd16_g1",
+            "paged_attention_decode_bf16_hd16_g2",
+            "paged_attention_decode_bf16_hd16_g4",
+            "paged_attention_decode_bf16_hd16_g8",
+            "paged_attention_decode_bf16_hd32_g1",
+            "paged_attention_decode_bf16_hd32_g2",
+            "paged_attention_decode_bf16_hd32_g4",
+            "paged_attention_decode_bf16_hd32_g8",
             "paged_attention_decode_bf16_hd64_g1",
             "paged_attention_decode_bf16_hd64_g2",
             "paged_attention_decode_bf16_hd64_g4",
@@ -57,7 +65,13 @@ pub const FILES: &[KernelFile] = &[
     ),
     kernel_file!(
         "prefill_attention",
-        ["prefill_attention_bf16_hd64", "prefill_attention_bf16_hd128", "prefill_attention_bf16_hd256"]
+        [
+            "prefill_attention_bf16_hd16",
+            "prefill_attention_bf16_hd32",
+            "prefill_attention_bf16_hd64",
+            "prefill_attention_bf16_hd128",
+            "prefill_attention_bf16_hd256",
+        ]
     ),
     kernel_file!("gather_last", ["gather_rows_bf16"]),
     kernel_file!("sampling", ["apply_penalties_f32", "sample_f32", "top_logprobs_f32"]),

@@ -31,6 +31,21 @@ pub fn kv_block_bytes(num_layers: usize, block_size: usize, num_kv_heads: usize,
     2 * 2 * (num_layers * block_size * num_kv_heads * head_dim) as u64
 }
 
+/// bf16 bytes of every weight of `cfg` (for the fit check before loading).
+pub fn weight_bytes(cfg: &ModelConfig) -> u64 {
+    let (h, hd, i) = (cfg.hidden_size, cfg.head_dim, cfg.intermediate_size);
+    let qkv = (cfg.num_heads + 2 * cfg.num_kv_heads) * hd * h;
+    let mut layer = qkv + cfg.num_heads * hd * h + 3 * i * h + 2 * h;
+    if cfg.qk_norm {
+        layer += 2 * hd;
+    }
+    if cfg.attention_bias {
+        layer += (cfg.num_heads + 2 * cfg.num_kv_heads) * hd;
+    }
+    let head = if cfg.tie_word_embeddings { 0 } else { cfg.vocab_size * h };
+    2 * (cfg.num_layers * layer + cfg.vocab_size * h + head + h) as u64
+}
+
 /// Fails early, with the numbers, when the weights cannot fit in free memory.
 pub fn check_weights_fit(weight_bytes: u64, free: u64, total: u64) -> Result<(), MemoryError> {
     if weight_bytes > free {
@@ -89,8 +104,9 @@ pub struct StepCaps {
     pub max_tokens: usize,
     /// Sequences per step.
     pub max_seqs: usize,
-    /// Decode partitions per sequence (attention_plan::decode_split at the max length).
-    pub max_parts: usize,
+    /// (sequence, partition) pairs of the largest decode split
+    /// (attention_plan::max_partial_rows).
+    pub max_partial_rows: usize,
     /// Largest `logprobs` a request may ask for.
     pub max_top_logprobs: usize,
 }
@@ -136,9 +152,9 @@ pub fn activation_layout(cfg: &ModelConfig, caps: StepCaps) -> Activations {
         act: l.push("act", t * cfg.intermediate_size * bf),
         last: l.push("last", s * h * bf),
         logits: l.push("logits", s * cfg.vocab_size * 4),
-        part_out: l.push("part_out", s * nh * caps.max_parts * hd * 4),
-        part_max: l.push("part_max", s * nh * caps.max_parts * 4),
-        part_sum: l.push("part_sum", s * nh * caps.max_parts * 4),
+        part_out: l.push("part_out", caps.max_partial_rows * nh * hd * 4),
+        part_max: l.push("part_max", caps.max_partial_rows * nh * 4),
+        part_sum: l.push("part_sum", caps.max_partial_rows * nh * 4),
         out_ids: l.push("out_ids", s * 4),
         out_logprobs: l.push("out_logprobs", s * 4),
         top_ids: l.push("top_ids", s * caps.max_top_logprobs.max(1) * 4),
@@ -183,6 +199,15 @@ mod tests {
     }
 
     #[test]
+    fn weight_bytes_of_known_models() {
+        // Llama-3.1-8B: 8.03e9 parameters; Qwen3-0.6B: 0.596e9 (tied embeddings).
+        let b = weight_bytes(&crate::backend::cuda::tests_support::llama_8b_config()) as f64 / 2.0;
+        assert!((8.02e9..8.04e9).contains(&b), "{b}");
+        let q = weight_bytes(&crate::backend::cuda::tests_support::qwen3_0_6b_config()) as f64 / 2.0;
+        assert!((0.59e9..0.60e9).contains(&q), "{q}");
+    }
+
+    #[test]
     fn weights_check() {
         assert!(check_weights_fit(GIB, 2 * GIB, 4 * GIB).is_ok());
         let e = check_weights_fit(16 * GIB, 2 * GIB, 4 * GIB).unwrap_err().to_string();
@@ -203,7 +228,7 @@ mod tests {
     #[test]
     fn activation_regions_are_disjoint_and_aligned() {
         let cfg = crate::backend::cuda::tests_support::llama_8b_config();
-        let caps = StepCaps { max_tokens: 8192, max_seqs: 256, max_parts: 8, max_top_logprobs: 20 };
+        let caps = StepCaps { max_tokens: 8192, max_seqs: 256, max_partial_rows: 2048, max_top_logprobs: 20 };
         let a = activation_layout(&cfg, caps);
         let offs = [a.residual, a.normed, a.proj_out, a.qkv, a.q, a.attn, a.gate_up, a.act, a.last, a.logits];
         assert!(offs.windows(2).all(|w| w[0] < w[1]));

@@ -24,13 +24,22 @@ pub mod module_cache;
 pub mod nvrtc;
 pub mod sampling_plan;
 pub mod select;
+pub mod step_inputs;
 
 #[cfg(feature = "cuda")]
 pub mod device;
 #[cfg(feature = "cuda")]
 pub mod embedded;
 #[cfg(feature = "cuda")]
+pub mod forward;
+#[cfg(feature = "cuda")]
 pub mod gemm;
+#[cfg(feature = "cuda")]
+pub mod ops;
+#[cfg(feature = "cuda")]
+pub mod runner;
+#[cfg(feature = "cuda")]
+pub mod weights;
 
 pub use error::CudaError;
 pub use select::DeviceChoice;

@@ -1,0 +1,46 @@
+#!/usr/bin/env python3
+"""transformers' reference for a model directory, on the GPU in bf16 (sdpa
+attention): for N seeded random prompts, the logits of the last prompt
+position and 32 greedy tokens (EOS ignored). Read by the GPU test
+`transformers_on_the_gpu` (tests/cuda_gpu/model.rs) through
+KILN_HF_REFERENCE.
+
+    hf_reference.py MODEL_DIR OUT.json [--prompts 16] [--seed 0]
+"""
+import argparse
+import json
+
+import torch
+from transformers import AutoModelForCausalLM
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model_dir")
+    ap.add_argument("out")
+    ap.add_argument("--prompts", type=int, default=16)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    model = AutoModelForCausalLM.from_pretrained(a.model_dir, dtype=torch.bfloat16, device_map="cuda",
+                                                 attn_implementation="sdpa").eval()
+    vocab = model.config.vocab_size
+    g = torch.Generator().manual_seed(a.seed)
+    prompts, last, greedy = [], [], []
+    for _ in range(a.prompts):
+        n = int(torch.randint(8, 128, (1,), generator=g))
+        ids = torch.randint(0, vocab, (n,), generator=g).tolist()
+        x = torch.tensor([ids], device="cuda")
+        with torch.no_grad():
+            logits = model(x).logits[0, -1].float().cpu()
+            out = model.generate(x, max_new_tokens=32, min_new_tokens=32, do_sample=False,
+                                 eos_token_id=None, pad_token_id=0)
+        prompts.append(ids)
+        last.append([round(v, 5) for v in logits.tolist()])
+        greedy.append(out[0, n:].tolist())
+    with open(a.out, "w") as f:
+        json.dump({"model_dir": a.model_dir, "prompts": prompts, "last_logits": last, "greedy_ids": greedy}, f)
+    print(f"{a.out}: {a.prompts} prompts")
+
+
+if __name__ == "__main__":
+    main()

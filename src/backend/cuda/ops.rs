@@ -1,0 +1,231 @@
+//! Typed launchers, one per kernel: arguments in the kernels' order
+//! (outputs, inputs, sizes), device addresses as `u64` (0 is a null pointer).
+//! Shapes are documented on the kernels (kernels/*.cu); geometry comes from
+//! `launch`.
+
+use super::attention_plan::DecodeSplit;
+use super::device::{Arg, Device};
+use super::error::CudaError;
+use super::launch;
+
+type R = Result<(), CudaError>;
+
+fn i(v: usize) -> Arg {
+    Arg::I32(v as i32)
+}
+
+pub fn embedding(dev: &Device, out: u64, table: u64, ids: u64, tokens: usize, hidden: usize, vocab: usize) -> R {
+    let d = launch::row_copy_dims(tokens, hidden);
+    dev.launch("embedding_bf16", d, &[Arg::Ptr(out), Arg::Ptr(table), Arg::Ptr(ids), i(tokens), i(hidden), i(vocab)])
+}
+
+pub fn rms_norm(dev: &Device, out: u64, x: u64, w: u64, rows: usize, hidden: usize, eps: f32) -> R {
+    let d = launch::rms_norm_dims(rows, hidden);
+    dev.launch("rms_norm_bf16", d, &[Arg::Ptr(out), Arg::Ptr(x), Arg::Ptr(w), i(rows), i(hidden), Arg::F32(eps)])
+}
+
+/// residual += x; out = rms_norm(residual) * w.
+pub fn fused_add_rms_norm(dev: &Device, out: u64, residual: u64, x: u64, w: u64, rows: usize, hidden: usize, eps: f32) -> R {
+    let d = launch::rms_norm_dims(rows, hidden);
+    let args = [Arg::Ptr(out), Arg::Ptr(residual), Arg::Ptr(x), Arg::Ptr(w), i(rows), i(hidden), Arg::F32(eps)];
+    dev.launch("fused_add_rms_norm_bf16", d, &args)
+}
+
+/// Arguments of rotary_qkv_cache_bf16 (bias / q_norm / k_norm: 0 when absent).
+pub struct Rotary {
+    pub q_out: u64,
+    pub k_cache: u64,
+    pub v_cache: u64,
+    pub qkv: u64,
+    pub qkv_bias: u64,
+    pub q_norm: u64,
+    pub k_norm: u64,
+    pub inv_freq: u64,
+    pub positions: u64,
+    pub slots: u64,
+    pub tokens: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub eps: f32,
+}
+
+pub fn rotary_qkv_cache(dev: &Device, a: &Rotary) -> R {
+    let d = launch::rotary_dims(a.tokens, a.num_heads, a.num_kv_heads);
+    let p = Arg::Ptr;
+    let args = [
+        p(a.q_out), p(a.k_cache), p(a.v_cache), p(a.qkv), p(a.qkv_bias), p(a.q_norm), p(a.k_norm), p(a.inv_freq),
+        p(a.positions), p(a.slots), i(a.tokens), i(a.num_heads), i(a.num_kv_heads), i(a.head_dim), Arg::F32(a.eps),
+    ];
+    dev.launch("rotary_qkv_cache_bf16", d, &args)
+}
+
+pub fn silu_and_mul(dev: &Device, out: u64, gate_up: u64, tokens: usize, inter: usize) -> R {
+    let d = launch::elementwise_dims(tokens * inter / 8, dev.num_sms);
+    dev.launch("silu_and_mul_bf16", d, &[Arg::Ptr(out), Arg::Ptr(gate_up), i(tokens), i(inter)])
+}
+
+/// Arguments of the decode attention (and its reduction when split).
+pub struct Decode {
+    pub out: u64,
+    pub part_out: u64,
+    pub part_max: u64,
+    pub part_sum: u64,
+    pub q: u64,
+    pub k_cache: u64,
+    pub v_cache: u64,
+    pub block_tables: u64,
+    pub ctx_lens: u64,
+    pub q_rows: u64,
+    pub num_seqs: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub max_blocks: usize,
+    pub block_size: usize,
+    pub split: DecodeSplit,
+}
+
+pub fn paged_attention_decode(dev: &Device, a: &Decode) -> R {
+    if a.num_seqs == 0 {
+        return Ok(());
+    }
+    let gmax = launch::decode_gmax(a.num_heads / a.num_kv_heads, a.head_dim);
+    let name = format!("paged_attention_decode_bf16_hd{}_g{gmax}", a.head_dim);
+    let d = launch::decode_dims(a.num_seqs, a.num_heads, a.num_kv_heads, a.head_dim, a.split.part_size, a.split.num_parts);
+    let p = Arg::Ptr;
+    let scale = 1.0 / (a.head_dim as f32).sqrt();
+    let args = [
+        p(a.out), p(a.part_out), p(a.part_max), p(a.part_sum), p(a.q), p(a.k_cache), p(a.v_cache), p(a.block_tables),
+        p(a.ctx_lens), p(a.q_rows), i(a.num_heads), i(a.num_kv_heads), i(a.max_blocks), i(a.block_size),
+        i(a.split.part_size), i(a.split.num_parts), Arg::F32(scale),
+    ];
+    dev.launch(&name, d, &args)?;
+    if a.split.num_parts > 1 {
+        let d = launch::decode_reduce_dims(a.num_seqs, a.num_heads, a.head_dim);
+        let args = [
+            p(a.out), p(a.part_out), p(a.part_max), p(a.part_sum), p(a.ctx_lens), p(a.q_rows), i(a.num_heads),
+            i(a.head_dim), i(a.split.part_size), i(a.split.num_parts),
+        ];
+        dev.launch("paged_attention_reduce_bf16", d, &args)?;
+    }
+    Ok(())
+}
+
+/// Arguments of the prefill attention.
+pub struct Prefill {
+    pub out: u64,
+    pub q: u64,
+    pub k_cache: u64,
+    pub v_cache: u64,
+    pub block_tables: u64,
+    pub q_start: u64,
+    pub q_len: u64,
+    pub ctx_len: u64,
+    pub tile_seq: u64,
+    pub tile_q0: u64,
+    pub num_tiles: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub max_blocks: usize,
+    pub block_size: usize,
+}
+
+pub fn prefill_attention(dev: &Device, a: &Prefill) -> R {
+    if a.num_tiles == 0 {
+        return Ok(());
+    }
+    let group = a.num_heads / a.num_kv_heads;
+    let d = launch::prefill_dims(a.num_tiles, a.num_heads, a.num_kv_heads, a.head_dim);
+    let p = Arg::Ptr;
+    let scale = 1.0 / (a.head_dim as f32).sqrt();
+    let args = [
+        p(a.out), p(a.q), p(a.k_cache), p(a.v_cache), p(a.block_tables), p(a.q_start), p(a.q_len), p(a.ctx_len),
+        p(a.tile_seq), p(a.tile_q0), i(a.num_heads), i(a.num_kv_heads), i(launch::prefill_heads_per_block(group)),
+        i(a.max_blocks), i(a.block_size), Arg::F32(scale),
+    ];
+    dev.launch(&format!("prefill_attention_bf16_hd{}", a.head_dim), d, &args)
+}
+
+pub fn gather_rows(dev: &Device, out: u64, x: u64, rows: u64, num_rows: usize, hidden: usize) -> R {
+    let d = launch::row_copy_dims(num_rows, hidden);
+    dev.launch("gather_rows_bf16", d, &[Arg::Ptr(out), Arg::Ptr(x), Arg::Ptr(rows), i(num_rows), i(hidden)])
+}
+
+/// Device addresses of the packed sampling arrays (sampling_plan::SamplingBatch).
+pub struct SamplingArrays {
+    pub temperature: u64,
+    pub top_k: u64,
+    pub top_p: u64,
+    pub min_p: u64,
+    pub seeds: u64,
+    pub steps: u64,
+    pub repetition: u64,
+    pub frequency: u64,
+    pub presence: u64,
+    pub pen_offsets: u64,
+    pub pen_ids: u64,
+    pub pen_counts: u64,
+    pub bias_offsets: u64,
+    pub bias_ids: u64,
+    pub bias_values: u64,
+}
+
+pub fn apply_penalties(dev: &Device, logits: u64, s: &SamplingArrays, rows: usize, vocab: usize) -> R {
+    let p = Arg::Ptr;
+    let args = [
+        p(logits), p(s.pen_offsets), p(s.pen_ids), p(s.pen_counts), p(s.repetition), p(s.frequency), p(s.presence),
+        p(s.bias_offsets), p(s.bias_ids), p(s.bias_values), i(rows), i(vocab),
+    ];
+    dev.launch("apply_penalties_f32", launch::penalties_dims(rows), &args)
+}
+
+pub fn sample(dev: &Device, out_ids: u64, out_logprobs: u64, logits: u64, s: &SamplingArrays, rows: usize, vocab: usize) -> R {
+    if rows == 0 {
+        return Ok(());
+    }
+    let p = Arg::Ptr;
+    let args = [
+        p(out_ids), p(out_logprobs), p(logits), p(s.temperature), p(s.top_k), p(s.top_p), p(s.min_p), p(s.seeds),
+        p(s.steps), i(vocab),
+    ];
+    dev.launch("sample_f32", launch::sample_dims(rows), &args)
+}
+
+pub fn top_logprobs(dev: &Device, out_ids: u64, out_logprobs: u64, logits: u64, rows: usize, n: usize, vocab: usize) -> R {
+    if rows == 0 || n == 0 {
+        return Ok(());
+    }
+    let args = [Arg::Ptr(out_ids), Arg::Ptr(out_logprobs), Arg::Ptr(logits), i(n), i(vocab)];
+    dev.launch("top_logprobs_f32", launch::sample_dims(rows), &args)
+}
+
+/// GGML block types the GPU expands to bf16.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Quant {
+    Q8_0,
+    Q4_0,
+    Q4_1,
+}
+
+impl Quant {
+    pub fn block_bytes(self) -> usize {
+        match self {
+            Quant::Q8_0 => 34,
+            Quant::Q4_0 => 18,
+            Quant::Q4_1 => 20,
+        }
+    }
+}
+
+/// Expands `num_blocks` blocks of 32 weights at `blocks` into bf16 at `out`.
+pub fn dequant(dev: &Device, q: Quant, out: u64, blocks: u64, num_blocks: usize) -> R {
+    let name = match q {
+        Quant::Q8_0 => "dequant_q8_0_bf16",
+        Quant::Q4_0 => "dequant_q4_0_bf16",
+        Quant::Q4_1 => "dequant_q4_1_bf16",
+    };
+    let d = launch::Dims { grid: (num_blocks.div_ceil(256).max(1) as u32, 1, 1), block: (256, 1, 1), smem: 0 };
+    dev.launch(name, d, &[Arg::Ptr(out), Arg::Ptr(blocks), Arg::I64(num_blocks as i64)])
+}

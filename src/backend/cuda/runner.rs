@@ -1,0 +1,396 @@
+//! `CudaRunner`: the `ModelRunner` of the GPU. One step:
+//!
+//! 1. validate the batch, plan attention (decode vs prefill), pack sampling;
+//! 2. write every input into the pinned staging buffer, one copy to the GPU;
+//! 3. pure-decode steps of up to the largest bucket replay the bucket's CUDA
+//!    graph (padded rows are inert); other steps launch the pass eagerly;
+//! 4. penalties, the draw and top logprobs run on the GPU; only ids and
+//!    logprobs come back, and reading them is the step's one synchronisation.
+//!
+//! Start-up: open the GPU (kernels from the embedded fatbin or NVRTC),
+//! check the weights fit, upload them, allocate the workspace of the largest
+//! step, warm cuBLAS up, size the KV pool from what is left under
+//! `--gpu-memory-utilization`, capture the decode graphs.
+
+use super::attention_plan::{decode_split, max_partial_rows, AttentionPlan};
+use super::device::{Device, DeviceMem, PinnedMem};
+use super::error::CudaError;
+use super::forward::{Forward, KvPool};
+use super::gemm::{Gemm, Out};
+use super::graph_buckets::{bucket_for, buckets};
+use super::launch;
+use super::memory::{self, activation_layout, Activations, StepCaps};
+use super::sampling_plan::SamplingBatch;
+use super::step_inputs::{HostStep, InputLayout, InputSizes};
+use super::weights::CudaWeights;
+use crate::engine::TokenLogprob;
+use crate::model::weights::WeightSource;
+use crate::model::{BatchInput, ModelConfig};
+use crate::runner::{ModelRunner, SampleRequest, Sampled};
+use cudarc::driver::{sys, CudaGraph};
+use std::collections::BTreeMap;
+
+/// Memory left aside for CUDA graphs and the driver when sizing the KV pool.
+const GRAPH_RESERVE: u64 = 512 << 20;
+/// Logit-bias entries a step may carry per sequence.
+const MAX_BIAS_PER_SEQ: usize = 1024;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct CudaRunnerOptions {
+    pub device: usize,
+    pub block_size: usize,
+    pub max_model_len: usize,
+    pub max_num_seqs: usize,
+    pub max_num_batched_tokens: usize,
+    pub gpu_memory_utilization: f64,
+    pub enforce_eager: bool,
+    pub max_top_logprobs: usize,
+}
+
+impl Default for CudaRunnerOptions {
+    fn default() -> Self {
+        CudaRunnerOptions {
+            device: 0,
+            block_size: 16,
+            max_model_len: 8192,
+            max_num_seqs: 256,
+            max_num_batched_tokens: 8192,
+            gpu_memory_utilization: 0.9,
+            enforce_eager: false,
+            max_top_logprobs: 20,
+        }
+    }
+}
+
+/// Shapes the kernels support (checked before anything is allocated).
+pub fn check_model(cfg: &ModelConfig) -> Result<(), CudaError> {
+    let bad = |m: String| Err(CudaError::Unsupported(m));
+    if ![16, 32, 64, 128, 256].contains(&cfg.head_dim) {
+        return bad(format!("head_dim {} (16, 32, 64, 128 or 256)", cfg.head_dim));
+    }
+    if cfg.hidden_size % 8 != 0 || cfg.intermediate_size % 8 != 0 {
+        return bad(format!("hidden {} / intermediate {} not multiples of 8", cfg.hidden_size, cfg.intermediate_size));
+    }
+    if cfg.hidden_size > 8 * launch::RMS_MAX_VPT * 1024 {
+        return bad(format!("hidden_size {} above 32768", cfg.hidden_size));
+    }
+    Ok(())
+}
+
+struct Captured {
+    graph: CudaGraph,
+    layout: InputLayout,
+}
+
+// SAFETY: a graph exec may be launched from any thread; the runner that owns
+// it is used by one thread at a time (ModelRunner takes &mut self).
+unsafe impl Send for Captured {}
+
+/// Fields drop in declaration order: graphs and buffers before the device.
+pub struct CudaRunner {
+    graphs: BTreeMap<usize, Captured>,
+    buckets: Vec<usize>,
+    inputs_host: PinnedMem,
+    inputs_dev: DeviceMem,
+    out_host: PinnedMem,
+    ws: DeviceMem,
+    act: Activations,
+    kv: KvPool,
+    weights: CudaWeights,
+    gemm: Gemm,
+    cfg: ModelConfig,
+    opts: CudaRunnerOptions,
+    table_width: usize,
+    kv_chunks: usize,
+    dev: Device,
+}
+
+impl CudaRunner {
+    /// Loads the model onto GPU `opts.device` and prepares every buffer.
+    pub fn load(cfg: &ModelConfig, src: &dyn WeightSource, opts: CudaRunnerOptions, progress: impl FnMut(usize)) -> anyhow::Result<CudaRunner> {
+        check_model(cfg)?;
+        let dev = Device::open(opts.device)?;
+        let (free, total) = dev.mem_info()?;
+        memory::check_weights_fit(memory::weight_bytes(cfg), free as u64, total as u64)?;
+        let gemm = Gemm::new(&dev)?;
+        let weights = CudaWeights::load(&dev, cfg, src, progress)?;
+        let table_width = opts.max_model_len.div_ceil(opts.block_size);
+        let group = cfg.num_heads / cfg.num_kv_heads;
+        let kv_chunks = cfg.num_kv_heads * group.div_ceil(launch::decode_gmax(group, cfg.head_dim));
+        let max_tokens = opts.max_num_batched_tokens.max(opts.max_num_seqs);
+        let caps = StepCaps {
+            max_tokens,
+            max_seqs: opts.max_num_seqs,
+            max_partial_rows: max_partial_rows(kv_chunks, opts.max_num_seqs, table_width * opts.block_size, dev.num_sms),
+            max_top_logprobs: opts.max_top_logprobs,
+        };
+        let act = activation_layout(cfg, caps);
+        let ws = dev.alloc(act.total)?;
+        let cap = InputLayout::new(InputSizes {
+            tokens: max_tokens,
+            decode_seqs: opts.max_num_seqs,
+            prefill_seqs: opts.max_num_seqs,
+            table_width,
+            tiles: max_tokens,
+            rows: opts.max_num_seqs,
+            pen_entries: opts.max_num_seqs * opts.max_model_len,
+            bias_entries: opts.max_num_seqs * MAX_BIAS_PER_SEQ,
+        })
+        .total;
+        let inputs_host = dev.alloc_pinned(cap)?;
+        let inputs_dev = dev.alloc(cap)?;
+        let out_host = dev.alloc_pinned(opts.max_num_seqs * 8 * (1 + opts.max_top_logprobs))?;
+        warm_up_gemms(&dev, &gemm, cfg, &weights, &ws, &act, max_tokens)?;
+        let kv = alloc_kv(&dev, cfg, &opts)?;
+        let mut r = CudaRunner {
+            graphs: BTreeMap::new(),
+            buckets: buckets(opts.max_num_seqs.min(max_tokens)),
+            inputs_host,
+            inputs_dev,
+            out_host,
+            ws,
+            act,
+            kv,
+            weights,
+            gemm,
+            cfg: cfg.clone(),
+            opts,
+            table_width,
+            kv_chunks,
+            dev,
+        };
+        if !r.opts.enforce_eager {
+            r.capture_graphs()?;
+        }
+        Ok(r)
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.dev
+    }
+
+    fn forward(&self) -> Forward<'_> {
+        Forward {
+            dev: &self.dev,
+            gemm: &self.gemm,
+            cfg: &self.cfg,
+            w: &self.weights,
+            kv: &self.kv,
+            ws: self.ws.ptr,
+            act: &self.act,
+            inputs: self.inputs_dev.ptr,
+        }
+    }
+
+    /// Packs `step` into the staging buffer and copies it to the GPU.
+    fn stage(&mut self, step: &HostStep) -> Result<InputLayout, CudaError> {
+        let l = InputLayout::new(step.sizes());
+        if l.total > self.inputs_host.bytes {
+            return Err(CudaError::BadBatch(format!("step inputs of {} bytes exceed the {}-byte staging buffer", l.total, self.inputs_host.bytes)));
+        }
+        step.write(&l, self.inputs_host.as_mut_slice());
+        self.dev.upload(self.inputs_dev.ptr, &self.inputs_host.as_slice()[..l.total])?;
+        Ok(l)
+    }
+
+    fn capture_graphs(&mut self) -> Result<(), CudaError> {
+        for &b in &self.buckets.clone() {
+            let mut step = HostStep::new(&BatchInput::default(), AttentionPlan { max_blocks: 1, ..Default::default() }, SamplingBatch::default(), self.table_width);
+            step.pad_decode_to(b);
+            let layout = self.stage(&step)?;
+            let split = decode_split(self.kv_chunks * b, self.table_width * self.opts.block_size, self.dev.num_sms);
+            self.forward().run(&layout, split)?; // warm-up outside the capture
+            self.dev.synchronize()?;
+            let stream = self.dev.stream.clone();
+            stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).map_err(super::device::drv("cuStreamBeginCapture"))?;
+            let ran = self.forward().run(&layout, split);
+            let graph = stream.end_capture(sys::CUgraphInstantiate_flags(0)).map_err(super::device::drv("cuStreamEndCapture"))?;
+            ran?;
+            let graph = graph.ok_or_else(|| CudaError::Driver { call: "cuStreamEndCapture", msg: "empty graph".into() })?;
+            self.graphs.insert(b, Captured { graph, layout });
+        }
+        tracing::info!("captured CUDA graphs for decode batch sizes {:?}", self.buckets);
+        Ok(())
+    }
+
+    fn validate(&self, batch: &BatchInput, reqs: &[SampleRequest<'_>]) -> Result<(), CudaError> {
+        self.validate_batch(batch)?;
+        let bad = |m: String| Err(CudaError::BadBatch(m));
+        let want = batch.seqs.iter().filter(|s| s.want_logits).count();
+        if want != reqs.len() {
+            return bad(format!("{want} sequences want logits but {} sample requests", reqs.len()));
+        }
+        if reqs.iter().any(|r| r.params.logprobs.is_some_and(|n| n as usize > self.opts.max_top_logprobs)) {
+            return bad(format!("more than {} top logprobs asked", self.opts.max_top_logprobs));
+        }
+        Ok(())
+    }
+
+    fn validate_batch(&self, batch: &BatchInput) -> Result<(), CudaError> {
+        let bad = |m: String| Err(CudaError::BadBatch(m));
+        let o = &self.opts;
+        if batch.block_size != o.block_size {
+            return bad(format!("block size {} (the pool's is {})", batch.block_size, o.block_size));
+        }
+        if batch.tokens.len() > o.max_num_batched_tokens.max(o.max_num_seqs) || batch.seqs.len() > o.max_num_seqs {
+            return bad(format!("{} tokens / {} sequences exceed the configured maximum", batch.tokens.len(), batch.seqs.len()));
+        }
+        if let Some(t) = batch.tokens.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
+            return bad(format!("token id {t} outside the vocabulary"));
+        }
+        let slots = (self.kv.num_blocks * o.block_size) as u32;
+        if batch.slots.iter().any(|&s| s >= slots) {
+            return bad("a KV slot lies outside the pool".into());
+        }
+        for s in &batch.seqs {
+            if s.block_table.len() > self.table_width || s.block_table.iter().any(|&b| b as usize >= self.kv.num_blocks) {
+                return bad("a block table is longer than --max-model-len allows or names a block outside the pool".into());
+            }
+            if s.ctx_len > s.block_table.len() * o.block_size || s.q_len > s.ctx_len {
+                return bad(format!("context {} does not fit its {} blocks", s.ctx_len, s.block_table.len()));
+            }
+        }
+        if batch.seqs.iter().filter(|s| s.want_logits).count() > o.max_num_seqs {
+            return bad("more sequences want logits than --max-num-seqs".into());
+        }
+        Ok(())
+    }
+
+    /// Runs `batch` eagerly (writing its K/V) and returns the f32 logits
+    /// [rows, vocab] of the sequences that want them, in order. For tests and
+    /// benchmarks; serving goes through `execute`.
+    pub fn forward_logits(&mut self, batch: &BatchInput) -> anyhow::Result<Vec<f32>> {
+        self.dev.bind()?;
+        self.validate_batch(batch)?;
+        let group = self.cfg.num_heads / self.cfg.num_kv_heads;
+        let plan = AttentionPlan::build(batch, launch::prefill_tokens_per_tile(group));
+        let step = HostStep::new(batch, plan, SamplingBatch::default(), self.table_width);
+        let layout = self.stage(&step)?;
+        let split = decode_split(self.kv_chunks * layout.sizes.decode_seqs, step.plan.max_decode_ctx(), self.dev.num_sms);
+        self.forward().run(&layout, split)?;
+        let n = layout.sizes.rows * self.cfg.vocab_size;
+        let mut out = vec![0f32; n];
+        self.dev.download(bytemuck::cast_slice_mut(&mut out), self.ws.at(self.act.logits))?;
+        self.dev.synchronize()?;
+        Ok(out)
+    }
+
+    /// Copies ids and logprobs of `rows` rows back and waits for them.
+    fn collect(&mut self, rows: usize, top_n: usize, sampling: &SamplingBatch) -> Result<Vec<Sampled>, CudaError> {
+        let a = self.act;
+        let (ws, host) = (self.ws.ptr, self.out_host.as_mut_slice());
+        let (ids, rest) = host.split_at_mut(4 * rows);
+        let (lps, rest) = rest.split_at_mut(4 * rows);
+        let (tids, rest) = rest.split_at_mut(4 * rows * top_n);
+        let tlps = &mut rest[..4 * rows * top_n];
+        self.dev.download(ids, ws + a.out_ids as u64)?;
+        self.dev.download(lps, ws + a.out_logprobs as u64)?;
+        self.dev.download(tids, ws + a.top_ids as u64)?;
+        self.dev.download(tlps, ws + a.top_logprobs as u64)?;
+        self.dev.synchronize()?;
+        let ids: &[u32] = bytemuck::cast_slice(ids);
+        let lps: &[f32] = bytemuck::cast_slice(lps);
+        let tids: &[u32] = bytemuck::cast_slice(tids);
+        let tlps: &[f32] = bytemuck::cast_slice(tlps);
+        Ok((0..rows)
+            .map(|r| Sampled {
+                token_id: ids[r],
+                logprob: sampling.logprobs[r].map(|k| TokenLogprob {
+                    token_id: ids[r],
+                    logprob: lps[r],
+                    top: (0..k as usize).map(|j| (tids[r * top_n + j], tlps[r * top_n + j])).collect(),
+                }),
+            })
+            .collect())
+    }
+}
+
+/// The config and weight source of a model path: a Hugging Face directory or
+/// a GGUF file (the same sources the CPU loader reads).
+pub fn open_weights(path: &std::path::Path) -> anyhow::Result<(ModelConfig, Box<dyn WeightSource>)> {
+    use crate::model::{gguf::GgufFile, gguf_config::config_from_gguf, gguf_weights::GgufSource, weights::SafetensorsSource};
+    if path.is_dir() {
+        let cfg = ModelConfig::from_hf_json(&path.join("config.json"))?;
+        Ok((cfg, Box::new(SafetensorsSource::open_dir(path)?)))
+    } else {
+        let file = GgufFile::open(path)?;
+        let cfg = config_from_gguf(&file)?;
+        Ok((cfg.clone(), Box::new(GgufSource::new(file, cfg))))
+    }
+}
+
+fn warm_up_gemms(dev: &Device, gemm: &Gemm, cfg: &ModelConfig, w: &CudaWeights, ws: &DeviceMem, a: &Activations, max_tokens: usize) -> Result<(), CudaError> {
+    let (h, i, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
+    let (nh, nkv) = (cfg.num_heads, cfg.num_kv_heads);
+    let l = &w.layers[0];
+    for m in [1, max_tokens] {
+        gemm.linear(ws.at(a.qkv), Out::Bf16, ws.at(a.normed), l.qkv.ptr, m, (nh + 2 * nkv) * hd, h)?;
+        gemm.linear(ws.at(a.proj_out), Out::Bf16, ws.at(a.attn), l.o.ptr, m, h, nh * hd)?;
+        gemm.linear(ws.at(a.gate_up), Out::Bf16, ws.at(a.normed), l.gate_up.ptr, m, 2 * i, h)?;
+        gemm.linear(ws.at(a.proj_out), Out::Bf16, ws.at(a.act), l.down.ptr, m, h, i)?;
+    }
+    dev.synchronize()
+}
+
+fn alloc_kv(dev: &Device, cfg: &ModelConfig, o: &CudaRunnerOptions) -> Result<KvPool, CudaError> {
+    let (free, total) = dev.mem_info()?;
+    let block_bytes = memory::kv_block_bytes(cfg.num_layers, o.block_size, cfg.num_kv_heads, cfg.head_dim);
+    let min_blocks = o.max_model_len.div_ceil(o.block_size) + 1;
+    let free = (free as u64).saturating_sub(GRAPH_RESERVE);
+    let num_blocks = memory::kv_pool_blocks(total as u64, free, o.gpu_memory_utilization, block_bytes, min_blocks)?;
+    let half_layer_bytes = num_blocks * o.block_size * cfg.num_kv_heads * cfg.head_dim * 2;
+    let mem = dev.alloc(2 * cfg.num_layers * half_layer_bytes)?;
+    dev.memset(mem.ptr, 0, mem.bytes)?;
+    tracing::info!("KV pool: {num_blocks} blocks of {} tokens ({})", o.block_size, memory::gib(mem.bytes as u64));
+    Ok(KvPool { mem, num_blocks, block_size: o.block_size, half_layer_bytes })
+}
+
+/// The forward-pass part of two layouts agrees (sampling arrays may differ).
+fn same_forward_layout(a: &InputLayout, b: &InputLayout) -> bool {
+    let key = |l: &InputLayout| {
+        let s = l.sizes;
+        (s.tokens, s.decode_seqs, s.prefill_seqs, s.table_width, s.tiles, s.rows, l.last_rows)
+    };
+    key(a) == key(b)
+}
+
+impl ModelRunner for CudaRunner {
+    fn execute(&mut self, batch: &BatchInput, reqs: &mut [SampleRequest<'_>]) -> anyhow::Result<Vec<Sampled>> {
+        self.dev.bind()?;
+        self.validate(batch, reqs)?;
+        let group = self.cfg.num_heads / self.cfg.num_kv_heads;
+        let plan = AttentionPlan::build(batch, launch::prefill_tokens_per_tile(group));
+        let sampling = SamplingBatch::build(reqs);
+        let rows = sampling.rows();
+        let mut step = HostStep::new(batch, plan, sampling, self.table_width);
+        let bucket = if self.opts.enforce_eager || !step.is_pure_decode() { None } else { bucket_for(rows, &self.buckets) };
+        if let Some(b) = bucket {
+            step.pad_decode_to(b);
+        }
+        let layout = self.stage(&step)?;
+        match bucket.and_then(|b| self.graphs.get(&b)) {
+            Some(c) if same_forward_layout(&c.layout, &layout) => {
+                c.graph.launch().map_err(super::device::drv("cuGraphLaunch"))?;
+            }
+            _ => {
+                let split = decode_split(self.kv_chunks * layout.sizes.decode_seqs, step.plan.max_decode_ctx(), self.dev.num_sms);
+                self.forward().run(&layout, split)?;
+            }
+        }
+        let top_n = step.sampling.max_top_logprobs();
+        self.forward().sample(&layout, rows, step.sampling.any_processor(), top_n)?;
+        Ok(self.collect(rows, top_n, &step.sampling)?)
+    }
+
+    fn num_kv_blocks(&self) -> usize {
+        self.kv.num_blocks
+    }
+
+    fn block_size(&self) -> usize {
+        self.opts.block_size
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.cfg.vocab_size
+    }
+}

@@ -1,0 +1,121 @@
+//! Runs one batch request through the live endpoints' own handlers, so a
+//! line is validated, templated, tokenized and answered exactly as the same
+//! body posted to /v1/chat/completions or /v1/completions would be.
+//!
+//! The handlers run on a private router whose `AppState` wraps the engine
+//! in `BatchPriority`: every request they submit is `Priority::Batch`. That
+//! state has no keys and no per-key limits (a batch was authorized when it
+//! was created) and its own metrics, so batch lines do not blur the
+//! interactive latency figures on /metrics.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, Request, StatusCode};
+use axum::routing::post;
+use axum::Router;
+use serde_json::Value;
+use tokio::sync::mpsc::UnboundedReceiver;
+use tower::ServiceExt;
+
+use super::input::InputLine;
+use super::wire::{new_id, Endpoint};
+use crate::api::auth::Caller;
+use crate::api::reqlog::RequestRecord;
+use crate::api::{chat, completions, ApiError, AppState, Engine, EngineGauges, SubmitError};
+use crate::config::{ConfigError, ServerConfig};
+use crate::engine::{Priority, TokenEvent, ValidRequest};
+
+/// The engine with every request demoted to `Priority::Batch`.
+struct BatchPriority(Arc<dyn Engine>);
+
+impl Engine for BatchPriority {
+    fn submit(&self, mut request: ValidRequest) -> Result<UnboundedReceiver<TokenEvent>, SubmitError> {
+        request.priority = Priority::Batch;
+        self.0.submit(request)
+    }
+
+    fn gauges(&self) -> EngineGauges {
+        self.0.gauges()
+    }
+
+    /// The batch layer never owns the engine: whoever started it stops it.
+    fn shutdown(&self) {}
+}
+
+/// What one request came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LineOutcome {
+    /// The endpoint answered: 2xx goes to the output file, the rest to the
+    /// error file.
+    Answered { status: u16, request_id: String, body: Value },
+    /// The engine cannot take work now (draining, shut down, full): the
+    /// request stays unanswered and runs again later.
+    Unavailable(String),
+}
+
+pub struct LineExecutor {
+    router: Router,
+    max_body_bytes: usize,
+    metrics: Arc<crate::api::metrics::Metrics>,
+}
+
+impl LineExecutor {
+    /// An executor over `main`'s engine, tokenizer, model and limits.
+    pub fn new(main: &AppState) -> Result<LineExecutor, ConfigError> {
+        let config = ServerConfig { api_keys: Vec::new(), api_key_file: None, cors_origins: Vec::new(), ..main.config.clone() };
+        let engine: Arc<dyn Engine> = Arc::new(BatchPriority(main.engine.clone()));
+        let state = AppState::new(config, engine, main.codec.clone(), main.model.clone())?;
+        let router = Router::new()
+            .route(Endpoint::ChatCompletions.as_str(), post(chat::chat_completions))
+            .route(Endpoint::Completions.as_str(), post(completions::completions))
+            .layer(DefaultBodyLimit::disable())
+            .with_state(state.clone());
+        Ok(LineExecutor { router, max_body_bytes: state.config.max_body_bytes, metrics: state.metrics.clone() })
+    }
+
+    fn refused(request_id: String, e: ApiError) -> LineOutcome {
+        let status = e.status_type_code().0.as_u16();
+        LineOutcome::Answered { status, request_id, body: serde_json::to_value(e.body()).unwrap_or(Value::Null) }
+    }
+
+    /// Runs one request to its whole (non-streamed) answer.
+    pub async fn run(&self, line: InputLine) -> LineOutcome {
+        let request_id = new_id("req_");
+        if line.body.get("stream").is_some_and(|s| s.as_bool() == Some(true)) {
+            let e = ApiError::unsupported("stream", "in a batch request: each answer is one whole response body");
+            return Self::refused(request_id, e);
+        }
+        let bytes = serde_json::to_vec(&line.body).unwrap_or_default();
+        if bytes.len() > self.max_body_bytes {
+            return Self::refused(request_id, ApiError::PayloadTooLarge { limit: self.max_body_bytes });
+        }
+        let url = line.endpoint.as_str();
+        let record = RequestRecord::new(request_id.clone(), "POST".into(), format!("batch {url}"), self.metrics.clone());
+        let request = Request::post(url)
+            .header(header::CONTENT_TYPE, "application/json")
+            .extension(Caller::anonymous())
+            .extension(record)
+            .body(Body::from(bytes));
+        let request = match request {
+            Ok(r) => r,
+            Err(e) => return Self::refused(request_id, ApiError::Internal(format!("building a batch request: {e}"))),
+        };
+        let response = match self.router.clone().oneshot(request).await {
+            Ok(r) => r,
+            Err(never) => match never {},
+        };
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX).await;
+        let body: Value = match body {
+            Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&b).into_owned())),
+            Err(e) => return LineOutcome::Unavailable(format!("reading the response: {e}")),
+        };
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            let why = body["error"]["message"].as_str().unwrap_or("the engine is unavailable").to_string();
+            return LineOutcome::Unavailable(why);
+        }
+        LineOutcome::Answered { status: status.as_u16(), request_id, body }
+    }
+}

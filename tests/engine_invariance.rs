@@ -1,0 +1,126 @@
+//! Batch invariance: the greedy output of each of 32 prompts is the same
+//! whether it runs alone, among 32 concurrent requests, with preemption
+//! forced by a tiny KV pool, or with its prefix served from the cache.
+//!
+//! The harness is generic over the runner: `subject()` is the one switch
+//! (the fake runner here; the CPU runner with the default model once wired).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kiln::engine::fake::{FakeDecoder, FakeRunner};
+use kiln::engine::output::TextDecoder;
+use kiln::engine::{EngineConfig, EngineHandle, EventKind, Priority, StopCriteria, TokenEvent, ValidRequest};
+use kiln::runner::ModelRunner;
+use kiln::sampling::SamplingParams;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+/// What the invariance check runs on.
+struct Subject {
+    /// A runner whose KV pool holds `num_blocks` blocks (null block included).
+    runner: Box<dyn Fn(usize) -> Box<dyn ModelRunner>>,
+    decoder: Arc<dyn TextDecoder>,
+    block_size: usize,
+    prompts: Vec<Vec<u32>>,
+    max_tokens: usize,
+}
+
+/// The switch: the fake runner with 32 prompts, half of them sharing a long
+/// prefix (so the cached round hits across different prompts).
+fn subject() -> Subject {
+    const VOCAB: usize = 500;
+    let shared: Vec<u32> = (0..40).map(|i| (i * 13 % VOCAB) as u32).collect();
+    let prompts = (0..32u32)
+        .map(|i| {
+            let own: Vec<u32> = (0..5 + i * 3).map(|j| (i * 31 + j * 7) % VOCAB as u32).collect();
+            if i % 2 == 0 { [shared.clone(), own].concat() } else { own }
+        })
+        .collect();
+    Subject {
+        runner: Box::new(|blocks| Box::new(FakeRunner::new(blocks, 16, VOCAB))),
+        decoder: Arc::new(FakeDecoder),
+        block_size: 16,
+        prompts,
+        max_tokens: 24,
+    }
+}
+
+fn start(s: &Subject, blocks: usize, caching: bool) -> EngineHandle {
+    let cfg = EngineConfig {
+        block_size: s.block_size,
+        max_model_len: 4096,
+        max_num_batched_tokens: 512,
+        enable_prefix_caching: caching,
+        ..Default::default()
+    };
+    EngineHandle::start_with_decoder(cfg, (s.runner)(blocks), s.decoder.clone()).unwrap()
+}
+
+fn request(s: &Subject, prompt: &[u32]) -> ValidRequest {
+    ValidRequest {
+        request_id: "inv".into(),
+        prompt_ids: prompt.to_vec(),
+        sampling: SamplingParams::greedy(),
+        stop: StopCriteria { max_tokens: s.max_tokens, ignore_eos: true, ..Default::default() },
+        n: 1,
+        priority: Priority::Interactive,
+    }
+}
+
+fn ids(mut rx: UnboundedReceiver<TokenEvent>) -> Vec<u32> {
+    let mut out = Vec::new();
+    loop {
+        match rx.blocking_recv().expect("engine hung up").kind {
+            EventKind::Token { token_id, .. } => out.push(token_id),
+            EventKind::Finished { .. } => return out,
+            EventKind::Error(e) => panic!("engine error: {e}"),
+        }
+    }
+}
+
+fn concurrent(h: &EngineHandle, s: &Subject) -> Vec<Vec<u32>> {
+    let rxs: Vec<_> = s.prompts.iter().map(|p| h.submit(request(s, p)).unwrap()).collect();
+    rxs.into_iter().map(ids).collect()
+}
+
+fn wait_idle(h: &EngineHandle) {
+    let t = Instant::now();
+    while h.stats().num_running + h.stats().num_waiting > 0 {
+        assert!(t.elapsed() < Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn greedy_outputs_are_batch_invariant() {
+    let s = subject();
+    let longest = s.prompts.iter().map(Vec::len).max().unwrap() + s.max_tokens;
+    let per_seq = longest.div_ceil(s.block_size);
+    let big = per_seq * s.prompts.len() + 1;
+
+    let alone_engine = start(&s, big, false);
+    let alone: Vec<Vec<u32>> = s.prompts.iter().map(|p| ids(alone_engine.submit(request(&s, p)).unwrap())).collect();
+    assert!(alone.iter().all(|o| o.len() == s.max_tokens));
+
+    let together = start(&s, big, false);
+    assert_eq!(concurrent(&together, &s), alone, "32 concurrent requests");
+
+    // Room for about three sequences at a time: preemption is forced.
+    let tiny = start(&s, 3 * per_seq + 1, false);
+    assert_eq!(concurrent(&tiny, &s), alone, "tiny pool");
+    wait_idle(&tiny);
+    assert!(tiny.stats().num_preemptions > 0, "the tiny pool did not preempt");
+
+    let cached = start(&s, big, true);
+    assert_eq!(concurrent(&cached, &s), alone, "first cached round");
+    wait_idle(&cached);
+    let hits = cached.stats().prefix_cache_hits;
+    assert!(hits > 0, "shared prefixes should hit within the first round");
+    assert_eq!(concurrent(&cached, &s), alone, "second cached round");
+    wait_idle(&cached);
+    assert!(cached.stats().prefix_cache_hits > hits);
+    for h in [&alone_engine, &together, &tiny, &cached] {
+        wait_idle(h);
+        assert_eq!(h.stats().kv_blocks_used, 0);
+    }
+}
