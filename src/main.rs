@@ -130,11 +130,36 @@ fn serve(args: EngineArgs, server: kiln::config::ServerConfig) -> anyhow::Result
     result
 }
 
+/// Every prompt of the file through the engine at once; one JSON line per
+/// prompt on stdout, in input order; totals on stderr.
+fn generate_file(engine: &kiln::launch::Engine, args: &GenerateArgs, file: &std::path::Path, sampling: SamplingParams) -> anyhow::Result<()> {
+    use kiln::engine::offline::{parse_prompts, run_prompts, OfflineOptions};
+    let text = std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let prompts = parse_prompts(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let opts = OfflineOptions { max_tokens: args.sampling.max_tokens, sampling, chat: args.chat, progress: true };
+    let report = run_prompts(&engine.handle, &engine.tokenizer, &prompts, &opts)?;
+    let mut out = std::io::stdout().lock();
+    for r in &report.results {
+        serde_json::to_writer(&mut out, r)?;
+        writeln!(out)?;
+    }
+    eprintln!(
+        "{} prompts: {} prompt tokens, {} generated tokens in {:.2} s: {:.1} generated tokens/s",
+        report.results.len(),
+        report.prompt_tokens,
+        report.completion_tokens,
+        report.elapsed.as_secs_f64(),
+        report.tokens_per_s()
+    );
+    engine.handle.shutdown();
+    Ok(())
+}
+
 fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     let engine = start_engine(&args.engine)?;
     let params = args.sampling.params(&engine.generation, args.engine.seed);
     if let Some(file) = &args.prompts_file {
-        anyhow::bail!("--prompts-file {} is not wired yet", file.display());
+        return generate_file(&engine, &args, file, params);
     }
     let prompt = args.prompt.clone().unwrap_or_default();
     let ids = if args.chat || args.system.is_some() {
