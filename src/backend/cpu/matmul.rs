@@ -117,6 +117,8 @@ unsafe impl Send for SyncPtr {}
 unsafe impl Sync for SyncPtr {}
 
 const X_TILE: usize = 32;
+/// Rows of x from which block-format weights are widened once per row.
+const WIDEN_MIN_M: usize = 4;
 
 /// y[m, n] = x[m, k] · Wᵀ + bias.
 pub fn matmul(x: &[f32], m: usize, w: &Weight, bias: Option<&[f32]>, y: &mut [f32]) {
@@ -130,23 +132,37 @@ pub fn matmul(x: &[f32], m: usize, w: &Weight, bias: Option<&[f32]>, y: &mut [f3
     // Enough blocks to balance, few enough to amortise task overhead.
     let block = (n / (threads * 8)).clamp(4, 256);
     let xsums: Vec<f32> = match w.data {
-        WeightData::Q4_1(_) => x.chunks(k).flat_map(block_sums).collect(),
+        WeightData::Q4_1(_) if m < WIDEN_MIN_M => x.chunks(k).flat_map(block_sums).collect(),
         _ => Vec::new(),
     };
     let kb = k.div_ceil(quant::QK);
     let out = SyncPtr(y.as_mut_ptr());
+    // With several rows of x, a block-format weight row is widened to f32
+    // once and reused for every x row (prefill, batched decode).
+    let widen = m >= WIDEN_MIN_M && matches!(w.data, WeightData::Q8_0(_) | WeightData::Q4_1(_));
     (0..n.div_ceil(block)).into_par_iter().for_each(|bi| {
         let out = out;
         let (j0, j1) = (bi * block, ((bi + 1) * block).min(n));
+        let mut row = if widen { vec![0f32; k] } else { Vec::new() };
+        let mut put = |i: usize, j: usize, v: f32| {
+            // SAFETY: (i, j) is in bounds and column j belongs to this task only.
+            unsafe { *out.0.add(i * n + j) = v + bias.map_or(0.0, |b| b[j]) };
+        };
+        if widen {
+            for j in j0..j1 {
+                w.row_into(j, &mut row);
+                for i in 0..m {
+                    put(i, j, dot_f32(&x[i * k..(i + 1) * k], &row));
+                }
+            }
+            return;
+        }
         for i0 in (0..m).step_by(X_TILE) {
             let i1 = (i0 + X_TILE).min(m);
             for j in j0..j1 {
-                let b = bias.map_or(0.0, |b| b[j]);
                 for i in i0..i1 {
                     let xs = xsums.get(i * kb..(i + 1) * kb).unwrap_or(&[]);
-                    let v = w.dot_row(j, &x[i * k..(i + 1) * k], xs) + b;
-                    // SAFETY: (i, j) is in bounds and column j belongs to this task only.
-                    unsafe { *out.0.add(i * n + j) = v };
+                    put(i, j, w.dot_row(j, &x[i * k..(i + 1) * k], xs));
                 }
             }
         }
@@ -186,6 +202,27 @@ mod tests {
             matmul(&x, m, &wb, None, &mut y);
             for (a, b) in y.iter().zip(&want) {
                 assert!((*a as f64 - b).abs() < 1e-4 * (1.0 + b.abs()));
+            }
+        }
+    }
+
+    #[test]
+    fn block_format_weights_match_their_f32_values() {
+        use crate::backend::cpu::quant::{random_blocks, Q4_1_BYTES, Q8_0_BYTES};
+        let (n, k) = (70, 128);
+        for (bytes, seed) in [(Q8_0_BYTES, 5), (Q4_1_BYTES, 6)] {
+            let raw = random_blocks(n * k / 32, bytes, seed);
+            let data = if bytes == Q8_0_BYTES { WeightData::Q8_0(raw) } else { WeightData::Q4_1(raw) };
+            let wq = Weight { rows: n, cols: k, data };
+            let wf = Weight::f32(n, k, wq.to_f32());
+            for m in [1usize, 2, 4, 40] {
+                let x: Vec<f32> = (0..m * k).map(|i| ((i * 31) % 23) as f32 / 11.0 - 1.0).collect();
+                let (mut yq, mut yf) = (vec![0.0; m * n], vec![0.0; m * n]);
+                matmul(&x, m, &wq, None, &mut yq);
+                matmul(&x, m, &wf, None, &mut yf);
+                for (a, b) in yq.iter().zip(&yf) {
+                    assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "m={m} {bytes}: {a} vs {b}");
+                }
             }
         }
     }

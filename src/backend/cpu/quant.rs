@@ -154,11 +154,17 @@ mod x86 {
     }
 }
 
+/// Random blocks with finite, moderate scales (tests).
+#[cfg(test)]
+pub(crate) fn random_blocks(n: usize, bytes: usize, seed: u32) -> Vec<u8> {
+    tests::blocks(n, bytes, seed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn blocks(n: usize, bytes: usize, seed: u32) -> Vec<u8> {
+    pub(super) fn blocks(n: usize, bytes: usize, seed: u32) -> Vec<u8> {
         let mut s = seed;
         let mut v: Vec<u8> = (0..n * bytes)
             .map(|_| {
