@@ -26,6 +26,10 @@ enum Command {
     },
     /// Generate text for one prompt (streamed to stdout) or a file of prompts.
     Generate(GenerateArgs),
+    /// Run a batch input file (OpenAI Batch API JSONL) offline through the engine.
+    Batch(kiln::batch::BatchCliArgs),
+    /// Benchmark a server (serve, sweep) or the engine offline (throughput).
+    Bench(kiln::bench::BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -101,6 +105,8 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { engine, server } => serve(engine, server),
+        Command::Bench(args) => kiln::bench::run(args),
+        Command::Batch(args) => kiln::batch::run_cli(args),
         Command::Generate(args) => {
             // stdout carries the generated text only.
             tracing_subscriber::fmt()

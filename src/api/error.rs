@@ -134,13 +134,20 @@ pub struct ErrorBody {
     pub code: Option<String>,
 }
 
+/// Attached to error responses so the access log can say what went wrong.
+#[derive(Debug, Clone)]
+pub struct ErrorNote(pub String);
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, _, _) = self.status_type_code();
         if let ApiError::Internal(detail) = &self {
             tracing::error!(detail = %detail, "internal error");
         }
-        let mut resp = (status, axum::Json(self.body())).into_response();
+        let body = self.body();
+        let note = ErrorNote(format!("{}: {}", body.error.code.as_deref().unwrap_or(&body.error.r#type), body.error.message));
+        let mut resp = (status, axum::Json(body)).into_response();
+        resp.extensions_mut().insert(note);
         if let Some(secs) = self.retry_after() {
             resp.headers_mut().insert("retry-after", HeaderValue::from(secs));
         }

@@ -7,6 +7,19 @@ use super::port::TextCodec;
 use super::wire_out::{ChatTokenLogprob, CompletionLogprobs, TopLogprob};
 use crate::engine::TokenLogprob;
 
+/// OpenAI's stand-in for a log-probability of minus infinity; JSON has no
+/// infinities and serde would write null.
+pub const MIN_LOGPROB: f32 = -9999.0;
+
+/// A finite logprob for the wire (NaN and -inf become MIN_LOGPROB).
+pub fn finite(lp: f32) -> f32 {
+    if lp.is_finite() {
+        lp.max(MIN_LOGPROB)
+    } else {
+        MIN_LOGPROB
+    }
+}
+
 /// The text of one token as clients see it (decoded, special tokens kept).
 pub fn token_text(codec: &dyn TextCodec, id: u32) -> String {
     codec.decode(&[id], false).unwrap_or_default()
@@ -19,18 +32,18 @@ pub fn chat_logprob(codec: &dyn TextCodec, lp: &TokenLogprob) -> ChatTokenLogpro
         .iter()
         .map(|&(id, logprob)| {
             let token = token_text(codec, id);
-            TopLogprob { bytes: Some(token.as_bytes().to_vec()), token, logprob }
+            TopLogprob { bytes: Some(token.as_bytes().to_vec()), token, logprob: finite(logprob) }
         })
         .collect();
-    ChatTokenLogprob { bytes: Some(token.as_bytes().to_vec()), token, logprob: lp.logprob, top_logprobs }
+    ChatTokenLogprob { bytes: Some(token.as_bytes().to_vec()), token, logprob: finite(lp.logprob), top_logprobs }
 }
 
 /// Appends one token to completions logprobs; `offset` is the character
 /// offset of the token's text in the choice's whole text.
 pub fn push_completion_logprob(out: &mut CompletionLogprobs, codec: &dyn TextCodec, lp: &TokenLogprob, offset: usize) {
     out.tokens.push(token_text(codec, lp.token_id));
-    out.token_logprobs.push(Some(lp.logprob));
-    let top: BTreeMap<String, f32> = lp.top.iter().map(|&(id, l)| (token_text(codec, id), l)).collect();
+    out.token_logprobs.push(Some(finite(lp.logprob)));
+    let top: BTreeMap<String, f32> = lp.top.iter().map(|&(id, l)| (token_text(codec, id), finite(l))).collect();
     out.top_logprobs.push(Some(top));
     out.text_offset.push(offset);
 }

@@ -204,6 +204,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(DefaultBodyLimit::disable())
         .layer(RequestBodyLimitLayer::new(limit))
         .layer(map_response(move |r: Response| shape_413(limit, r)))
+        // Batch API: inside auth and logging, outside the JSON body limit.
+        .merge(crate::batch::routes(&state))
         .layer(from_fn_with_state(state.clone(), auth::require_key))
         .layer(from_fn_with_state(state.clone(), reqlog::record_request))
         .layer(CatchPanicLayer::custom(panic_response));

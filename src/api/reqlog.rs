@@ -132,7 +132,7 @@ impl Drop for Inner {
             completion_tokens = completion,
             ttft_ms,
             duration_ms = duration.as_secs_f64() * 1e3,
-            error = m.error.as_deref().map(tracing::field::display),
+            error = m.error.as_deref(),
             "request"
         );
     }
@@ -161,6 +161,9 @@ pub async fn record_request(State(state): State<Arc<AppState>>, mut req: Request
     req.extensions_mut().insert(rec.clone());
     let mut resp = next.run(req).await;
     rec.set_status(resp.status().as_u16());
+    if let Some(note) = resp.extensions().get::<super::error::ErrorNote>() {
+        rec.set_error(&note.0);
+    }
     rec.rate_headers().apply(resp.headers_mut());
     if let Ok(v) = HeaderValue::from_str(rec.id()) {
         resp.headers_mut().insert("x-request-id", v);

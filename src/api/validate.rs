@@ -47,8 +47,15 @@ pub fn refuse_extra(extra: &Map<String, Value>, prefix: &str) -> Result<(), ApiE
     Err(ApiError::unsupported(param, why))
 }
 
+/// Below this a temperature means greedy (as in vLLM): dividing logits by
+/// a subnormal would overflow.
+const MIN_TEMPERATURE: f64 = 1e-5;
+
+/// Checks `v` after rounding to f32 (the engine's precision), so that e.g.
+/// top_p = 5e-324 is refused as the 0 it becomes.
 fn check_range(v: Option<f64>, param: &str, lo: f64, hi: f64, lo_open: bool) -> Result<(), ApiError> {
     let Some(x) = v else { return Ok(()) };
+    let x = x as f32 as f64;
     let lo_ok = if lo_open { x > lo } else { x >= lo };
     if lo_ok && x <= hi && x.is_finite() {
         return Ok(());
@@ -152,8 +159,12 @@ pub fn validate_common(p: &CommonParams<'_>, max_tokens_param: &str, limits: &Li
         }
         None => false,
     };
+    let temperature = match p.temperature.unwrap_or(1.0) {
+        t if t < MIN_TEMPERATURE => 0.0,
+        t => t as f32,
+    };
     let sampling = SamplingParams {
-        temperature: p.temperature.unwrap_or(1.0) as f32,
+        temperature,
         top_k: top_k as i32,
         top_p: p.top_p.unwrap_or(1.0) as f32,
         min_p: p.min_p.unwrap_or(0.0) as f32,
@@ -224,6 +235,16 @@ mod tests {
         assert_eq!(v(CommonParams { n: Some(5), ..d }), "n");
         assert_eq!(v(CommonParams { max_tokens: Some(0), ..d }), "max_tokens");
         assert_eq!(v(CommonParams { max_tokens: Some(101), ..d }), "max_tokens");
+    }
+
+    #[test]
+    fn values_are_checked_at_engine_precision() {
+        let d = CommonParams::default();
+        let v = |p: CommonParams| validate_common(&p, "max_tokens", &LIMITS);
+        assert_eq!(param_of(v(CommonParams { top_p: Some(5e-324), ..d })), "top_p");
+        assert_eq!(param_of(v(CommonParams { repetition_penalty: Some(1e-50), ..d })), "repetition_penalty");
+        assert_eq!(v(CommonParams { temperature: Some(1e-40), ..d }).unwrap().sampling.temperature, 0.0);
+        assert_eq!(v(CommonParams { temperature: Some(0.5), ..d }).unwrap().sampling.temperature, 0.5);
     }
 
     #[test]

@@ -78,22 +78,34 @@ pub struct CommonParams<'a> {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct ChatCompletionRequest {
     pub model: String,
+    #[schema(min_items = 1)]
     pub messages: Vec<ChatMessageIn>,
     /// Deprecated by OpenAI in favour of max_completion_tokens; both are served.
+    #[schema(minimum = 1)]
     pub max_tokens: Option<i64>,
+    #[schema(minimum = 1)]
     pub max_completion_tokens: Option<i64>,
+    #[schema(minimum = 0, maximum = 2)]
     pub temperature: Option<f64>,
+    #[schema(exclusive_minimum = 0, maximum = 1)]
     pub top_p: Option<f64>,
+    #[schema(minimum = -1)]
     pub top_k: Option<i64>,
+    #[schema(minimum = 0, maximum = 1)]
     pub min_p: Option<f64>,
+    #[schema(minimum = -2, maximum = 2)]
     pub frequency_penalty: Option<f64>,
+    #[schema(minimum = -2, maximum = 2)]
     pub presence_penalty: Option<f64>,
+    #[schema(exclusive_minimum = 0, maximum = 2)]
     pub repetition_penalty: Option<f64>,
     pub stop: Option<StopSpec>,
     pub stop_token_ids: Option<Vec<i64>>,
     pub seed: Option<i64>,
+    #[schema(minimum = 1)]
     pub n: Option<i64>,
     pub logprobs: Option<bool>,
+    #[schema(minimum = 0)]
     pub top_logprobs: Option<i64>,
     pub logit_bias: Option<BTreeMap<String, f64>>,
     pub ignore_eos: Option<bool>,
@@ -145,19 +157,29 @@ pub struct CompletionRequest {
     pub model: String,
     pub prompt: PromptSpec,
     /// Defaults to 16, as in OpenAI's legacy completions.
+    #[schema(minimum = 1)]
     pub max_tokens: Option<i64>,
+    #[schema(minimum = 0, maximum = 2)]
     pub temperature: Option<f64>,
+    #[schema(exclusive_minimum = 0, maximum = 1)]
     pub top_p: Option<f64>,
+    #[schema(minimum = -1)]
     pub top_k: Option<i64>,
+    #[schema(minimum = 0, maximum = 1)]
     pub min_p: Option<f64>,
+    #[schema(minimum = -2, maximum = 2)]
     pub frequency_penalty: Option<f64>,
+    #[schema(minimum = -2, maximum = 2)]
     pub presence_penalty: Option<f64>,
+    #[schema(exclusive_minimum = 0, maximum = 2)]
     pub repetition_penalty: Option<f64>,
     pub stop: Option<StopSpec>,
     pub stop_token_ids: Option<Vec<i64>>,
     pub seed: Option<i64>,
+    #[schema(minimum = 1)]
     pub n: Option<i64>,
-    /// Number of top alternatives per token (0..=5); absent or null: none.
+    /// Number of top alternatives per token; absent or null: none.
+    #[schema(minimum = 0)]
     pub logprobs: Option<i64>,
     pub logit_bias: Option<BTreeMap<String, f64>>,
     pub echo: Option<bool>,

@@ -2,7 +2,8 @@
 //! line is validated, templated, tokenized and answered exactly as the same
 //! body posted to /v1/chat/completions or /v1/completions would be.
 //!
-//! The handlers run on a private router whose `AppState` wraps the engine
+//! The handlers run on a private router (with the server's request-log
+//! layer: one access line per request) whose `AppState` wraps the engine
 //! in `BatchPriority`: every request they submit is `Priority::Batch`. That
 //! state has no keys and no per-key limits (a batch was authorized when it
 //! was created) and its own metrics, so batch lines do not blur the
@@ -13,16 +14,18 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, Request, StatusCode};
+use axum::middleware::from_fn_with_state;
 use axum::routing::post;
 use axum::Router;
 use serde_json::Value;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tower::ServiceExt;
+use tower_http::catch_panic::CatchPanicLayer;
 
 use super::input::InputLine;
 use super::wire::{new_id, Endpoint};
 use crate::api::auth::Caller;
-use crate::api::reqlog::RequestRecord;
+use crate::api::reqlog;
 use crate::api::{chat, completions, ApiError, AppState, Engine, EngineGauges, SubmitError};
 use crate::config::{ConfigError, ServerConfig};
 use crate::engine::{Priority, TokenEvent, ValidRequest};
@@ -44,6 +47,11 @@ impl Engine for BatchPriority {
     fn shutdown(&self) {}
 }
 
+/// A handler that panicked answers 500, as on the live router.
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+    axum::response::IntoResponse::into_response(ApiError::Internal("handler panicked".into()))
+}
+
 /// What one request came to.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LineOutcome {
@@ -58,7 +66,6 @@ pub enum LineOutcome {
 pub struct LineExecutor {
     router: Router,
     max_body_bytes: usize,
-    metrics: Arc<crate::api::metrics::Metrics>,
 }
 
 impl LineExecutor {
@@ -71,8 +78,10 @@ impl LineExecutor {
             .route(Endpoint::ChatCompletions.as_str(), post(chat::chat_completions))
             .route(Endpoint::Completions.as_str(), post(completions::completions))
             .layer(DefaultBodyLimit::disable())
+            .layer(from_fn_with_state(state.clone(), reqlog::record_request))
+            .layer(CatchPanicLayer::custom(panic_response))
             .with_state(state.clone());
-        Ok(LineExecutor { router, max_body_bytes: state.config.max_body_bytes, metrics: state.metrics.clone() })
+        Ok(LineExecutor { router, max_body_bytes: state.config.max_body_bytes })
     }
 
     fn refused(request_id: String, e: ApiError) -> LineOutcome {
@@ -91,12 +100,10 @@ impl LineExecutor {
         if bytes.len() > self.max_body_bytes {
             return Self::refused(request_id, ApiError::PayloadTooLarge { limit: self.max_body_bytes });
         }
-        let url = line.endpoint.as_str();
-        let record = RequestRecord::new(request_id.clone(), "POST".into(), format!("batch {url}"), self.metrics.clone());
-        let request = Request::post(url)
+        let request = Request::post(line.endpoint.as_str())
             .header(header::CONTENT_TYPE, "application/json")
+            .header("x-request-id", &request_id)
             .extension(Caller::anonymous())
-            .extension(record)
             .body(Body::from(bytes));
         let request = match request {
             Ok(r) => r,

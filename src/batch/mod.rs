@@ -1,13 +1,38 @@
 //! The Batch API: OpenAI's `/v1/files` and `/v1/batches`, durable across
-//! crashes, run below interactive traffic; and `kiln batch`, the same JSONL
-//! run offline.
+//! crashes and run below interactive traffic; and `kiln batch`, the same
+//! JSONL run offline through the engine.
+//!
+//! ```text
+//! upload.rs  POST /v1/files: stream to disk, input.rs checks every line
+//! http.rs    the routes; ownership per API key
+//! service.rs data dir + store.rs (SQLite) + supervisor: one driver per active batch
+//! driver.rs  validating -> in_progress -> finalizing -> completed (| failed,
+//!            expired, cancelling -> cancelled); every step redoable after a crash
+//! runner.rs  requests in flight under --max-batch-inflight, answers to sink.rs
+//!            (append + fsync), each request through exec.rs: the live handlers
+//!            at Priority::Batch
+//! cli.rs     kiln batch INPUT -o OUTPUT
+//! ```
 
+pub mod cli;
+pub mod driver;
+pub mod error;
+pub mod exec;
+pub mod http;
 pub mod input;
+pub mod runner;
+pub mod service;
 pub mod sink;
 pub mod store;
+pub mod upload;
 pub mod wire;
 
 use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use cli::{run_cli, BatchCliArgs};
+
+use crate::api::AppState;
 
 /// Where the batch API keeps its database and files by default:
 /// `$XDG_DATA_HOME/kiln`, else `~/.local/share/kiln`, else `./kiln-data`.
@@ -15,4 +40,33 @@ pub fn default_data_dir() -> PathBuf {
     let xdg = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()).map(PathBuf::from);
     let home = std::env::var_os("HOME").filter(|v| !v.is_empty()).map(|h| PathBuf::from(h).join(".local/share"));
     xdg.or(home).map_or_else(|| PathBuf::from("kiln-data"), |d| d.join("kiln"))
+}
+
+/// The batch routes of a server over `state`. Opens `--data-dir` and starts
+/// the batch worker (resuming unfinished batches) on the current tokio
+/// runtime; when that is impossible the routes answer 503 and the reason
+/// is logged.
+pub fn routes(state: &Arc<AppState>) -> axum::Router<Arc<AppState>> {
+    http::routes(http::BatchHttp { app: state.clone(), svc: open_service(state) })
+}
+
+fn open_service(state: &Arc<AppState>) -> Result<Arc<service::BatchService>, Arc<str>> {
+    let dir = &state.config.data_dir;
+    if dir.as_os_str().is_empty() {
+        return Err("it is turned off (empty --data-dir)".into());
+    }
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Err("no async runtime to run batches on".into());
+    }
+    match service::BatchService::open(state) {
+        Ok(svc) => {
+            svc.start();
+            tracing::info!(data_dir = %dir.display(), max_batch_inflight = svc.cap, "batch API ready");
+            Ok(svc)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "the batch API is off: cannot open its data directory");
+            Err("the server could not open its batch data directory (see the server log)".into())
+        }
+    }
 }

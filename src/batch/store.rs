@@ -209,27 +209,38 @@ impl Store {
         raw.into_iter().map(decode).collect()
     }
 
-    /// Rewrites a batch's object (status and all) in one statement.
-    pub fn update_batch(&self, o: &BatchObject) -> Result<(), StoreError> {
+    /// Rewrites a batch's object if its stored status is still `from`
+    /// (status changes race with cancel requests). Returns whether it did.
+    pub fn update_batch(&self, o: &BatchObject, from: BatchStatus) -> Result<bool, StoreError> {
         let json = serde_json::to_string(o).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        self.conn.execute("UPDATE batches SET object = ?2, status = ?3 WHERE id = ?1", params![o.id, json, o.status.as_str()])?;
-        Ok(())
+        let n = self.conn.execute(
+            "UPDATE batches SET object = ?2, status = ?3 WHERE id = ?1 AND status = ?4",
+            params![o.id, json, o.status.as_str(), from.as_str()],
+        )?;
+        Ok(n > 0)
     }
 
-    /// Registers result files and moves the batch to its final state, in
-    /// one transaction: either both happen or neither.
-    pub fn finish_batch(&mut self, o: &BatchObject, files: &[FileRow]) -> Result<(), StoreError> {
+    /// Registers result files and moves the batch from `from` to its final
+    /// state, in one transaction: both happen or neither. Returns whether
+    /// the batch was still in `from`.
+    pub fn finish_batch(&mut self, o: &BatchObject, from: BatchStatus, files: &[FileRow]) -> Result<bool, StoreError> {
         let tx = self.conn.transaction()?;
+        let json = serde_json::to_string(o).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let n = tx.execute(
+            "UPDATE batches SET object = ?2, status = ?3 WHERE id = ?1 AND status = ?4",
+            params![o.id, json, o.status.as_str(), from.as_str()],
+        )?;
+        if n == 0 {
+            return Ok(false);
+        }
         for f in files {
             tx.execute(
                 "INSERT OR REPLACE INTO files (id, owner, filename, purpose, bytes, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![f.id, f.owner, f.filename, f.purpose, f.bytes as i64, f.created_at as i64],
             )?;
         }
-        let json = serde_json::to_string(o).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        tx.execute("UPDATE batches SET object = ?2, status = ?3 WHERE id = ?1", params![o.id, json, o.status.as_str()])?;
         tx.commit()?;
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -303,7 +314,9 @@ mod tests {
         assert_eq!(store.batch_using_file("file-1").unwrap().as_deref(), Some("batch_1"));
         b.status = BatchStatus::Completed;
         b.output_file_id = Some("file-out".into());
-        store.finish_batch(&b, &[file("file-out", "alice")]).unwrap();
+        assert!(!store.finish_batch(&b, BatchStatus::InProgress, &[file("file-out", "alice")]).unwrap(), "stale status");
+        assert!(store.file("file-out").unwrap().is_none());
+        assert!(store.finish_batch(&b, BatchStatus::Validating, &[file("file-out", "alice")]).unwrap());
         assert_eq!(store.batch("batch_1").unwrap().unwrap().object, b);
         assert!(store.file("file-out").unwrap().is_some());
         assert_eq!(store.batch_using_file("file-1").unwrap(), None);

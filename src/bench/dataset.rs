@@ -82,7 +82,10 @@ pub fn build(o: &DatasetOptions) -> Result<Dataset, DatasetError> {
     }
     let ids = IdSource::new(o)?;
     // A separate stream: the probe never shares a prefix with the workload.
-    let probe = ids.prompt(&ids.draw(&mut ChaCha8Rng::seed_from_u64(o.seed ^ 0x9e37_79b9), 4), o.tokenizer)?;
+    let probe = match o.spec {
+        DatasetSpec::Sharegpt { .. } => Prompt::Text("Hello.".into()),
+        _ => ids.prompt(&ids.draw(&mut ChaCha8Rng::seed_from_u64(o.seed ^ 0x9e37_79b9), 4), o.tokenizer)?,
+    };
     let requests = match o.spec {
         DatasetSpec::Random => synthetic(o, &ids, 0)?,
         DatasetSpec::Prefix => synthetic(o, &ids, o.prefix_len)?,

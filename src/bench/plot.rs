@@ -102,7 +102,8 @@ fn draw_cdfs<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, data: &Latencies)
             .build_cartesian_2d(0.0..axis_max(v.iter().copied()), 0.0..1.0)
             .map_err(err)?;
         chart.configure_mesh().x_desc("ms").y_desc("fraction of requests").label_style((FONT, 13)).draw().map_err(err)?;
-        let points = v.iter().enumerate().map(|(i, &x)| (x, (i + 1) as f64 / n));
+        // A step function: the fraction jumps at each sample.
+        let points = v.iter().enumerate().flat_map(|(i, &x)| [(x, i as f64 / n), (x, (i + 1) as f64 / n)]);
         chart.draw_series(LineSeries::new(points, BLUE.stroke_width(2))).map_err(err)?;
     }
     root.present().map_err(err)
@@ -110,7 +111,7 @@ fn draw_cdfs<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, data: &Latencies)
 
 /// Output tokens and requests in flight over the run.
 pub struct Timeline {
-    /// (second, output tokens in that second)
+    /// Output tokens of each second, drawn as steps: (s, n), (s + 1, n).
     pub tokens: Vec<(f64, f64)>,
     /// (time, requests in flight), every 100 ms.
     pub in_flight: Vec<(f64, f64)>,
@@ -118,7 +119,8 @@ pub struct Timeline {
 
 impl Timeline {
     pub fn of(records: &[RequestRecord], duration: f64) -> Timeline {
-        let tokens = super::stats::tokens_per_second(records).into_iter().enumerate().map(|(s, n)| (s as f64, n)).collect();
+        let per_s = super::stats::tokens_per_second(records);
+        let tokens = per_s.iter().enumerate().flat_map(|(s, &n)| [(s as f64, n), (s as f64 + 1.0, n)]).collect();
         let steps = (duration / 0.1).ceil() as usize;
         let in_flight = (0..=steps)
             .map(|i| {
@@ -133,7 +135,7 @@ impl Timeline {
 fn draw_timeline<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, data: &Timeline) -> Drawn {
     root.fill(&WHITE).map_err(err)?;
     let series = [("Output tokens per second", "tok/s", &data.tokens), ("Requests in flight", "requests", &data.in_flight)];
-    let x_max = axis_max(data.in_flight.iter().chain(&data.tokens).map(|p| p.0 + 1.0));
+    let x_max = axis_max(data.in_flight.iter().chain(&data.tokens).map(|p| p.0));
     for (area, (title, unit, points)) in root.split_evenly((2, 1)).iter().zip(series) {
         let mut chart = ChartBuilder::on(area)
             .caption(title, (FONT, 20))

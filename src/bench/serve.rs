@@ -47,7 +47,9 @@ fn unreachable(url: &str, e: &reqwest::Error) -> BenchError {
 }
 
 /// GET /v1/models: proves the server answers, and names its first model.
-async fn first_model(w: &WorkloadArgs, client: &reqwest::Client, base: &str) -> Result<String, BenchError> {
+/// With `model` given only an unreachable server is an error (some
+/// servers list no models).
+async fn check_server(w: &WorkloadArgs, client: &reqwest::Client, base: &str) -> Result<String, BenchError> {
     let url = format!("{base}/v1/models");
     let mut req = client.get(&url).timeout(Duration::from_secs(30));
     if let Some(k) = &w.api_key {
@@ -56,6 +58,9 @@ async fn first_model(w: &WorkloadArgs, client: &reqwest::Client, base: &str) -> 
     let resp = req.send().await.map_err(|e| unreachable(&url, &e))?;
     let status = resp.status();
     let body = resp.text().await.map_err(|e| unreachable(&url, &e))?;
+    if let Some(m) = &w.model {
+        return Ok(m.clone());
+    }
     if !status.is_success() {
         return Err(BenchError::Server(format!("GET {url} answered HTTP {status}: {}", shorten(&body, 300))));
     }
@@ -66,9 +71,13 @@ async fn first_model(w: &WorkloadArgs, client: &reqwest::Client, base: &str) -> 
         .ok_or_else(|| BenchError::Server(format!("GET {url} lists no model; pass --model")))
 }
 
+/// max_tokens of the probe: small, and unlike a workload's (so mock servers
+/// in tests can tell it apart).
+pub const PROBE_MAX_TOKENS: usize = 2;
+
 /// One tiny request, so a wrong flag fails before the run rather than N times.
 async fn probe(target: &Target, prompt: &Prompt) -> Result<(), BenchError> {
-    let req = super::dataset::BenchRequest { prompt: prompt.clone(), prompt_len: 0, output_len: 2 };
+    let req = super::dataset::BenchRequest { prompt: prompt.clone(), prompt_len: 0, output_len: PROBE_MAX_TOKENS };
     let rec = target.send(&req, std::time::Instant::now()).await;
     match rec.error {
         Some(e) if e != super::client::NO_TEXT => Err(BenchError::Server(format!(
@@ -107,10 +116,7 @@ pub async fn prepare(w: &WorkloadArgs) -> Result<Prepared, BenchError> {
     })?;
     let client = http_client(Duration::from_secs_f64(w.request_timeout.min(1e9)))?;
     let base = w.base_url.trim_end_matches('/').to_string();
-    let model = match &w.model {
-        Some(m) => m.clone(),
-        None => first_model(w, &client, &base).await?,
-    };
+    let model = check_server(w, &client, &base).await?;
     let target = Target {
         client,
         base_url: base,

@@ -157,9 +157,12 @@ impl EngineCore {
     fn step(&mut self) {
         let out = self.sched.schedule();
         if out.seqs.is_empty() {
-            // Every request is validated to fit the pool alone, so this only
-            // happens if that promise is broken: fail rather than spin.
-            self.fail_all("no sequence can be scheduled with the KV cache available");
+            // A step that only preempted makes room for the next one. Every
+            // request is validated to fit the pool alone, so an empty plan
+            // otherwise means that promise broke: fail rather than spin.
+            if out.preempted.is_empty() {
+                self.fail_all("no sequence can be scheduled with the KV cache available");
+            }
             return;
         }
         let result = self.execute(&out);

@@ -21,6 +21,17 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
     f16::from_bits(u16::from_le_bytes([b[i], b[i + 1]])).to_f32()
 }
 
+/// AVX-512F (with F16C), checked once; KILN_NO_AVX512=1 turns it off.
+#[cfg(target_arch = "x86_64")]
+fn has_avx512() -> bool {
+    static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FLAG.get_or_init(|| {
+        is_x86_feature_detected!("avx512f")
+            && super::simd::has_avx2_fma()
+            && std::env::var_os("KILN_NO_AVX512").is_none()
+    })
+}
+
 /// Sums of each 32-wide block of `x` (for Q4_1's `m` term).
 pub fn block_sums(x: &[f32]) -> Vec<f32> {
     x.chunks(QK).map(|c| c.iter().sum()).collect()
@@ -30,10 +41,19 @@ pub fn block_sums(x: &[f32]) -> Vec<f32> {
 #[inline]
 pub fn dot_q8_0(x: &[f32], row: &[u8]) -> f32 {
     #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: avx512f and f16c are present.
+        return unsafe { x86::dot_q8_0_512(x, row) };
+    }
+    #[cfg(target_arch = "x86_64")]
     if super::simd::has_avx2_fma() {
         // SAFETY: avx2, fma and f16c are present.
         return unsafe { x86::dot_q8_0(x, row) };
     }
+    dot_q8_0_portable(x, row)
+}
+
+fn dot_q8_0_portable(x: &[f32], row: &[u8]) -> f32 {
     let mut s = 0.0;
     for (xb, b) in x.chunks_exact(QK).zip(row.chunks_exact(Q8_0_BYTES)) {
         let d = f16_at(b, 0);
@@ -47,10 +67,19 @@ pub fn dot_q8_0(x: &[f32], row: &[u8]) -> f32 {
 #[inline]
 pub fn dot_q4_1(x: &[f32], xsum: &[f32], row: &[u8]) -> f32 {
     #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: avx512f and f16c are present.
+        return unsafe { x86::dot_q4_1_512(x, xsum, row) };
+    }
+    #[cfg(target_arch = "x86_64")]
     if super::simd::has_avx2_fma() {
         // SAFETY: avx2, fma and f16c are present.
         return unsafe { x86::dot_q4_1(x, xsum, row) };
     }
+    dot_q4_1_portable(x, xsum, row)
+}
+
+fn dot_q4_1_portable(x: &[f32], xsum: &[f32], row: &[u8]) -> f32 {
     let mut s = 0.0;
     for ((xb, b), &xs) in x.chunks_exact(QK).zip(row.chunks_exact(Q4_1_BYTES)).zip(xsum) {
         let (d, m) = (f16_at(b, 0), f16_at(b, 2));
@@ -112,6 +141,52 @@ mod x86 {
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn u8x8(v: __m128i) -> __m256 {
         _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn hsum512(v: __m512) -> f32 {
+        _mm512_reduce_add_ps(v)
+    }
+
+    /// 16 bytes -> 16 f32 lanes (unsigned).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn u8x16(v: __m128i) -> __m512 {
+        _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v))
+    }
+
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub unsafe fn dot_q8_0_512(x: &[f32], row: &[u8]) -> f32 {
+        let mut acc = [_mm512_setzero_ps(); 2];
+        let px = x.as_ptr();
+        for (bi, b) in row.chunks_exact(Q8_0_BYTES).enumerate() {
+            let xp = px.add(bi * QK);
+            let q = b.as_ptr().add(2);
+            let lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q as *const __m128i)));
+            let hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q.add(16) as *const __m128i)));
+            let v = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xp.add(16)), _mm512_mul_ps(lo, _mm512_loadu_ps(xp)));
+            acc[bi & 1] = _mm512_fmadd_ps(_mm512_set1_ps(f16_at(b, 0)), v, acc[bi & 1]);
+        }
+        hsum512(_mm512_add_ps(acc[0], acc[1]))
+    }
+
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub unsafe fn dot_q4_1_512(x: &[f32], xsum: &[f32], row: &[u8]) -> f32 {
+        let mut acc = [_mm512_setzero_ps(); 2];
+        let mut macc = 0.0f32;
+        let px = x.as_ptr();
+        let mask = _mm_set1_epi8(0x0F);
+        for (bi, b) in row.chunks_exact(Q4_1_BYTES).enumerate() {
+            let xp = px.add(bi * QK);
+            let raw = _mm_loadu_si128(b.as_ptr().add(4) as *const __m128i);
+            let lo = u8x16(_mm_and_si128(raw, mask));
+            let hi = u8x16(_mm_and_si128(_mm_srli_epi16(raw, 4), mask));
+            let v = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xp.add(16)), _mm512_mul_ps(lo, _mm512_loadu_ps(xp)));
+            acc[bi & 1] = _mm512_fmadd_ps(_mm512_set1_ps(f16_at(b, 0)), v, acc[bi & 1]);
+            macc += f16_at(b, 2) * *xsum.get_unchecked(bi);
+        }
+        hsum512(_mm512_add_ps(acc[0], acc[1])) + macc
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -183,22 +258,42 @@ mod tests {
         v
     }
 
+    type Q8 = Box<dyn Fn(&[f32], &[u8]) -> f32>;
+    type Q4 = Box<dyn Fn(&[f32], &[f32], &[u8]) -> f32>;
+
+    /// Every implementation this CPU can run, by name.
+    fn implementations() -> Vec<(&'static str, Q8, Q4)> {
+        let mut v: Vec<(&'static str, Q8, Q4)> =
+            vec![("portable", Box::new(dot_q8_0_portable), Box::new(dot_q4_1_portable))];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if crate::backend::cpu::simd::has_avx2_fma() {
+                // SAFETY: the features were checked.
+                v.push(("avx2", Box::new(|x, r| unsafe { x86::dot_q8_0(x, r) }), Box::new(|x, s, r| unsafe { x86::dot_q4_1(x, s, r) })));
+            }
+            if has_avx512() {
+                // SAFETY: the features were checked.
+                v.push(("avx512", Box::new(|x, r| unsafe { x86::dot_q8_0_512(x, r) }), Box::new(|x, s, r| unsafe { x86::dot_q4_1_512(x, s, r) })));
+            }
+        }
+        v
+    }
+
     #[test]
     fn quantized_dots_equal_dequantized_dots() {
-        let k = 576;
-        let x: Vec<f32> = (0..k).map(|i| ((i * 31 % 17) as f32 - 8.0) / 7.0).collect();
-        for (bytes, seed) in [(Q8_0_BYTES, 1), (Q4_1_BYTES, 2)] {
-            let row = blocks(k / QK, bytes, seed);
-            let mut w = vec![0f32; k];
-            let got = if bytes == Q8_0_BYTES {
-                row_q8_0(&row, &mut w);
-                dot_q8_0(&x, &row)
-            } else {
-                row_q4_1(&row, &mut w);
-                dot_q4_1(&x, &block_sums(&x), &row)
-            };
-            let want: f64 = x.iter().zip(&w).map(|(a, b)| *a as f64 * *b as f64).sum();
-            assert!((got as f64 - want).abs() < 1e-4 * (1.0 + want.abs()), "{bytes}: {got} vs {want}");
+        for k in [32usize, 64, 576, 1536] {
+            let x: Vec<f32> = (0..k).map(|i| ((i * 31 % 17) as f32 - 8.0) / 7.0).collect();
+            let (r8, r4) = (blocks(k / QK, Q8_0_BYTES, 1), blocks(k / QK, Q4_1_BYTES, 2));
+            let (mut w8, mut w4) = (vec![0f32; k], vec![0f32; k]);
+            row_q8_0(&r8, &mut w8);
+            row_q4_1(&r4, &mut w4);
+            let want = |w: &[f32]| -> f64 { x.iter().zip(w).map(|(a, b)| *a as f64 * *b as f64).sum() };
+            let (want8, want4) = (want(&w8), want(&w4));
+            for (name, q8, q4) in implementations() {
+                let (g8, g4) = (q8(&x, &r8) as f64, q4(&x, &block_sums(&x), &r4) as f64);
+                assert!((g8 - want8).abs() < 1e-4 * (1.0 + want8.abs()), "{name} q8_0 k={k}: {g8} vs {want8}");
+                assert!((g4 - want4).abs() < 1e-4 * (1.0 + want4.abs()), "{name} q4_1 k={k}: {g4} vs {want4}");
+            }
         }
     }
 

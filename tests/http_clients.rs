@@ -1,0 +1,58 @@
+//! External clients against a real `kiln serve`: the official openai Python
+//! SDK (tests/openai_client.py) and schemathesis fuzzing from /openapi.json
+//! (scripts/schemathesis.sh, bounded examples). Their venvs come from
+//! scripts/setup-python-clients.sh (scripts/test.sh runs it); without them
+//! these tests print why they skip.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The venv's python when `module` imports there; None with a reason printed.
+fn venv_python(venv: &str, module: &str) -> Option<PathBuf> {
+    let python = root().join(venv).join("bin/python");
+    let ok = Command::new(&python).args(["-c", &format!("import {module}")]).status().is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("SKIP: {venv} has no {module}; run scripts/setup-python-clients.sh");
+        return None;
+    }
+    Some(python)
+}
+
+fn model_available() -> bool {
+    let path = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let ok = path.exists() || Command::new("bash").arg(root().join("models/fetch_default.sh")).status().is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("SKIP: the default model is missing and models/fetch_default.sh failed");
+    }
+    ok
+}
+
+fn run(cmd: &mut Command, what: &str) {
+    let out = cmd.env("KILN_BIN", env!("CARGO_BIN_EXE_kiln")).current_dir(root()).output().expect(what);
+    let text = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{what} failed:\n{text}");
+    println!("{text}");
+}
+
+#[test]
+fn openai_python_sdk() {
+    let Some(python) = venv_python(".venv-openai", "openai, pytest") else { return };
+    if !model_available() {
+        return;
+    }
+    let script = root().join("tests/openai_client.py");
+    run(Command::new(python).args(["-m", "pytest", "-q", "-p", "no:cacheprovider"]).arg(&script), "pytest tests/openai_client.py");
+}
+
+#[test]
+fn schemathesis_fuzz_from_openapi() {
+    if venv_python(".venv-schemathesis", "schemathesis").is_none() || !model_available() {
+        return;
+    }
+    let script: &Path = &root().join("scripts/schemathesis.sh");
+    run(Command::new("bash").arg(script).arg("20"), "scripts/schemathesis.sh");
+}
