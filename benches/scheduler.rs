@@ -29,7 +29,8 @@ fn decoding(caching: bool) -> Scheduler {
     let params = Arc::new(SamplingParams::greedy());
     for r in 0..SEQS as u64 {
         let prompt = (0..PROMPT as u32).map(|i| (i * 31 + r as u32) % 32000).collect();
-        let req = NewRequest { request: r, prompt, params: params.clone(), n: 1, seed: r, priority: Priority::Interactive };
+        let req =
+            NewRequest { request: r, prompt, params: params.clone(), n: 1, seed: r, priority: Priority::Interactive };
         s.add(req);
     }
     while s.seq(kiln::engine::sequence::SeqId(0)).num_tokens() == PROMPT || s.num_waiting() > 0 {

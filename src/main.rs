@@ -104,7 +104,7 @@ impl SamplingArgs {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { engine, server } => serve(engine, server),
+        Command::Serve { engine, server } => kiln::api::run_serve_cli(server, engine),
         Command::Bench(args) => kiln::bench::run(args),
         Command::Batch(args) => kiln::batch::run_cli(args),
         Command::Generate(args) => {
@@ -120,20 +120,6 @@ fn main() {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
-}
-
-fn serve(args: EngineArgs, server: kiln::config::ServerConfig) -> anyhow::Result<()> {
-    kiln::api::init_tracing(server.log_format);
-    let engine = start_engine(&args)?;
-    let info = kiln::api::ModelInfo {
-        name: engine.model_name.clone(),
-        max_model_len: engine.max_model_len,
-        created: kiln::api::unix_now(),
-    };
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let result = rt.block_on(kiln::api::serve(server, engine.handle.clone(), engine.tokenizer.clone(), info));
-    engine.handle.shutdown();
-    result
 }
 
 /// Every prompt of the file through the engine at once; one JSON line per

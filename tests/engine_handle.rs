@@ -265,7 +265,11 @@ fn shutdown_aborts_live_requests_and_refuses_new_ones() {
     let mut r = req(prompt(8, 0), 400);
     r.n = 2;
     let rx = h.submit(r.clone()).unwrap();
-    std::thread::sleep(Duration::from_millis(20));
+    let t = Instant::now();
+    while h.stats().generation_tokens_total < 4 {
+        assert!(t.elapsed() < Duration::from_secs(20), "no token generated");
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let h2 = h.clone();
     h2.shutdown();
     let out = collect(rx, 2);

@@ -2,15 +2,18 @@
 //! whether it runs alone, among 32 concurrent requests, with preemption
 //! forced by a tiny KV pool, or with its prefix served from the cache.
 //!
-//! The harness is generic over the runner: `subject()` is the one switch
-//! (the fake runner here; the CPU runner with the default model once wired).
+//! The harness is generic over the runner: it runs on the fake runner
+//! (`fake_subject`) and on the CPU runner with the default model
+//! (`default_model_subject`, skipped with a printed reason when the model
+//! cannot be fetched).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kiln::engine::fake::{FakeDecoder, FakeRunner};
-use kiln::engine::output::TextDecoder;
+use kiln::engine::output::{TextDecoder, TokenizerDecoder};
 use kiln::engine::{EngineConfig, EngineHandle, EventKind, Priority, StopCriteria, TokenEvent, ValidRequest};
+use kiln::runner::cpu::CpuRunner;
 use kiln::runner::ModelRunner;
 use kiln::sampling::SamplingParams;
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -25,15 +28,19 @@ struct Subject {
     max_tokens: usize,
 }
 
-/// The switch: the fake runner with 32 prompts, half of them sharing a long
+/// The fake runner with 32 prompts, half of them sharing a long
 /// prefix (so the cached round hits across different prompts).
-fn subject() -> Subject {
+fn fake_subject() -> Subject {
     const VOCAB: usize = 500;
     let shared: Vec<u32> = (0..40).map(|i| (i * 13 % VOCAB) as u32).collect();
     let prompts = (0..32u32)
         .map(|i| {
             let own: Vec<u32> = (0..5 + i * 3).map(|j| (i * 31 + j * 7) % VOCAB as u32).collect();
-            if i % 2 == 0 { [shared.clone(), own].concat() } else { own }
+            if i % 2 == 0 {
+                [shared.clone(), own].concat()
+            } else {
+                own
+            }
         })
         .collect();
     Subject {
@@ -43,6 +50,44 @@ fn subject() -> Subject {
         prompts,
         max_tokens: 24,
     }
+}
+
+/// The default model on the CPU runner, greedy, with 32 chat-free prompts
+/// (half sharing a long prefix). None when the model cannot be had.
+fn default_model_subject() -> Option<Subject> {
+    let path = match kiln::launch::resolve_model(&None) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("SKIP: default model unavailable: {e:#}");
+            return None;
+        }
+    };
+    let load = move || kiln::model::loader::load(&path, |_, _| {}).expect("the default model loads");
+    let loaded = load();
+    let tok = Arc::new(loaded.tokenizer);
+    let shared = "You are a careful assistant who writes for curious readers. Answer in one short sentence, \
+        plainly, without lists, headings or quotations, and never repeat the question. If you are unsure, \
+        say what is commonly known and stop there. Question: ";
+    let topics = [
+        "rivers", "bread", "the moon", "glass", "bees", "snow", "copper", "tea", "maps", "owls", "clocks", "salt",
+        "wind", "paper", "whales", "iron",
+    ];
+    let prompts = topics
+        .iter()
+        .enumerate()
+        .flat_map(|(i, t)| {
+            let own = format!("What is worth knowing about {t}? Reply {i}.");
+            [format!("{shared}{own}"), own]
+        })
+        .map(|text| tok.encode(&text, true).unwrap())
+        .collect();
+    Some(Subject {
+        runner: Box::new(move |blocks| Box::new(CpuRunner::new(load().model, blocks, 16))),
+        decoder: Arc::new(TokenizerDecoder(tok)),
+        block_size: 16,
+        prompts,
+        max_tokens: 8,
+    })
 }
 
 fn start(s: &Subject, blocks: usize, caching: bool) -> EngineHandle {
@@ -92,31 +137,41 @@ fn wait_idle(h: &EngineHandle) {
 }
 
 #[test]
-fn greedy_outputs_are_batch_invariant() {
-    let s = subject();
+fn greedy_outputs_are_batch_invariant_fake_runner() {
+    check_batch_invariance(&fake_subject());
+}
+
+#[test]
+fn greedy_outputs_are_batch_invariant_default_model() {
+    if let Some(s) = default_model_subject() {
+        check_batch_invariance(&s);
+    }
+}
+
+fn check_batch_invariance(s: &Subject) {
     let longest = s.prompts.iter().map(Vec::len).max().unwrap() + s.max_tokens;
     let per_seq = longest.div_ceil(s.block_size);
     let big = per_seq * s.prompts.len() + 1;
 
-    let alone_engine = start(&s, big, false);
-    let alone: Vec<Vec<u32>> = s.prompts.iter().map(|p| ids(alone_engine.submit(request(&s, p)).unwrap())).collect();
+    let alone_engine = start(s, big, false);
+    let alone: Vec<Vec<u32>> = s.prompts.iter().map(|p| ids(alone_engine.submit(request(s, p)).unwrap())).collect();
     assert!(alone.iter().all(|o| o.len() == s.max_tokens));
 
-    let together = start(&s, big, false);
-    assert_eq!(concurrent(&together, &s), alone, "32 concurrent requests");
+    let together = start(s, big, false);
+    assert_eq!(concurrent(&together, s), alone, "32 concurrent requests");
 
     // Room for about three sequences at a time: preemption is forced.
-    let tiny = start(&s, 3 * per_seq + 1, false);
-    assert_eq!(concurrent(&tiny, &s), alone, "tiny pool");
+    let tiny = start(s, 3 * per_seq + 1, false);
+    assert_eq!(concurrent(&tiny, s), alone, "tiny pool");
     wait_idle(&tiny);
     assert!(tiny.stats().num_preemptions > 0, "the tiny pool did not preempt");
 
-    let cached = start(&s, big, true);
-    assert_eq!(concurrent(&cached, &s), alone, "first cached round");
+    let cached = start(s, big, true);
+    assert_eq!(concurrent(&cached, s), alone, "first cached round");
     wait_idle(&cached);
     let hits = cached.stats().prefix_cache_hits;
     assert!(hits > 0, "shared prefixes should hit within the first round");
-    assert_eq!(concurrent(&cached, &s), alone, "second cached round");
+    assert_eq!(concurrent(&cached, s), alone, "second cached round");
     wait_idle(&cached);
     assert!(cached.stats().prefix_cache_hits > hits);
     for h in [&alone_engine, &together, &tiny, &cached] {

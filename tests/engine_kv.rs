@@ -15,11 +15,22 @@ const BS: usize = 4;
 #[derive(Clone, Debug)]
 enum Op {
     /// A new sequence with this prompt, computing `chunk` tokens at first.
-    New { prompt: Vec<u32>, chunk: usize },
+    New {
+        prompt: Vec<u32>,
+        chunk: usize,
+    },
     /// Computes up to `k` more tokens of a sequence (appending generated ones).
-    Append { seq: usize, k: usize, tok: u32 },
-    Fork { seq: usize },
-    Free { seq: usize },
+    Append {
+        seq: usize,
+        k: usize,
+        tok: u32,
+    },
+    Fork {
+        seq: usize,
+    },
+    Free {
+        seq: usize,
+    },
     Evict,
 }
 

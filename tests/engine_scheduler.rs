@@ -120,7 +120,8 @@ impl Sim {
         ids.dedup();
         assert_eq!(ids.len(), out.seqs.len(), "a sequence scheduled twice in one step");
         if let Some(cap) = self.cfg.max_batch_inflight {
-            let batch = self.sched.running().iter().filter(|&&id| self.sched.seq(id).priority == Priority::Batch).count();
+            let batch =
+                self.sched.running().iter().filter(|&&id| self.sched.seq(id).priority == Priority::Batch).count();
             assert!(batch <= cap, "{batch} batch sequences running, cap {cap}");
         }
         for s in &out.seqs {
@@ -192,8 +193,10 @@ fn long_prompt_is_prefilled_in_chunks() {
     let mut sim = Sim::new(64, 4, cfg(16, 4), false);
     let r = Req::greedy((0..100).map(|i| i % VOCAB as u32).collect(), 3);
     let (key, _) = sim.add(&r);
-    let chunks: Vec<(usize, usize, bool)> =
-        (0..7).map(|_| sim.step()).map(|o| (o.seqs[0].num_computed, o.seqs[0].num_new, o.seqs[0].want_logits)).collect();
+    let chunks: Vec<(usize, usize, bool)> = (0..7)
+        .map(|_| sim.step())
+        .map(|o| (o.seqs[0].num_computed, o.seqs[0].num_new, o.seqs[0].want_logits))
+        .collect();
     let expect: Vec<(usize, usize, bool)> = (0..7).map(|i| (16 * i, if i < 6 { 16 } else { 4 }, i == 6)).collect();
     assert_eq!(chunks, expect);
     sim.run_until_idle(100);
@@ -297,7 +300,7 @@ fn n_siblings_share_prompt_blocks_and_sample_independently() {
     let (key, ids) = sim.add(&r);
     sim.step(); // leader prefills the whole prompt and samples
     sim.step(); // siblings fork and compute the prompt's tail
-    // 38 tokens = 9 full blocks shared + one tail block each (+ decode room).
+                // 38 tokens = 9 full blocks shared + one tail block each (+ decode room).
     let shared = &sim.sched.seq(ids[0]).kv.blocks[..9];
     for &id in &ids[1..] {
         assert_eq!(&sim.sched.seq(id).kv.blocks[..9], shared);

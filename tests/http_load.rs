@@ -121,7 +121,7 @@ async fn load_streams_with_disconnects() {
         t.await.unwrap();
     }
     let secs = start.elapsed().as_secs_f64();
-    let t = tally.lock().unwrap();
+    let t = std::mem::take(&mut *tally.lock().unwrap());
     println!(
         "load: {total} requests, {clients} clients, {} finished, {} disconnected, {} tokens in {secs:.1}s ({:.0} tokens/s)",
         t.finished,

@@ -269,6 +269,11 @@ async fn models_tokenize_detokenize_version_openapi() {
     assert_eq!((status, &one), (200, &list["data"][0]));
     let (_, t) = post_json(&s.base, "/tokenize", &json!({"prompt": "ab"})).await;
     assert_eq!(t, json!({"count": 3, "max_model_len": FAKE_CONTEXT, "tokens": [0, 100, 101]}));
+    let msgs = json!({"messages": [{"role": "user", "content": "hi"}]});
+    let (_, t) = post_json(&s.base, "/tokenize", &msgs).await;
+    assert_eq!(t["count"], 25, "the chat prompt of chat_completion_shape");
+    let (status, body) = post_json(&s.base, "/tokenize", &json!({"prompt": "a", "messages": []})).await;
+    assert_error(status, &body, 400, "invalid_request_error", None, Some("prompt"));
     let (_, d) = post_json(&s.base, "/detokenize", &json!({"tokens": [100, 101]})).await;
     assert_eq!(d, json!({"prompt": "ab"}));
     let (status, body) = post_json(&s.base, "/detokenize", &json!({"tokens": [100000]})).await;

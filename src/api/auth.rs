@@ -78,7 +78,7 @@ impl KeyStore {
 }
 
 /// The key a request presents, if any.
-fn presented_key(headers: &HeaderMap) -> Option<&str> {
+pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
     if let Some(v) = headers.get("authorization").and_then(|v| v.to_str().ok()) {
         let v = v.trim();
         let scheme_len = "bearer ".len();

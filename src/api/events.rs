@@ -57,6 +57,16 @@ pub struct Running {
     done: bool,
 }
 
+/// Dropped before its usage step: the client went away (or the handler
+/// failed); dropping the receivers aborts the sequences in the engine.
+impl Drop for Running {
+    fn drop(&mut self) {
+        if !self.done {
+            self.record.set_error("client disconnected");
+        }
+    }
+}
+
 impl Running {
     pub fn new(
         receivers: Vec<UnboundedReceiver<TokenEvent>>,

@@ -192,7 +192,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/completions", post(completions::completions))
         .route("/v1/models", get(misc::list_models))
-        .route("/v1/models/{model}", get(misc::retrieve_model))
+        .route("/v1/models/{*model}", get(misc::retrieve_model))
         .route("/tokenize", post(misc::tokenize))
         .route("/detokenize", post(misc::detokenize))
         .route("/health", get(misc::health))

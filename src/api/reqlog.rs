@@ -18,6 +18,9 @@ use super::metrics::Metrics;
 use super::ratelimit::{KeyLimits, RateHeaders};
 use super::AppState;
 
+/// nginx's status for a request whose client left before the response.
+const CLIENT_CLOSED: u16 = 499;
+
 /// Cheap to clone; all clones are one request.
 #[derive(Clone)]
 pub struct RequestRecord(Arc<Inner>);
@@ -52,7 +55,8 @@ impl RequestRecord {
             method,
             route,
             start: Instant::now(),
-            status: AtomicU16::new(0),
+            // Until a response exists: the client closed the connection first.
+            status: AtomicU16::new(CLIENT_CLOSED),
             prompt_tokens: AtomicUsize::new(0),
             completion_tokens: AtomicUsize::new(0),
             first_token: OnceLock::new(),

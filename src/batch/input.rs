@@ -75,8 +75,10 @@ pub fn parse_line(bytes: &[u8]) -> Result<InputLine, String> {
         })?,
         _ => return Err("url must be a string".into()),
     };
-    let Some(Value::Object(body)) = obj.remove("body") else {
-        return Err(if obj.contains_key("body") { "body must be a JSON object".into() } else { "missing field 'body'".into() });
+    let body = match obj.remove("body") {
+        Some(Value::Object(body)) => body,
+        Some(_) => return Err("body must be a JSON object".into()),
+        None => return Err("missing field 'body'".into()),
     };
     Ok(InputLine { custom_id, endpoint, body })
 }

@@ -193,7 +193,8 @@ pub fn write_in_order(order: &[LineRef], sources: &[PathBuf], dest: &Path) -> st
     let file = out.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
     std::fs::rename(&tmp, dest)?;
-    sync_dir(dest.parent().unwrap_or(Path::new(".")))?;
+    let dir = dest.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    sync_dir(dir)?;
     Ok((lines, bytes))
 }
 

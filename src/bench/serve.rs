@@ -159,7 +159,7 @@ pub fn write_json(path: &Path, v: &Value) -> Result<(), BenchError> {
 
 /// The whole `kiln bench serve` command.
 pub async fn serve(args: &ServeArgs) -> Result<ServeOutcome, BenchError> {
-    if !(args.request_rate > 0.0) {
+    if args.request_rate.is_nan() || args.request_rate <= 0.0 {
         return Err(BenchError::Usage("--request-rate must be positive (inf sends all at once)".into()));
     }
     if args.max_concurrency == Some(0) {

@@ -203,3 +203,68 @@ pub fn error_counts(records: &[RequestRecord]) -> Vec<(String, usize)> {
     v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     v
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(start: f64, chunks: &[f64], end: f64, tokens: usize) -> RequestRecord {
+        RequestRecord { success: true, output_tokens: tokens, start, chunk_times: chunks.to_vec(), end, ..Default::default() }
+    }
+
+    #[test]
+    fn percentiles_interpolate_between_order_statistics() {
+        let hundred: Vec<f64> = (0..=100).map(f64::from).collect();
+        for p in [0.0, 12.5, 50.0, 90.0, 99.0, 100.0] {
+            assert!((percentile(&hundred, p) - p).abs() < 1e-9);
+        }
+        // rank = 0.9 * 3 = 2.7: between the 3rd and 4th value.
+        assert!((percentile(&[1.0, 2.0, 3.0, 4.0], 90.0) - 3.7).abs() < 1e-9);
+        assert_eq!(percentile(&[5.0], 99.0), 5.0);
+        let d = Dist::of_seconds(&[0.004, 0.001, 0.003, 0.002]);
+        assert!((d.mean - 2.5).abs() < 1e-9 && (d.median - 2.5).abs() < 1e-9);
+        assert!((d.std - 1.25f64.sqrt()).abs() < 1e-9, "population std, as numpy's default");
+        assert_eq!(Dist::of_seconds(&[]), Dist::default());
+    }
+
+    #[test]
+    fn per_request_latencies() {
+        let r = rec(1.0, &[1.1, 1.2, 1.4, 1.5], 1.5, 5);
+        assert!((r.ttft().unwrap() - 0.1).abs() < 1e-9);
+        let itl: Vec<f64> = r.itls().collect();
+        assert_eq!(itl.len(), 3);
+        // (E2E - TTFT) / (tokens - 1) = 0.4 / 4.
+        assert!((r.tpot().unwrap() - 0.1).abs() < 1e-9);
+        assert_eq!(rec(0.0, &[0.3], 0.3, 1).tpot(), None);
+    }
+
+    #[test]
+    fn output_tokens_are_bucketed_by_second_with_usage_weights() {
+        // 10 tokens in 5 chunks: each chunk stands for 2 tokens.
+        let r = rec(0.0, &[0.5, 0.9, 1.2, 1.5, 2.1], 2.2, 10);
+        let mut failed = rec(0.0, &[0.1], 0.2, 50);
+        failed.success = false;
+        assert_eq!(tokens_per_second(&[r, failed]), vec![4.0, 4.0, 2.0]);
+    }
+
+    #[test]
+    fn peak_concurrency_counts_overlaps_only() {
+        let rs = [rec(0.0, &[], 1.0, 0), rec(0.5, &[], 2.0, 0), rec(1.0, &[], 3.0, 0), rec(2.5, &[], 2.6, 0)];
+        // [0,1) [0.5,2) [1,3) [2.5,2.6): at most two at once.
+        assert_eq!(peak_concurrency(&rs), 2);
+    }
+
+    #[test]
+    fn summary_counts_only_successes() {
+        let ok = RequestRecord { prompt_len: 10, ..rec(0.0, &[0.2, 0.3], 0.4, 3) };
+        let bad = RequestRecord { success: false, error: Some("x".into()), prompt_len: 99, ..rec(0.0, &[0.1], 0.5, 7) };
+        let s = summarize(&[ok.clone(), bad], 2.0, None);
+        assert_eq!((s.completed, s.failed, s.total_input_tokens, s.total_output_tokens), (1, 1, 10, 3));
+        assert!((s.request_throughput - 0.5).abs() < 1e-9 && (s.total_token_throughput - 6.5).abs() < 1e-9);
+        assert_eq!(s.request_goodput, None);
+        let slo = Slo { ttft_ms: Some(250.0), ..Default::default() };
+        assert_eq!(summarize(std::slice::from_ref(&ok), 1.0, Some(&slo)).request_goodput, Some(1.0));
+        let strict = Slo { ttft_ms: Some(150.0), ..Default::default() };
+        assert_eq!(summarize(&[ok], 1.0, Some(&strict)).request_goodput, Some(0.0));
+    }
+}

@@ -26,7 +26,7 @@ fn points(args: &SweepArgs) -> Result<Vec<(String, ServeArgs)>, BenchError> {
         }
         return Ok(args.concurrencies.iter().map(|&c| (format!("c={c}"), point(f64::INFINITY, Some(c)))).collect());
     }
-    if args.rates.is_empty() || args.rates.iter().any(|r| !(*r > 0.0)) {
+    if args.rates.is_empty() || args.rates.iter().any(|r| r.is_nan() || *r <= 0.0) {
         return Err(BenchError::Usage("--rates must be positive numbers".into()));
     }
     Ok(args.rates.iter().map(|&r| (format!("r={r}"), point(r, None))).collect())

@@ -62,7 +62,12 @@ pub(crate) struct Limits {
 
 impl EngineConfig {
     /// Resolves the configuration against the runner's geometry.
-    pub(crate) fn resolve(&self, runner_blocks: usize, runner_block_size: usize, vocab_size: usize) -> Result<(EngineConfig, Limits), EngineError> {
+    pub(crate) fn resolve(
+        &self,
+        runner_blocks: usize,
+        runner_block_size: usize,
+        vocab_size: usize,
+    ) -> Result<(EngineConfig, Limits), EngineError> {
         let bad = |m: String| Err(EngineError::Config(m));
         let mut c = self.clone();
         if c.block_size == 0 {
@@ -85,7 +90,8 @@ impl EngineConfig {
         if c.max_batch_inflight == Some(0) {
             return bad("max_batch_inflight must be positive (leave it unset for no cap)".into());
         }
-        let limits = Limits { max_model_len: c.max_model_len, vocab_size, block_size: c.block_size, usable_blocks: blocks - 1 };
+        let limits =
+            Limits { max_model_len: c.max_model_len, vocab_size, block_size: c.block_size, usable_blocks: blocks - 1 };
         Ok((c, limits))
     }
 }

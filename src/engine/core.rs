@@ -51,8 +51,24 @@ pub(crate) struct EngineCore {
 }
 
 impl EngineCore {
-    pub fn new(cfg: EngineConfig, sched: Scheduler, runner: Box<dyn ModelRunner>, decoder: Arc<dyn TextDecoder>, stats: Arc<StatsCells>) -> EngineCore {
-        EngineCore { sched, runner, decoder, cfg, requests: HashMap::new(), outputs: HashMap::new(), next_request: 0, stats, drained: 0 }
+    pub fn new(
+        cfg: EngineConfig,
+        sched: Scheduler,
+        runner: Box<dyn ModelRunner>,
+        decoder: Arc<dyn TextDecoder>,
+        stats: Arc<StatsCells>,
+    ) -> EngineCore {
+        EngineCore {
+            sched,
+            runner,
+            decoder,
+            cfg,
+            requests: HashMap::new(),
+            outputs: HashMap::new(),
+            next_request: 0,
+            stats,
+            drained: 0,
+        }
     }
 
     pub fn run(mut self, rx: Receiver<EngineMsg>) {
@@ -70,7 +86,11 @@ impl EngineCore {
             if let EngineMsg::Add(req, tx) = msg {
                 self.drained += req.n as u64;
                 for index in 0..req.n {
-                    let ev = EventKind::Finished { reason: FinishReason::Abort, text: String::new(), usage: Default::default() };
+                    let ev = EventKind::Finished {
+                        reason: FinishReason::Abort,
+                        text: String::new(),
+                        usage: Default::default(),
+                    };
                     let _ = tx.send(TokenEvent { index, kind: ev });
                 }
             }

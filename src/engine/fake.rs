@@ -78,7 +78,14 @@ impl FakeRunner {
     /// What a sequence generates running alone: the reference the engine's
     /// output is compared with. `seed`/`index` as in the engine (seed of the
     /// request, ChaCha stream = sequence index).
-    pub fn reference(prompt: &[u32], max_tokens: usize, params: &SamplingParams, seed: u64, index: usize, vocab_size: usize) -> Vec<u32> {
+    pub fn reference(
+        prompt: &[u32],
+        max_tokens: usize,
+        params: &SamplingParams,
+        seed: u64,
+        index: usize,
+        vocab_size: usize,
+    ) -> Vec<u32> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         rng.set_stream(index as u64);
         let mut ctx = prompt.to_vec();
@@ -139,7 +146,12 @@ impl ModelRunner for FakeRunner {
         }
         self.write(batch)?;
         let wanting: Vec<_> = batch.seqs.iter().filter(|s| s.want_logits).collect();
-        ensure!(wanting.len() == sample.len(), "{} sequences want logits, {} sample requests", wanting.len(), sample.len());
+        ensure!(
+            wanting.len() == sample.len(),
+            "{} sequences want logits, {} sample requests",
+            wanting.len(),
+            sample.len()
+        );
         let mut out = Vec::with_capacity(sample.len());
         for (s, req) in wanting.into_iter().zip(sample.iter_mut()) {
             let ctx = self.read_context(&s.block_table, s.ctx_len)?;

@@ -36,7 +36,11 @@ struct Inner {
 impl EngineHandle {
     /// Starts the engine thread over `runner`. The tokenizer's EOS ids are
     /// added to `config.eos_token_ids`.
-    pub fn start(mut config: EngineConfig, runner: Box<dyn ModelRunner>, tokenizer: Arc<Tokenizer>) -> Result<EngineHandle, EngineError> {
+    pub fn start(
+        mut config: EngineConfig,
+        runner: Box<dyn ModelRunner>,
+        tokenizer: Arc<Tokenizer>,
+    ) -> Result<EngineHandle, EngineError> {
         for &id in tokenizer.eos_ids() {
             if !config.eos_token_ids.contains(&id) {
                 config.eos_token_ids.push(id);
@@ -46,7 +50,11 @@ impl EngineHandle {
     }
 
     /// `start` with any text decoder (tests use a fake one).
-    pub fn start_with_decoder(config: EngineConfig, runner: Box<dyn ModelRunner>, decoder: Arc<dyn TextDecoder>) -> Result<EngineHandle, EngineError> {
+    pub fn start_with_decoder(
+        config: EngineConfig,
+        runner: Box<dyn ModelRunner>,
+        decoder: Arc<dyn TextDecoder>,
+    ) -> Result<EngineHandle, EngineError> {
         let (config, limits) = config.resolve(runner.num_kv_blocks(), runner.block_size(), runner.vocab_size())?;
         let kv = KvManager::new(limits.usable_blocks + 1, limits.block_size, config.enable_prefix_caching);
         let sched = Scheduler::new(
@@ -65,7 +73,8 @@ impl EngineHandle {
             .name("kiln-engine".into())
             .spawn(move || core.run(rx))
             .map_err(|e| EngineError::Config(format!("cannot start the engine thread: {e}")))?;
-        let inner = Inner { tx, stats, limits, config, closed: AtomicBool::new(false), thread: Mutex::new(Some(thread)) };
+        let inner =
+            Inner { tx, stats, limits, config, closed: AtomicBool::new(false), thread: Mutex::new(Some(thread)) };
         Ok(EngineHandle { inner: Arc::new(inner) })
     }
 

@@ -236,7 +236,12 @@ fn progress_bar(len: usize, visible: bool) -> ProgressBar {
 }
 
 /// Reads one request's events until its n sequences have ended.
-async fn collect(p: &PromptLine, n: usize, prompt_tokens: usize, mut rx: UnboundedReceiver<TokenEvent>) -> Result<OfflineResult, OfflineError> {
+async fn collect(
+    p: &PromptLine,
+    n: usize,
+    prompt_tokens: usize,
+    mut rx: UnboundedReceiver<TokenEvent>,
+) -> Result<OfflineResult, OfflineError> {
     let mut completions: Vec<Completion> =
         (0..n).map(|_| Completion { text: String::new(), finish_reason: "", token_ids: Vec::new() }).collect();
     let (mut cached_tokens, mut completion_tokens, mut open) = (0, 0, n);
@@ -260,5 +265,12 @@ async fn collect(p: &PromptLine, n: usize, prompt_tokens: usize, mut rx: Unbound
             EventKind::Error(msg) => return Err(OfflineError::Failed { line: p.line, msg }),
         }
     }
-    Ok(OfflineResult { line: p.line, prompt: p.prompt.clone(), completions, prompt_tokens, cached_tokens, completion_tokens })
+    Ok(OfflineResult {
+        line: p.line,
+        prompt: p.prompt.clone(),
+        completions,
+        prompt_tokens,
+        cached_tokens,
+        completion_tokens,
+    })
 }

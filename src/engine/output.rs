@@ -89,7 +89,12 @@ impl SeqOutput {
     /// Takes one generated id; `seq_len` is the sequence's length with it.
     /// Returns the `Token` event to send (none for a stop id: it ends the
     /// sequence and has no text) and the finish, if this id ends it.
-    pub fn on_token(&mut self, id: u32, logprob: Option<TokenLogprob>, seq_len: usize) -> (Option<EventKind>, Option<Finish>) {
+    pub fn on_token(
+        &mut self,
+        id: u32,
+        logprob: Option<TokenLogprob>,
+        seq_len: usize,
+    ) -> (Option<EventKind>, Option<Finish>) {
         self.num_generated += 1;
         if self.rules.stop_ids.contains(&id) {
             return (None, Some(self.finish_with(FinishReason::Stop)));

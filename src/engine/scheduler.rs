@@ -148,7 +148,15 @@ impl Scheduler {
         let ids: Vec<SeqId> = (0..n)
             .map(|i| {
                 let seq_id = self.alloc_slot();
-                let s = Sequence::new(seq_id, req.request, i, req.prompt.clone(), req.params.clone(), req.seed, req.priority);
+                let s = Sequence::new(
+                    seq_id,
+                    req.request,
+                    i,
+                    req.prompt.clone(),
+                    req.params.clone(),
+                    req.seed,
+                    req.priority,
+                );
                 self.slots[seq_id.0 as usize] = Some(s);
                 seq_id
             })
@@ -438,7 +446,12 @@ impl Scheduler {
                 return Err(format!("sequence {:?} is {:?} but not listed as such", s.id, s.status));
             }
             if s.kv.blocks.len() < self.kv.blocks_for(s.num_computed) {
-                return Err(format!("sequence {:?} computed {} tokens in {} blocks", s.id, s.num_computed, s.kv.blocks.len()));
+                return Err(format!(
+                    "sequence {:?} computed {} tokens in {} blocks",
+                    s.id,
+                    s.num_computed,
+                    s.kv.blocks.len()
+                ));
             }
         }
         let batch = self.running.iter().filter(|&&id| self.seq(id).priority == Priority::Batch).count();

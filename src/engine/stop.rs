@@ -58,12 +58,7 @@ impl StopMatcher {
 /// Length in bytes of the longest suffix of `text` that is a proper prefix
 /// of `stop` (ending on a char boundary of `stop`).
 fn partial_suffix(text: &str, stop: &str) -> usize {
-    stop.char_indices()
-        .map(|(i, _)| i)
-        .skip(1)
-        .filter(|&k| text.ends_with(&stop[..k]))
-        .max()
-        .unwrap_or(0)
+    stop.char_indices().map(|(i, _)| i).skip(1).filter(|&k| text.ends_with(&stop[..k])).max().unwrap_or(0)
 }
 
 #[cfg(test)]

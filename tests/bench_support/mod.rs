@@ -144,7 +144,7 @@ pub async fn serve(mock: Arc<Mock>) -> String {
 
 /// `kiln bench serve` flags, parsed as the command line parses them.
 #[derive(Parser)]
-struct ServeCli {
+pub struct ServeCli {
     #[command(flatten)]
     args: kiln::bench::ServeArgs,
 }

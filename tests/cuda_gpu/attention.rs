@@ -44,8 +44,8 @@ fn tables(r: &mut StdRng, ctx: &[usize], blocks: usize) -> Vec<Vec<u32>> {
 }
 
 fn inv_freq(hd: usize) -> Vec<f32> {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/models/llama3_tied/config.json");
-    let mut cfg = ModelConfig::from_hf_json(std::path::Path::new(dir)).unwrap(); // llama3 rope scaling
+    let path = repo_root().join("tests/fixtures/models/llama3_tied/config.json");
+    let mut cfg = ModelConfig::from_hf_json(&path).unwrap(); // llama3 rope scaling
     cfg.head_dim = hd;
     cfg.rope_inv_freq()
 }

@@ -116,7 +116,7 @@ fn greedy_cpu(m: &LlamaModel, prompts: &[Vec<u32>], steps: usize, per: usize) ->
 fn fixture_models_match_cpu_and_transformers() {
     let Some(dev) = device_or_skip("fixture_models") else { return };
     drop(dev);
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models");
+    let root = repo_root().join("tests/fixtures/models");
     for name in ["llama3_tied", "llama_untied_bf16", "qwen2_bias", "qwen3_qknorm", "mistral"] {
         let dir = root.join(name);
         let (cfg, src) = open_weights(&dir).unwrap();

@@ -11,6 +11,17 @@ use kiln::backend::cuda::device::{Device, DeviceMem};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+/// The repository root: where this binary was built, or (on the device
+/// machine, which runs a copy elsewhere) the working directory.
+pub fn repo_root() -> std::path::PathBuf {
+    let built = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    if built.join("tests/fixtures").is_dir() {
+        built
+    } else {
+        std::env::current_dir().unwrap()
+    }
+}
+
 /// The GPU, or None after printing why the test skips. With
 /// KILN_REQUIRE_GPU=1 (set by scripts/gpu-check.sh) a missing GPU fails.
 pub fn device_or_skip(test: &str) -> Option<Device> {

@@ -117,8 +117,8 @@ unsafe impl Send for SyncPtr {}
 unsafe impl Sync for SyncPtr {}
 
 const X_TILE: usize = 32;
-/// Rows of x from which block-format weights are widened once per row.
-const WIDEN_MIN_M: usize = 4;
+/// Rows of x from which the matmul runs as a GEMM.
+const GEMM_MIN_M: usize = 8;
 
 /// y[m, n] = x[m, k] · Wᵀ + bias.
 pub fn matmul(x: &[f32], m: usize, w: &Weight, bias: Option<&[f32]>, y: &mut [f32]) {
@@ -132,31 +132,57 @@ pub fn matmul(x: &[f32], m: usize, w: &Weight, bias: Option<&[f32]>, y: &mut [f3
     // Enough blocks to balance, few enough to amortise task overhead.
     let block = (n / (threads * 8)).clamp(4, 256);
     let xsums: Vec<f32> = match w.data {
-        WeightData::Q4_1(_) if m < WIDEN_MIN_M => x.chunks(k).flat_map(block_sums).collect(),
+        WeightData::Q4_1(_) if m < GEMM_MIN_M => x.chunks(k).flat_map(block_sums).collect(),
         _ => Vec::new(),
     };
     let kb = k.div_ceil(quant::QK);
     let out = SyncPtr(y.as_mut_ptr());
-    // With several rows of x, a block-format weight row is widened to f32
-    // once and reused for every x row (prefill, batched decode).
-    let widen = m >= WIDEN_MIN_M && matches!(w.data, WeightData::Q8_0(_) | WeightData::Q4_1(_));
+    // With several rows of x the work is a real GEMM: the task's block of
+    // weight rows (widened to f32 once when stored otherwise) goes through
+    // the `gemm` crate's register-blocked kernels.
+    let use_gemm = m >= GEMM_MIN_M;
     (0..n.div_ceil(block)).into_par_iter().for_each(|bi| {
         let out = out;
         let (j0, j1) = (bi * block, ((bi + 1) * block).min(n));
-        let mut row = if widen { vec![0f32; k] } else { Vec::new() };
-        let mut put = |i: usize, j: usize, v: f32| {
-            // SAFETY: (i, j) is in bounds and column j belongs to this task only.
-            unsafe { *out.0.add(i * n + j) = v + bias.map_or(0.0, |b| b[j]) };
-        };
-        if widen {
-            for j in j0..j1 {
-                w.row_into(j, &mut row);
+        if use_gemm {
+            let widened;
+            let wb: &[f32] = match &w.data {
+                WeightData::F32(d) => &d[j0 * k..j1 * k],
+                _ => {
+                    let mut v = vec![0f32; (j1 - j0) * k];
+                    for (j, row) in (j0..j1).zip(v.chunks_mut(k)) {
+                        w.row_into(j, row);
+                    }
+                    widened = v;
+                    &widened
+                }
+            };
+            // SAFETY: y[i, j0..j1] for all i is this task's own region of the
+            // [m, n] buffer; x is [m, k] and wb is [j1-j0, k], read as its
+            // transpose [k, j1-j0] (row stride 1, column stride k).
+            unsafe {
+                gemm::gemm(
+                    m, j1 - j0, k,
+                    out.0.add(j0), 1, n as isize, false,
+                    x.as_ptr(), 1, k as isize,
+                    wb.as_ptr(), k as isize, 1,
+                    0.0, 1.0, false, false, false,
+                    gemm::Parallelism::None,
+                );
+            }
+            if let Some(b) = bias {
                 for i in 0..m {
-                    put(i, j, dot_f32(&x[i * k..(i + 1) * k], &row));
+                    // SAFETY: as above.
+                    let yr = unsafe { std::slice::from_raw_parts_mut(out.0.add(i * n + j0), j1 - j0) };
+                    yr.iter_mut().zip(&b[j0..j1]).for_each(|(y, b)| *y += b);
                 }
             }
             return;
         }
+        let put = |i: usize, j: usize, v: f32| {
+            // SAFETY: (i, j) is in bounds and column j belongs to this task only.
+            unsafe { *out.0.add(i * n + j) = v + bias.map_or(0.0, |b| b[j]) };
+        };
         for i0 in (0..m).step_by(X_TILE) {
             let i1 = (i0 + X_TILE).min(m);
             for j in j0..j1 {

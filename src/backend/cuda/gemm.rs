@@ -49,9 +49,10 @@ impl Gemm {
         Ok(Gemm { blas, _workspace: workspace })
     }
 
-    /// y[m, n] = x[m, k] · w[n, k]ᵀ on the device's stream. Addresses must
-    /// hold the stated shapes; m = 0 is a no-op.
-    pub fn linear(&self, y: u64, out: Out, x: u64, w: u64, m: usize, n: usize, k: usize) -> Result<(), CudaError> {
+    /// y[m, n] = x[m, k] · w[n, k]ᵀ on the device's stream, `mnk` = [m, n, k].
+    /// Addresses must hold the stated shapes; m = 0 is a no-op.
+    pub fn linear(&self, y: u64, out: Out, x: u64, w: u64, mnk: [usize; 3]) -> Result<(), CudaError> {
+        let [m, n, k] = mnk;
         if m == 0 {
             return Ok(());
         }

@@ -45,6 +45,9 @@ pub struct CudaRunnerOptions {
     pub gpu_memory_utilization: f64,
     pub enforce_eager: bool,
     pub max_top_logprobs: usize,
+    /// At most this many KV blocks (null block included), whatever
+    /// --gpu-memory-utilization allows (tests that force preemption).
+    pub num_kv_blocks: Option<usize>,
 }
 
 impl Default for CudaRunnerOptions {
@@ -58,6 +61,7 @@ impl Default for CudaRunnerOptions {
             gpu_memory_utilization: 0.9,
             enforce_eager: false,
             max_top_logprobs: 20,
+            num_kv_blocks: None,
         }
     }
 }
@@ -324,10 +328,10 @@ fn warm_up_gemms(dev: &Device, gemm: &Gemm, cfg: &ModelConfig, w: &CudaWeights, 
     let (nh, nkv) = (cfg.num_heads, cfg.num_kv_heads);
     let l = &w.layers[0];
     for m in [1, max_tokens] {
-        gemm.linear(ws.at(a.qkv), Out::Bf16, ws.at(a.normed), l.qkv.ptr, m, (nh + 2 * nkv) * hd, h)?;
-        gemm.linear(ws.at(a.proj_out), Out::Bf16, ws.at(a.attn), l.o.ptr, m, h, nh * hd)?;
-        gemm.linear(ws.at(a.gate_up), Out::Bf16, ws.at(a.normed), l.gate_up.ptr, m, 2 * i, h)?;
-        gemm.linear(ws.at(a.proj_out), Out::Bf16, ws.at(a.act), l.down.ptr, m, h, i)?;
+        gemm.linear(ws.at(a.qkv), Out::Bf16, ws.at(a.normed), l.qkv.ptr, [m, (nh + 2 * nkv) * hd, h])?;
+        gemm.linear(ws.at(a.proj_out), Out::Bf16, ws.at(a.attn), l.o.ptr, [m, h, nh * hd])?;
+        gemm.linear(ws.at(a.gate_up), Out::Bf16, ws.at(a.normed), l.gate_up.ptr, [m, 2 * i, h])?;
+        gemm.linear(ws.at(a.proj_out), Out::Bf16, ws.at(a.act), l.down.ptr, [m, h, i])?;
     }
     dev.synchronize()
 }
@@ -337,7 +341,8 @@ fn alloc_kv(dev: &Device, cfg: &ModelConfig, o: &CudaRunnerOptions) -> Result<Kv
     let block_bytes = memory::kv_block_bytes(cfg.num_layers, o.block_size, cfg.num_kv_heads, cfg.head_dim);
     let min_blocks = o.max_model_len.div_ceil(o.block_size) + 1;
     let free = (free as u64).saturating_sub(GRAPH_RESERVE);
-    let num_blocks = memory::kv_pool_blocks(total as u64, free, o.gpu_memory_utilization, block_bytes, min_blocks)?;
+    let fit = memory::kv_pool_blocks(total as u64, free, o.gpu_memory_utilization, block_bytes, min_blocks.min(o.num_kv_blocks.unwrap_or(usize::MAX)))?;
+    let num_blocks = o.num_kv_blocks.map_or(fit, |n| n.min(fit));
     let half_layer_bytes = num_blocks * o.block_size * cfg.num_kv_heads * cfg.head_dim * 2;
     let mem = dev.alloc(2 * cfg.num_layers * half_layer_bytes)?;
     dev.memset(mem.ptr, 0, mem.bytes)?;

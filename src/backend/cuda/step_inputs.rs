@@ -222,7 +222,7 @@ fn widen(t: &[i32], from: usize, to: usize) -> Vec<i32> {
     if from == to || t.is_empty() {
         return t.to_vec();
     }
-    t.chunks(from.max(1)).flat_map(|row| row.iter().copied().chain(std::iter::repeat(0).take(to - from))).collect()
+    t.chunks(from.max(1)).flat_map(|row| row.iter().copied().chain(std::iter::repeat_n(0, to - from))).collect()
 }
 
 #[cfg(test)]

@@ -65,13 +65,8 @@ impl BlockPool {
         assert!(num_blocks >= 2, "a KV pool needs the null block and at least one more");
         assert!(num_blocks < NIL as usize, "too many KV blocks");
         let blank = Block { ref_cnt: 0, hash: None, prev: NIL, next: NIL, on_free_list: false };
-        let mut pool = BlockPool {
-            blocks: vec![blank; num_blocks],
-            head: NIL,
-            tail: NIL,
-            num_free: 0,
-            cached: HashMap::new(),
-        };
+        let mut pool =
+            BlockPool { blocks: vec![blank; num_blocks], head: NIL, tail: NIL, num_free: 0, cached: HashMap::new() };
         for i in 1..num_blocks as u32 {
             pool.push_back(i);
         }
