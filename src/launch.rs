@@ -118,6 +118,7 @@ impl EngineArgs {
             enable_prefix_caching: !self.no_prefix_caching,
             max_batch_inflight: None,
             eos_token_ids: eos,
+            default_seed: self.seed,
         }
     }
 }

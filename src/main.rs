@@ -84,8 +84,8 @@ struct SamplingArgs {
 }
 
 impl SamplingArgs {
-    /// `seed` is the engine's --seed: same seed and prompt, same output.
-    fn params(&self, g: &kiln::model::loader::GenerationDefaults, seed: Option<u64>) -> SamplingParams {
+    /// The seed is left to the engine's --seed (same seed and prompt, same output).
+    fn params(&self, g: &kiln::model::loader::GenerationDefaults) -> SamplingParams {
         SamplingParams {
             temperature: self.temperature.or(g.temperature).unwrap_or(1.0),
             top_p: self.top_p.or(g.top_p).unwrap_or(1.0),
@@ -95,7 +95,7 @@ impl SamplingArgs {
             frequency_penalty: self.frequency_penalty,
             presence_penalty: self.presence_penalty,
             logit_bias: vec![],
-            seed,
+            seed: None,
             logprobs: None,
         }
     }
@@ -149,7 +149,7 @@ fn generate_file(engine: &kiln::launch::Engine, args: &GenerateArgs, file: &std:
 
 fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     let engine = start_engine(&args.engine)?;
-    let params = args.sampling.params(&engine.generation, args.engine.seed);
+    let params = args.sampling.params(&engine.generation);
     if let Some(file) = &args.prompts_file {
         return generate_file(&engine, &args, file, params);
     }

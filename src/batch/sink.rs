@@ -151,8 +151,10 @@ impl ResultSink {
     }
 }
 
-/// custom_id -> (offset, length without the newline) of every line of `path`.
-fn index(path: &Path) -> std::io::Result<HashMap<String, (u64, usize)>> {
+/// custom_id -> (offset, length without the newline) of a file's lines.
+type LineIndex = HashMap<String, (u64, usize)>;
+
+fn index(path: &Path) -> std::io::Result<LineIndex> {
     let mut reader = BufReader::new(File::open(path)?);
     let (mut map, mut buf, mut offset) = (HashMap::new(), Vec::new(), 0u64);
     loop {
@@ -174,7 +176,7 @@ fn index(path: &Path) -> std::io::Result<HashMap<String, (u64, usize)>> {
 /// directory). Returns (lines, bytes) written.
 pub fn write_in_order(order: &[LineRef], sources: &[PathBuf], dest: &Path) -> std::io::Result<(u64, u64)> {
     use std::os::unix::fs::FileExt;
-    let opened: Vec<(File, HashMap<String, (u64, usize)>)> =
+    let opened: Vec<(File, LineIndex)> =
         sources.iter().map(|p| Ok((File::open(p)?, index(p)?))).collect::<std::io::Result<_>>()?;
     let tmp = dest.with_extension("tmp");
     let mut out = std::io::BufWriter::new(File::create(&tmp)?);

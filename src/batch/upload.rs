@@ -75,7 +75,7 @@ pub async fn receive_upload(svc: &Arc<BatchService>, owner: String, mut multipar
             "purpose" => purpose = Some(field.text().await.map_err(multipart_error(limit))?),
             "file" if file.is_some() => return Err(BatchApiError::invalid("Only one file may be uploaded per request", "file")),
             "file" => {
-                let filename = field.file_name().filter(|n| !n.is_empty()).unwrap_or("upload.jsonl").to_string();
+                let filename: String = field.file_name().filter(|n| !n.is_empty()).unwrap_or("upload.jsonl").chars().take(255).collect();
                 file = Some((filename, save(field, &tmp, limit).await?));
             }
             other => {

@@ -21,6 +21,8 @@ pub struct EngineConfig {
     /// Ids that end generation unless `ignore_eos` (model EOS and
     /// generation_config ids); the tokenizer's EOS ids are added at start.
     pub eos_token_ids: Vec<u32>,
+    /// Seed for requests that bring none (`--seed`); None: from the OS.
+    pub default_seed: Option<u64>,
 }
 
 impl Default for EngineConfig {
@@ -34,6 +36,7 @@ impl Default for EngineConfig {
             enable_prefix_caching: true,
             max_batch_inflight: None,
             eos_token_ids: Vec::new(),
+            default_seed: None,
         }
     }
 }

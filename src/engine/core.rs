@@ -140,7 +140,12 @@ impl EngineCore {
         self.drained += req.n as u64;
         self.stats.prompt_tokens_total.fetch_add(req.prompt_ids.len() as u64, Relaxed);
         let rules = Arc::new(StopRules::new(&req.stop, &self.cfg.eos_token_ids, self.cfg.max_model_len));
-        let seed = req.sampling.seed.unwrap_or_else(|| rand::rngs::OsRng.next_u64());
+        // No seed: the engine's --seed makes runs reproducible (each request
+        // its own stream, by arrival order), else the OS picks one.
+        let seed = req.sampling.seed.unwrap_or_else(|| match self.cfg.default_seed {
+            Some(s) => s ^ key.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            None => rand::rngs::OsRng.next_u64(),
+        });
         let ids = self.sched.add(NewRequest {
             request: key,
             prompt: req.prompt_ids.clone(),
