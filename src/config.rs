@@ -62,7 +62,8 @@ pub struct ServerConfig {
     pub sse_keepalive: u64,
     /// Batch API (/v1/files, /v1/batches): directory of its SQLite database
     /// and files. An empty path turns the batch API off (it answers 503).
-    #[arg(long, env = "KILN_DATA_DIR", default_value_os_t = crate::batch::default_data_dir())]
+    #[arg(long, env = "KILN_DATA_DIR", default_value_os_t = crate::batch::default_data_dir(),
+          value_parser = clap::builder::TypedValueParser::map(clap::builder::OsStringValueParser::new(), PathBuf::from))]
     pub data_dir: PathBuf,
     /// Largest file POST /v1/files accepts, in bytes; bigger uploads get 413.
     #[arg(long, default_value_t = 200 * 1024 * 1024)]

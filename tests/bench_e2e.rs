@@ -41,7 +41,7 @@ fn start_server(model: &PathBuf) -> Server {
     let mut child = Command::new(KILN)
         .args(["serve", "--model"])
         .arg(model)
-        .args(["--host", "127.0.0.1", "--port", "0", "--max-model-len", "512", "--max-num-seqs", "8", "--seed", "0"])
+        .args(["--host", "127.0.0.1", "--port", "0", "--max-model-len", "512", "--max-num-seqs", "8", "--seed", "0", "--data-dir", ""])
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -7,6 +7,7 @@
 //! and renamed keys) and another key gets 404 for it, as if it did not
 //! exist. Without keys everything belongs to "anonymous".
 
+use crate::api::auth::presented_key;
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, FromRef, Path, Query, State};
@@ -59,17 +60,6 @@ pub fn routes<S: Clone + Send + Sync + 'static>(http: BatchHttp) -> Router<S> {
         .route("/v1/batches/{batch_id}/cancel", post(cancel_batch))
         .method_not_allowed_fallback(crate::api::misc::method_not_allowed)
         .with_state(http)
-}
-
-/// The key a request presents (`Authorization: Bearer KEY` or `x-api-key`).
-fn presented_key(headers: &HeaderMap) -> Option<&str> {
-    if let Some(v) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
-        let v = v.trim();
-        if v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer ") {
-            return Some(v[7..].trim());
-        }
-    }
-    headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim)
 }
 
 /// Who owns what this request creates and may see. The auth layer has

@@ -29,7 +29,8 @@ pub struct KilnServer {
 }
 
 /// Engine flags small enough for a 2-core CI machine.
-pub const SMALL: &[&str] = &["--max-model-len", "512", "--max-num-seqs", "8", "--seed", "0"];
+/// `--data-dir ""` keeps the batch API (and its data directory) out of these tests.
+pub const SMALL: &[&str] = &["--max-model-len", "512", "--max-num-seqs", "8", "--seed", "0", "--data-dir", ""];
 
 impl KilnServer {
     /// Starts `kiln serve --port 0 ARGS` with the default model and waits
