@@ -42,6 +42,15 @@ pub struct EngineArgs {
     /// Worker threads of the CPU backend (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// auto (the GPU when one is usable, else the CPU), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: crate::backend::cuda::select::DeviceChoice,
+    /// Fraction of GPU memory for weights, activations and the KV pool.
+    #[arg(long, default_value_t = 0.9)]
+    pub gpu_memory_utilization: f64,
+    /// Run every GPU step eagerly (no CUDA graphs).
+    #[arg(long)]
+    pub enforce_eager: bool,
 }
 
 /// The repository's models/ folder (source checkouts), or KILN_MODELS_DIR.
@@ -74,18 +83,23 @@ pub fn resolve_model(model: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// Loads the model with a progress bar on a terminal.
+fn progress_bar(path: &Path) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("loading {msg} [{bar:30}] {pos}/{len} layers").unwrap().progress_chars("=> "),
+    );
+    bar.set_message(path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
+    bar
+}
+
+/// Loads the model for the CPU backend, with a progress bar on a terminal.
 pub fn load_model(args: &EngineArgs) -> anyhow::Result<LoadedModel> {
     if let Some(n) = args.threads {
         let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
     }
     let path = resolve_model(&args.model)?;
     let t0 = Instant::now();
-    let bar = indicatif::ProgressBar::new(0);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("loading {msg} [{bar:30}] {pos}/{len} layers").unwrap().progress_chars("=> "),
-    );
-    bar.set_message(path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
+    let bar = progress_bar(&path);
     let loaded = load(&path, |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
@@ -123,8 +137,20 @@ impl EngineArgs {
     }
 }
 
-/// Loads the model and starts the engine thread on the CPU backend.
+/// Loads the model on the device `--device` names and starts the engine thread.
 pub fn start_engine(args: &EngineArgs) -> anyhow::Result<Engine> {
+    use crate::backend::cuda::select::{resolve, DeviceChoice};
+    let (device, why_cpu) = resolve(args.device)?;
+    if let Some(why) = why_cpu {
+        tracing::info!("device auto: using the CPU ({why})");
+    }
+    match device {
+        DeviceChoice::Cuda(n) => start_cuda(args, n),
+        _ => start_cpu(args),
+    }
+}
+
+fn start_cpu(args: &EngineArgs) -> anyhow::Result<Engine> {
     use crate::runner::cpu::{kv_blocks_for_budget, CpuRunner};
     let loaded = load_model(args)?;
     let cfg = loaded.model.cfg.clone();
@@ -133,8 +159,49 @@ pub fn start_engine(args: &EngineArgs) -> anyhow::Result<Engine> {
     let blocks = kv_blocks_for_budget(&cfg, budget, args.block_size);
     tracing::info!(device = "cpu", threads = rayon::current_num_threads(), kv_blocks = blocks, "starting the engine");
     let runner = CpuRunner::new(loaded.model, blocks, args.block_size);
-    let tokenizer = std::sync::Arc::new(loaded.tokenizer);
+    finish_start(args, engine_cfg, Box::new(runner), loaded.tokenizer, loaded.name, cfg, loaded.generation)
+}
+
+#[cfg(feature = "cuda")]
+fn start_cuda(args: &EngineArgs, device: usize) -> anyhow::Result<Engine> {
+    use crate::backend::cuda::runner::{CudaRunner, CudaRunnerOptions};
+    let path = resolve_model(&args.model)?;
+    let o = crate::model::loader::open(&path)?;
+    let engine_cfg = args.engine_config(&o.config, o.eos_token_ids.clone());
+    let opts = CudaRunnerOptions {
+        device,
+        block_size: args.block_size,
+        max_model_len: engine_cfg.max_model_len,
+        max_num_seqs: args.max_num_seqs,
+        max_num_batched_tokens: args.max_num_batched_tokens,
+        gpu_memory_utilization: args.gpu_memory_utilization,
+        enforce_eager: args.enforce_eager,
+        ..Default::default()
+    };
+    let bar = progress_bar(&path);
+    bar.set_length(o.config.num_layers as u64);
+    let runner = CudaRunner::load(&o.config, o.source.as_ref(), opts, |done| bar.set_position(done as u64))?;
+    bar.finish_and_clear();
+    tracing::info!(device = %format!("cuda:{device}"), "starting the engine");
+    finish_start(args, engine_cfg, Box::new(runner), o.tokenizer, o.name, o.config, o.generation)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn start_cuda(_: &EngineArgs, _: usize) -> anyhow::Result<Engine> {
+    anyhow::bail!("this kiln was built without CUDA support: rebuild with `cargo build --release --features cuda`, or pass --device cpu")
+}
+
+fn finish_start(
+    _args: &EngineArgs,
+    engine_cfg: crate::engine::EngineConfig,
+    runner: Box<dyn crate::runner::ModelRunner>,
+    tokenizer: crate::tokenizer::Tokenizer,
+    model_name: String,
+    model_config: crate::model::ModelConfig,
+    generation: crate::model::loader::GenerationDefaults,
+) -> anyhow::Result<Engine> {
+    let tokenizer = std::sync::Arc::new(tokenizer);
     let max_model_len = engine_cfg.max_model_len;
-    let handle = crate::engine::EngineHandle::start(engine_cfg, Box::new(runner), tokenizer.clone())?;
-    Ok(Engine { handle, tokenizer, model_name: loaded.name, model_config: cfg, generation: loaded.generation, max_model_len })
+    let handle = crate::engine::EngineHandle::start(engine_cfg, runner, tokenizer.clone())?;
+    Ok(Engine { handle, tokenizer, model_name, model_config, generation, max_model_len })
 }

@@ -46,39 +46,67 @@ fn tok_err(path: &Path, e: impl std::fmt::Display) -> ModelError {
     ModelError::Corrupt { path: path.into(), msg: format!("tokenizer: {e}") }
 }
 
-/// Loads a model directory or GGUF file. `progress(done, total)` is called
-/// as layers load.
-pub fn load(path: &Path, mut progress: impl FnMut(usize, usize)) -> Result<LoadedModel, ModelError> {
+/// A model opened but not yet loaded onto a backend: config, weight
+/// source, tokenizer and generation defaults.
+pub struct OpenedModel {
+    pub name: String,
+    pub path: PathBuf,
+    pub config: ModelConfig,
+    pub source: Box<dyn WeightSource>,
+    pub tokenizer: Tokenizer,
+    pub generation: GenerationDefaults,
+    /// Every id that ends generation: config, generation_config and tokenizer.
+    pub eos_token_ids: Vec<u32>,
+}
+
+/// The config and the weights of a model directory or GGUF file, without
+/// its tokenizer (weights stay memory-mapped).
+pub fn open_weights(path: &Path) -> Result<(ModelConfig, Box<dyn WeightSource>), ModelError> {
     if !path.exists() {
         return Err(ModelError::NotFound { path: path.into() });
     }
-    let (config, source, tokenizer, generation, gen_eos): (ModelConfig, Box<dyn WeightSource>, Tokenizer, _, Vec<u32>) =
-        if path.is_dir() {
-            let config = ModelConfig::from_hf_json(&path.join("config.json"))?;
-            let tokenizer = Tokenizer::from_hf_dir(path).map_err(|e| tok_err(path, e))?;
-            let (generation, eos) = read_generation_config(&path.join("generation_config.json"))?;
-            (config, Box::new(SafetensorsSource::open_dir(path)?), tokenizer, generation, eos)
-        } else {
-            let file = GgufFile::open(path)?;
-            let config = config_from_gguf(&file)?;
-            let tokenizer = Tokenizer::from_gguf(&file).map_err(|e| tok_err(path, e))?;
-            let src = GgufSource::new(file, config.clone());
-            (config, Box::new(src), tokenizer, GenerationDefaults::default(), vec![])
-        };
+    if path.is_dir() {
+        let config = ModelConfig::from_hf_json(&path.join("config.json"))?;
+        Ok((config, Box::new(SafetensorsSource::open_dir(path)?)))
+    } else {
+        let file = GgufFile::open(path)?;
+        let config = config_from_gguf(&file)?;
+        Ok((config.clone(), Box::new(GgufSource::new(file, config))))
+    }
+}
+
+/// Opens a model directory or GGUF file: weights, tokenizer, defaults.
+pub fn open(path: &Path) -> Result<OpenedModel, ModelError> {
+    let (config, source) = open_weights(path)?;
+    let (tokenizer, generation, gen_eos) = if path.is_dir() {
+        let tokenizer = Tokenizer::from_hf_dir(path).map_err(|e| tok_err(path, e))?;
+        let (generation, eos) = read_generation_config(&path.join("generation_config.json"))?;
+        (tokenizer, generation, eos)
+    } else {
+        let tokenizer = Tokenizer::from_gguf(&GgufFile::open(path)?).map_err(|e| tok_err(path, e))?;
+        (tokenizer, GenerationDefaults::default(), vec![])
+    };
+    if tokenizer.vocab_size() > config.vocab_size {
+        return Err(ModelError::ConfigMismatch {
+            path: path.into(),
+            msg: format!("tokenizer has {} tokens, the model only {}", tokenizer.vocab_size(), config.vocab_size),
+        });
+    }
     let mut eos: Vec<u32> = config.eos_token_ids.clone();
     eos.extend(gen_eos);
     eos.extend(tokenizer.eos_ids());
     eos.sort_unstable();
     eos.dedup();
-    let total = config.num_layers;
-    let model = LlamaModel::load(config, source.as_ref(), |done| progress(done, total))?;
-    if tokenizer.vocab_size() > model.cfg.vocab_size {
-        return Err(ModelError::ConfigMismatch {
-            path: path.into(),
-            msg: format!("tokenizer has {} tokens, the model only {}", tokenizer.vocab_size(), model.cfg.vocab_size),
-        });
-    }
-    Ok(LoadedModel { name: model_name(path), path: path.into(), model, tokenizer, generation, eos_token_ids: eos })
+    Ok(OpenedModel { name: model_name(path), path: path.into(), config, source, tokenizer, generation, eos_token_ids: eos })
+}
+
+/// Loads a model directory or GGUF file for the CPU backend. `progress(done,
+/// total)` is called as layers load.
+pub fn load(path: &Path, mut progress: impl FnMut(usize, usize)) -> Result<LoadedModel, ModelError> {
+    let o = open(path)?;
+    let total = o.config.num_layers;
+    let model = LlamaModel::load(o.config, o.source.as_ref(), |done| progress(done, total))?;
+    Ok(LoadedModel { name: o.name, path: o.path, model, tokenizer: o.tokenizer, generation: o.generation, eos_token_ids: o.eos_token_ids })
 }
 
 fn read_generation_config(path: &Path) -> Result<(GenerationDefaults, Vec<u32>), ModelError> {

@@ -311,17 +311,7 @@ impl CudaRunner {
 
 /// The config and weight source of a model path: a Hugging Face directory or
 /// a GGUF file (the same sources the CPU loader reads).
-pub fn open_weights(path: &std::path::Path) -> anyhow::Result<(ModelConfig, Box<dyn WeightSource>)> {
-    use crate::model::{gguf::GgufFile, gguf_config::config_from_gguf, gguf_weights::GgufSource, weights::SafetensorsSource};
-    if path.is_dir() {
-        let cfg = ModelConfig::from_hf_json(&path.join("config.json"))?;
-        Ok((cfg, Box::new(SafetensorsSource::open_dir(path)?)))
-    } else {
-        let file = GgufFile::open(path)?;
-        let cfg = config_from_gguf(&file)?;
-        Ok((cfg.clone(), Box::new(GgufSource::new(file, cfg))))
-    }
-}
+pub use crate::model::loader::open_weights;
 
 fn warm_up_gemms(dev: &Device, gemm: &Gemm, cfg: &ModelConfig, w: &CudaWeights, ws: &DeviceMem, a: &Activations, max_tokens: usize) -> Result<(), CudaError> {
     let (h, i, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
