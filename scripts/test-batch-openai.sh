@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Drives kiln's Files and Batch APIs with the official openai Python SDK
-# (tests/batch_openai.py). Makes its own venv (.venv-openai-batch, git-ignored)
-# with `openai` from PyPI, builds kiln (unless KILN_BIN is set), fetches the
+# (tests/batch_openai.py). Uses the venv .venv-openai (git-ignored; shared with
+# the HTTP tests), installing `openai` from PyPI; builds kiln (unless KILN_BIN is set), fetches the
 # default model. Exits 77 when Python, venv or pip is unavailable (a skip).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-venv="${KILN_BATCH_VENV:-$root/.venv-openai-batch}"
+venv="${KILN_OPENAI_VENV:-$root/.venv-openai}"
 cd "$root"
 
 skip() { echo "SKIP: $*" >&2; exit 77; }

@@ -12,6 +12,8 @@ models/fetch_default.sh
 echo "== NVRTC (kernel compile gate)"
 if lib="$(scripts/install-nvrtc.sh)"; then
   export KILN_NVRTC_LIB="$lib"
+  # the library is there: a kernel that fails to compile fails the suite
+  export KILN_REQUIRE_NVRTC=1
 else
   echo "warning: NVRTC could not be installed; the kernel compile test will say it skipped" >&2
 fi
@@ -20,6 +22,9 @@ if [ -x scripts/setup-python-clients.sh ]; then
   echo "== Python clients (openai SDK, schemathesis)"
   scripts/setup-python-clients.sh
 fi
+
+echo "== the CUDA backend type-checks (no GPU or toolkit needed)"
+cargo check --features cuda --all-targets --quiet
 
 echo "== cargo test"
 cargo test --no-fail-fast "$@"
