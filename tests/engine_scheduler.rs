@@ -409,3 +409,18 @@ proptest::proptest! {
         run_all(&mut sim, &reqs);
     }
 }
+
+/// Found by the proptest above: a forked sibling waiting with its prompt
+/// blocks while the only running sequence keeps preempting itself for want
+/// of them; the waiting sibling's blocks must be taken back.
+#[test]
+fn forked_sequences_finish_under_a_tiny_pool() {
+    for seed in 0..300 {
+        let mut reqs = random_reqs(seed, 16, 60, 12);
+        for r in reqs.iter_mut().step_by(5) {
+            r.n = 2;
+        }
+        let mut sim = Sim::new(19, 4, cfg(6 + seed as usize % 3, 2), false);
+        run_all(&mut sim, &reqs);
+    }
+}

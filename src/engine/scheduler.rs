@@ -222,7 +222,12 @@ impl Scheduler {
                 i += 1;
                 continue;
             }
-            // Out of blocks: preempt a later-admitted sequence, or this one.
+            // Out of blocks: first take back blocks that waiting sequences
+            // hold (forked prompt blocks; they will recompute), then preempt
+            // a later-admitted sequence, or this one.
+            if self.release_waiting_blocks(None) {
+                continue;
+            }
             let victim = self.pick_victim(i + 1).unwrap_or(i);
             let vid = self.running.remove(victim);
             self.preempt(vid);
@@ -274,7 +279,7 @@ impl Scheduler {
             if !self.try_admit(id, out, budget) {
                 // Only sequences waiting with forked blocks can starve an idle
                 // engine: release theirs and retry; otherwise keep FCFS order.
-                if self.running.is_empty() && self.release_waiting_blocks(id) {
+                if self.running.is_empty() && self.release_waiting_blocks(Some(id)) {
                     continue;
                 }
                 break;
@@ -314,12 +319,12 @@ impl Scheduler {
 
     /// Frees the blocks of every waiting sequence but `keep` (they will
     /// recompute). Returns whether any block was released.
-    fn release_waiting_blocks(&mut self, keep: SeqId) -> bool {
+    fn release_waiting_blocks(&mut self, keep: Option<SeqId>) -> bool {
         let Scheduler { kv, slots, waiting, waiting_batch, .. } = self;
         let mut any = false;
         for &id in waiting.iter().chain(waiting_batch.iter()) {
             let seq = slots[id.0 as usize].as_mut().expect("waiting sequence");
-            if id != keep && !seq.kv.blocks.is_empty() {
+            if Some(id) != keep && !seq.kv.blocks.is_empty() {
                 kv.free(&mut seq.kv);
                 seq.num_computed = 0;
                 any = true;
