@@ -20,6 +20,7 @@ pub struct ServerConfig {
     /// Address to bind; 127.0.0.1 keeps the server local, 0.0.0.0 exposes it.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
+    /// TCP port to listen on (0: any free port, logged at start).
     #[arg(long, default_value_t = 8000)]
     pub port: u16,
     /// Model name clients must send in `model` (default: the model file's name).
@@ -55,6 +56,7 @@ pub struct ServerConfig {
     /// Allowed CORS origin (repeatable; "*" allows any). CORS is off when none is given.
     #[arg(long = "cors-origin")]
     pub cors_origins: Vec<String>,
+    /// Log lines as text or as JSON objects.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
     /// Seconds between SSE keep-alive comments on an idle stream.

@@ -62,17 +62,22 @@ struct SamplingArgs {
     /// 0 is greedy. Default: the model's generation_config, else 1.0.
     #[arg(long)]
     temperature: Option<f32>,
+    /// Nucleus sampling: keep the smallest set of tokens with this much probability.
     #[arg(long)]
     top_p: Option<f32>,
-    /// 0 or -1 disables.
+    /// Keep the k most likely tokens; 0 or -1 disables.
     #[arg(long)]
     top_k: Option<i32>,
+    /// Drop tokens less likely than min_p times the most likely one.
     #[arg(long, default_value_t = 0.0)]
     min_p: f32,
+    /// > 1 discourages tokens already in the prompt or output.
     #[arg(long)]
     repetition_penalty: Option<f32>,
+    /// Subtracted once per earlier occurrence of a token in the output.
     #[arg(long, default_value_t = 0.0)]
     frequency_penalty: f32,
+    /// Subtracted once from every token present in the output.
     #[arg(long, default_value_t = 0.0)]
     presence_penalty: f32,
     /// Stop strings (repeatable); the match is not printed.
