@@ -4,10 +4,7 @@
 //! file builders.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -17,83 +14,35 @@ pub const MODEL: &str = "kiln-test";
 /// Engine flags small enough for a 2-core CI machine.
 pub const SMALL: &[&str] = &["--max-model-len", "512", "--max-num-seqs", "16", "--seed", "0", "--served-model-name", MODEL];
 
-/// The default model, fetched by models/fetch_default.sh when missing; None
-/// (with a printed reason) when that is impossible.
-pub fn default_model() -> Option<PathBuf> {
-    kiln::launch::resolve_model(&None).map_err(|e| eprintln!("SKIP: the default model is unavailable: {e:#}")).ok()
-}
+#[path = "../http_support/server.rs"]
+mod server;
+#[allow(unused_imports)]
+pub use server::default_model;
 
-/// A `kiln serve` child process.
+/// A `kiln serve` child process with its own --data-dir.
 pub struct Kiln {
-    child: Child,
+    server: server::KilnServer,
     pub base: String,
-    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Kiln {
     /// Starts `kiln serve` on `data_dir` with SMALL plus `extra` flags and
     /// waits for /health 200. None when the default model is unavailable.
     pub async fn start(data_dir: &Path, extra: &[&str]) -> Option<Kiln> {
-        let model = default_model()?;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
-            .arg("serve")
-            .arg("--model")
-            .arg(&model)
-            .args(["--host", "127.0.0.1", "--port", "0", "--data-dir"])
-            .arg(data_dir)
-            .args(SMALL)
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn kiln serve");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(i) = line.find("listening on http://") {
-                    let addr = line[i + "listening on ".len()..].split_whitespace().next().unwrap_or("").to_string();
-                    let _ = tx.send(addr);
-                }
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let base = match rx.recv_timeout(Duration::from_secs(120)) {
-            Ok(b) => b,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("kiln serve did not start; log:\n{}", log.lock().unwrap().join("\n"));
-            }
-        };
-        let server = Kiln { child, base, log };
-        server.wait_healthy().await;
-        Some(server)
-    }
-
-    async fn wait_healthy(&self) {
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(120) {
-            if let Ok(r) = reqwest::get(format!("{}/health", self.base)).await {
-                if r.status() == 200 {
-                    return;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("/health never turned 200; log:\n{}", self.log_text());
+        let dir = data_dir.to_string_lossy().into_owned();
+        let args: Vec<&str> = ["--data-dir", dir.as_str()].into_iter().chain(SMALL.iter().copied()).chain(extra.iter().copied()).collect();
+        let server = server::KilnServer::start(&args).await?;
+        let base = server.base.clone();
+        Some(Kiln { server, base })
     }
 
     pub fn log_text(&self) -> String {
-        self.log.lock().unwrap().join("\n")
+        self.server.log_text()
     }
 
     /// SIGKILL: no chance to flush or clean anything.
     pub fn kill9(&mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reap");
+        self.server.kill9();
     }
 
     pub fn api(&self, key: Option<&str>) -> Api {
@@ -101,12 +50,6 @@ impl Kiln {
     }
 }
 
-impl Drop for Kiln {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A client of the batch routes, optionally with an API key.
 pub struct Api {

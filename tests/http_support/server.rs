@@ -83,6 +83,12 @@ impl KilnServer {
         self.child.id()
     }
 
+    /// SIGKILL: no chance to flush or clean anything.
+    pub fn kill9(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reap");
+    }
+
     /// Sends SIGTERM (via kill(1)).
     pub fn terminate(&self) {
         let ok = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status().unwrap();
