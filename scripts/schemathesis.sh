@@ -24,7 +24,7 @@ fi
 log="$(mktemp)"
 # Small context so that any generated request finishes quickly on a CPU.
 "$KILN_BIN" serve --host 127.0.0.1 --port 0 --max-model-len 96 --max-num-seqs 16 \
-  --served-model-name kiln-fuzz --max-waiting 4096 2>"$log" &
+  --served-model-name kiln-fuzz --max-waiting 4096 --data-dir "" 2>"$log" &
 pid=$!
 trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -f "$log"' EXIT
 base=""

@@ -29,7 +29,7 @@ def server():
     json.dump({"keys": [{"key": KEY, "name": "sdk"}, {"key": LIMITED_KEY, "name": "limited", "rpm": 1}]}, keys)
     keys.close()
     cmd = [binary, "serve", "--host", "127.0.0.1", "--port", "0", "--served-model-name", MODEL,
-           "--max-model-len", "512", "--max-num-seqs", "8", "--api-key-file", keys.name]
+           "--max-model-len", "512", "--max-num-seqs", "8", "--api-key-file", keys.name, "--data-dir", ""]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     base = None
     deadline = time.time() + 120
