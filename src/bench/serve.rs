@@ -195,3 +195,24 @@ pub async fn serve(args: &ServeArgs) -> Result<ServeOutcome, BenchError> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::response_format;
+
+    #[test]
+    fn a_schema_file_becomes_a_strict_json_schema_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = dir.path().join("s.json");
+        std::fs::write(&schema, r#"{"type": "object", "properties": {"a": {"type": "integer"}}}"#).unwrap();
+        let f = response_format(&schema).unwrap();
+        assert_eq!(f["type"], "json_schema");
+        assert_eq!(f["json_schema"]["strict"], true);
+        assert_eq!(f["json_schema"]["schema"]["properties"]["a"]["type"], "integer");
+        let whole = dir.path().join("f.json");
+        std::fs::write(&whole, r#"{"type": "json_object"}"#).unwrap();
+        assert_eq!(response_format(&whole).unwrap(), serde_json::json!({"type": "json_object"}));
+        std::fs::write(&whole, "[1]").unwrap();
+        assert!(response_format(&whole).is_err());
+    }
+}
