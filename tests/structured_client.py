@@ -100,7 +100,7 @@ def chat(client, **kw):
 class City(pydantic.BaseModel):
     name: str = pydantic.Field(max_length=30)
     country: str = pydantic.Field(max_length=30)
-    population: int
+    population: int = pydantic.Field(ge=0, le=100_000_000)
 
 
 def test_parse_returns_the_pydantic_object(client):
@@ -113,7 +113,7 @@ def test_parse_returns_the_pydantic_object(client):
 
 
 def test_json_object_mode_gives_one_object(client):
-    r = chat(client, messages=[{"role": "user", "content": "Give me a JSON object describing a dog."}],
+    r = chat(client, messages=[{"role": "user", "content": "Reply with a JSON object with the keys name and age of a person."}],
              response_format={"type": "json_object"}, max_tokens=128)
     assert r.choices[0].finish_reason == "stop"
     assert isinstance(json.loads(r.choices[0].message.content), dict)
@@ -195,7 +195,7 @@ def test_tool_round_trip(client):
 
 
 def test_named_function_choice(client):
-    r = chat(client, messages=ASK_WEATHER, tools=[WEATHER, TIME],
+    r = chat(client, messages=ASK_WEATHER, tools=[WEATHER, TIME], parallel_tool_calls=False,
              tool_choice={"type": "function", "function": {"name": "get_time"}})
     calls = r.choices[0].message.tool_calls
     assert r.choices[0].finish_reason == "tool_calls" and calls
@@ -204,7 +204,8 @@ def test_named_function_choice(client):
 
 
 def test_streamed_tool_calls_equal_the_non_streamed_call(client):
-    args = dict(model=MODEL, messages=ASK_WEATHER, tools=[WEATHER], tool_choice="required", max_tokens=96, temperature=0)
+    args = dict(model=MODEL, messages=ASK_WEATHER, tools=[WEATHER], tool_choice="required", parallel_tool_calls=False,
+                max_tokens=96, temperature=0)
     plain = client.chat.completions.create(**args).choices[0]
     with client.chat.completions.stream(**args) as s:
         final = s.get_final_completion().choices[0]
