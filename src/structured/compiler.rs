@@ -81,6 +81,22 @@ impl GrammarCompiler {
     }
 }
 
+/// llguidance's errors carry a dump of the parser state after the first
+/// line; clients get the first line.
+fn first_line(e: &str) -> &str {
+    e.lines().next().unwrap_or(e).trim()
+}
+
+/// A mask error as a message; llguidance's `NoExtensionBias` means that no
+/// token of the vocabulary can continue the output.
+fn describe(e: &str) -> String {
+    if e.contains("NoExtensionBias") {
+        "the grammar allows no next token (no token of the vocabulary continues the output)".into()
+    } else {
+        format!("grammar error: {}", first_line(e))
+    }
+}
+
 /// A compiled grammar in its start state; each sequence starts its own copy.
 pub struct CompiledGrammar {
     matcher: Matcher,
@@ -111,7 +127,7 @@ impl GrammarState {
     /// grammar is complete only the EOS tokens are allowed. An error, or a
     /// mask allowing no token at all, is returned as a message.
     pub fn next_mask(&mut self, words: usize) -> Result<Vec<u32>, String> {
-        let vob = self.matcher.compute_mask_or_eos().map_err(|e| format!("grammar error: {e:#}"))?;
+        let vob = self.matcher.compute_mask_or_eos().map_err(|e| describe(&format!("{e:#}")))?;
         let mut out = vob.as_slice().to_vec();
         out.resize(words, 0);
         if out.iter().all(|&w| w == 0) {
@@ -123,7 +139,7 @@ impl GrammarState {
     /// Advances over a sampled token; a token the grammar does not allow is
     /// an error (the mask was not applied).
     pub fn consume(&mut self, token: u32) -> Result<(), String> {
-        self.matcher.consume_token(token).map_err(|e| format!("the output left its grammar: {e:#}"))
+        self.matcher.consume_token(token).map_err(|e| format!("the output left its grammar: {}", first_line(&format!("{e:#}"))))
     }
 
     /// The grammar is complete and allows nothing more: the sequence ends.
