@@ -37,7 +37,7 @@ async fn batch_lines_follow_their_response_format() {
     };
     let mut lines: Vec<String> = (0..3).map(|i| chat(i, if i == 0 { 0.0 } else { 0.9 })).collect();
     lines.push(line("json-object", "/v1/chat/completions", json!({"model": MODEL, "max_tokens": 64, "temperature": 0,
-        "messages": [{"role": "user", "content": "A JSON object about a cat."}], "response_format": {"type": "json_object"}})));
+        "messages": [{"role": "user", "content": "Reply with a JSON object with the keys name and age of a person."}], "response_format": {"type": "json_object"}})));
     let batch = api.start_batch(&lines.join("\n"), "/v1/chat/completions").await;
     let done = api.wait_final(batch["id"].as_str().unwrap(), 600).await;
     assert_eq!(done["status"], "completed", "{done}");
