@@ -90,12 +90,26 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Checks the config once and loads keys.
+    /// Checks the config once and loads keys; builds the grammar compiler
+    /// over the codec's vocabulary.
     pub fn new(
         config: ServerConfig,
         engine: Arc<dyn Engine>,
         codec: Arc<dyn TextCodec>,
+        model: ModelInfo,
+    ) -> Result<Arc<AppState>, ConfigError> {
+        let grammars = structured::grammar_compiler(&codec, config.grammar_cache_size);
+        Self::with_grammars(config, engine, codec, model, grammars)
+    }
+
+    /// `new` sharing an existing grammar compiler (and its cache), as the
+    /// Batch API's executor does with the server's.
+    pub fn with_grammars(
+        config: ServerConfig,
+        engine: Arc<dyn Engine>,
+        codec: Arc<dyn TextCodec>,
         mut model: ModelInfo,
+        grammars: Option<Arc<crate::structured::GrammarCompiler>>,
     ) -> Result<Arc<AppState>, ConfigError> {
         config.check()?;
         let keys = auth::KeyStore::new(&config.keys()?);
@@ -110,7 +124,6 @@ impl AppState {
             max_model_len: model.max_model_len,
             vocab_size: codec.vocab_size(),
         };
-        let grammars = structured::grammar_compiler(&codec, config.grammar_cache_size);
         let tool_format = match config.tool_call_parser.as_deref() {
             Some(name) => tools::ToolFormat::from_name(name)
                 .ok_or_else(|| ConfigError::Invalid(format!("unknown --tool-call-parser '{name}'")))?,
