@@ -74,6 +74,14 @@ pub struct ServerConfig {
     /// interactive requests and only fills the capacity they leave.
     #[arg(long, default_value_t = std::num::NonZeroUsize::new(32).unwrap())]
     pub max_batch_inflight: std::num::NonZeroUsize,
+    /// How tool calls are written and read back, by vLLM's parser name:
+    /// hermes, llama3_json or mistral. Default: the format the chat template
+    /// shows (hermes, with kiln's generic tool prompt, when it shows none).
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(crate::api::tools::PARSER_NAMES))]
+    pub tool_call_parser: Option<String>,
+    /// Compiled grammars (response_format schemas, tool grammars) kept for reuse.
+    #[arg(long, default_value_t = crate::structured::DEFAULT_CACHE_SIZE)]
+    pub grammar_cache_size: usize,
 }
 
 impl Default for ServerConfig {
@@ -97,6 +105,8 @@ impl Default for ServerConfig {
             data_dir: PathBuf::new(),
             max_file_bytes: 200 * 1024 * 1024,
             max_batch_inflight: std::num::NonZeroUsize::new(32).unwrap(),
+            tool_call_parser: None,
+            grammar_cache_size: crate::structured::DEFAULT_CACHE_SIZE,
         }
     }
 }

@@ -16,4 +16,5 @@ pub mod launch;
 pub mod model;
 pub mod runner;
 pub mod sampling;
+pub mod structured;
 pub mod tokenizer;

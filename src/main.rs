@@ -183,6 +183,7 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
         },
         n: 1,
         priority: Priority::Interactive,
+        grammar: None,
     };
     let t0 = Instant::now();
     let mut rx = engine.handle.submit(req)?;

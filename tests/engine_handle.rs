@@ -34,6 +34,7 @@ fn req(prompt: Vec<u32>, max_tokens: usize) -> ValidRequest {
         stop: StopCriteria { max_tokens, ..Default::default() },
         n: 1,
         priority: Priority::Interactive,
+        grammar: None,
     }
 }
 

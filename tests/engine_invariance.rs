@@ -109,6 +109,7 @@ fn request(s: &Subject, prompt: &[u32]) -> ValidRequest {
         stop: StopCriteria { max_tokens: s.max_tokens, ignore_eos: true, ..Default::default() },
         n: 1,
         priority: Priority::Interactive,
+        grammar: None,
     }
 }
 

@@ -1,5 +1,6 @@
 //! External clients against a real `kiln serve`: the official openai Python
-//! SDK (tests/openai_client.py) and schemathesis fuzzing from /openapi.json
+//! SDK (tests/openai_client.py, and tests/structured_client.py for
+//! structured outputs and tools) and schemathesis fuzzing from /openapi.json
 //! (scripts/schemathesis.sh, bounded examples). Their venvs come from
 //! scripts/setup-python-clients.sh (scripts/test.sh runs it); without them
 //! these tests print why they skip.
@@ -41,6 +42,18 @@ fn openai_python_sdk() {
     }
     let script = root().join("tests/openai_client.py");
     run(Command::new(python).args(["-m", "pytest", "-q", "-p", "no:cacheprovider"]).arg(&script), "pytest tests/openai_client.py");
+}
+
+/// Structured outputs and tool calls through the SDK's `parse` and
+/// `stream` helpers; every constrained output is validated by `jsonschema`.
+#[test]
+fn structured_outputs_and_tools_with_the_openai_sdk() {
+    let Some(python) = venv_python(".venv-openai", "openai, pytest, jsonschema, pydantic") else { return };
+    if !model_available() {
+        return;
+    }
+    let script = root().join("tests/structured_client.py");
+    run(Command::new(python).args(["-m", "pytest", "-q", "-p", "no:cacheprovider"]).arg(&script), "pytest tests/structured_client.py");
 }
 
 #[test]

@@ -8,6 +8,7 @@ use super::port::{ChatTurn, CodecError, Engine, EngineGauges, SubmitError, TextC
 use super::ModelInfo;
 use crate::config::ServerConfig;
 use crate::engine::{EngineError, EngineHandle, TokenEvent, ValidRequest};
+use crate::structured::VocabBytes;
 use crate::tokenizer::{ChatMessage, Tokenizer, TokenizerError};
 
 fn codec_err(e: TokenizerError) -> CodecError {
@@ -33,6 +34,41 @@ impl TextCodec for Tokenizer {
     fn apply_chat_template(&self, turns: &[ChatTurn], add_generation_prompt: bool) -> Result<String, CodecError> {
         let messages: Vec<ChatMessage> = turns.iter().map(|t| ChatMessage::new(t.role.clone(), t.content.clone())).collect();
         Tokenizer::apply_chat_template(self, &messages, add_generation_prompt).map_err(codec_err)
+    }
+
+    fn render_chat(
+        &self,
+        messages: &[serde_json::Value],
+        tools: Option<&serde_json::Value>,
+        add_generation_prompt: bool,
+    ) -> Result<String, CodecError> {
+        Tokenizer::apply_chat_template_json(self, messages, tools, add_generation_prompt).map_err(codec_err)
+    }
+
+    fn template_supports_tools(&self) -> bool {
+        Tokenizer::chat_template_supports_tools(self)
+    }
+
+    fn chat_template_source(&self) -> Option<String> {
+        Tokenizer::chat_template_source(self).map(str::to_string)
+    }
+
+    fn token_bytes(&self, id: u32) -> Option<Vec<u8>> {
+        Tokenizer::token_bytes(self, id).map(<[u8]>::to_vec)
+    }
+
+    fn grammar_vocab(&self) -> Option<VocabBytes> {
+        let n = self.vocab_size() as u32;
+        let eos_ids = self.eos_ids().to_vec();
+        if eos_ids.is_empty() {
+            return None;
+        }
+        Some(VocabBytes {
+            tokens: (0..n).map(|id| Tokenizer::token_bytes(self, id).unwrap_or_default().to_vec()).collect(),
+            special: (0..n).filter(|&id| self.is_special(id)).collect(),
+            eos_ids,
+            bos_id: self.bos_id(),
+        })
     }
 }
 

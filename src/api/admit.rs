@@ -115,6 +115,8 @@ pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError>
 pub struct PromptJob {
     pub prompt_ids: Vec<u32>,
     pub max_tokens: usize,
+    /// The grammar every sequence of this prompt generates under.
+    pub grammar: Option<std::sync::Arc<crate::structured::CompiledGrammar>>,
 }
 
 /// Submits each prompt as its own engine request; receivers in prompt order.
@@ -136,6 +138,7 @@ pub fn submit_all(
                 stop: StopCriteria { max_tokens: job.max_tokens, ..stop.clone() },
                 n,
                 priority: Priority::Interactive,
+                grammar: job.grammar,
             };
             state.engine.submit(req).map_err(|e| match e {
                 SubmitError::Invalid(m) => ApiError::Invalid { message: m, param: None, code: None },

@@ -1,4 +1,6 @@
-//! POST /v1/chat/completions.
+//! POST /v1/chat/completions: messages (tool history included) through the
+//! chat template, response formats and tool grammars compiled, then the
+//! response shaped by `chat_out`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,73 +11,22 @@ use axum::Json;
 
 use super::admit::{admit, blocking, charge_tokens, check_model, codec_error, submit_all, PromptJob};
 use super::auth::Caller;
+use super::chat_out::{collect, ChatChunks};
 use super::error::{ApiError, ErrorResponse};
-use super::events::{Delta, Running, Step};
+use super::events::Running;
 use super::json::ApiJson;
-use super::logprobs::chat_logprob;
-use super::port::{ChatTurn, TextCodec};
+use super::messages::template_messages;
 use super::reqlog::RequestRecord;
-use super::sse::{sse_response, ChunkFormat};
-use super::validate::{fit_context, refuse_extra, validate_common, Limits};
-use super::wire_in::{ChatCompletionRequest, ChatMessageIn, MessageContent};
+use super::sse::sse_response;
+use super::structured::{compile, parse_response_format};
+use super::tools::grammar::tool_grammar;
+use super::tools::prompt::render_prompt;
+use super::tools::{parse_plan, ToolChoice, ToolFormat, ToolPlan};
+use super::validate::{fit_context, validate_common, Limits};
+use super::wire_in::ChatCompletionRequest;
 use super::wire_out::*;
 use super::{AppState, ResponseMeta};
-
-/// Roles passed to the chat template; `developer` is OpenAI's new name for `system`.
-fn template_role(role: &str, i: usize) -> Result<&'static str, ApiError> {
-    match role {
-        "system" | "developer" => Ok("system"),
-        "user" => Ok("user"),
-        "assistant" => Ok("assistant"),
-        "tool" | "function" => Err(ApiError::unsupported(
-            format!("messages[{i}].role"),
-            "is not supported yet: tool calling comes in a later release",
-        )),
-        other => Err(ApiError::invalid(
-            format!("Invalid role '{other}' in messages[{i}]: expected system, developer, user or assistant"),
-            format!("messages[{i}].role"),
-        )),
-    }
-}
-
-fn message_text(m: &ChatMessageIn, i: usize) -> Result<String, ApiError> {
-    match &m.content {
-        None => Err(ApiError::invalid(format!("messages[{i}].content is required"), format!("messages[{i}].content"))),
-        Some(MessageContent::Text(t)) => Ok(t.clone()),
-        Some(MessageContent::Parts(parts)) => {
-            let mut texts = Vec::with_capacity(parts.len());
-            for (j, part) in parts.iter().enumerate() {
-                let param = format!("messages[{i}].content[{j}]");
-                if part.kind != "text" {
-                    let msg = format!("Only text content parts are supported; {param} has type '{}'", part.kind);
-                    return Err(ApiError::invalid(msg, format!("{param}.type")));
-                }
-                refuse_extra(&part.extra, &format!("{param}."))?;
-                let Some(text) = &part.text else {
-                    return Err(ApiError::invalid(format!("{param}.text is required"), format!("{param}.text")));
-                };
-                texts.push(text.as_str());
-            }
-            Ok(texts.join("\n"))
-        }
-    }
-}
-
-/// Messages to template turns: text only, known roles only.
-pub fn flatten_messages(messages: &[ChatMessageIn]) -> Result<Vec<ChatTurn>, ApiError> {
-    if messages.is_empty() {
-        return Err(ApiError::invalid("messages must contain at least one message", "messages"));
-    }
-    messages
-        .iter()
-        .enumerate()
-        .map(|(i, m)| {
-            let role = template_role(&m.role, i)?;
-            refuse_extra(&m.extra, &format!("messages[{i}]."))?;
-            Ok(ChatTurn { role: role.to_string(), content: message_text(m, i)? })
-        })
-        .collect()
-}
+use crate::structured::GrammarSpec;
 
 /// `logprobs` + `top_logprobs` to the engine's Some(k).
 fn chat_logprobs(req: &ChatCompletionRequest, limits: &Limits) -> Result<Option<u32>, ApiError> {
@@ -115,12 +66,19 @@ pub async fn chat_completions(
     let max_param = if req.max_completion_tokens.is_some() { "max_completion_tokens" } else { "max_tokens" };
     let mut params = validate_common(&req.common(), max_param, &state.limits)?;
     params.sampling.logprobs = chat_logprobs(&req, &state.limits)?;
-    let turns = flatten_messages(&req.messages)?;
+    let messages = template_messages(&req.messages)?;
+    let plan = parse_plan(req.tools.as_ref(), req.tool_choice.as_ref(), req.parallel_tool_calls, state.tool_format)?;
+    let spec = request_grammar(&state, &req, plan.as_ref())?;
     let pending = admit(&state, &caller, &record)?;
+    let grammar = match spec {
+        Some((spec, param)) => Some(compile(&state, spec, param).await?),
+        None => None,
+    };
 
     let codec = state.codec.clone();
+    let prompt_plan = plan.clone();
     let ids = blocking(move || {
-        let text = codec.apply_chat_template(&turns, true).map_err(|e| codec_error(e, "messages"))?;
+        let text = render_prompt(codec.as_ref(), messages, prompt_plan.as_ref(), true).map_err(|e| codec_error(e, "messages"))?;
         codec.encode(&text, false).map_err(|e| codec_error(e, "messages"))
     })
     .await?;
@@ -130,108 +88,39 @@ pub async fn chat_completions(
 
     let meta = ResponseMeta::new("chatcmpl", &state);
     let prompt_lens = vec![ids.len()];
-    let jobs = vec![PromptJob { prompt_ids: ids, max_tokens }];
+    let jobs = vec![PromptJob { prompt_ids: ids, max_tokens, grammar }];
     let rxs = submit_all(&state, &meta.id, jobs, &params.sampling, &params.stop, params.n)?;
     let running = Running::new(rxs, params.n, prompt_lens, pending, record, state.clone());
+    let tools = plan.filter(ToolPlan::active).map(|p| p.format);
     if params.stream {
-        let format = ChatChunks { meta, codec: state.codec.clone(), include_usage: params.include_usage, choices: params.n };
+        let format = ChatChunks::new(meta, state.codec.clone(), params.include_usage, params.n, tools);
         return Ok(sse_response(running, format, Duration::from_secs(state.config.sse_keepalive)));
     }
-    Ok(Json(collect(running, meta, state.codec.as_ref()).await?).into_response())
+    Ok(Json(collect(running, meta, state.codec.as_ref(), tools).await?).into_response())
 }
 
-/// Waits for every choice and builds the whole response.
-async fn collect(mut running: Running, meta: ResponseMeta, codec: &dyn TextCodec) -> Result<ChatCompletionResponse, ApiError> {
-    let k = running.num_choices();
-    let mut texts = vec![String::new(); k];
-    let mut lps: Vec<Option<ChatLogprobs>> = vec![None; k];
-    let mut finish = vec!["stop"; k];
-    let usage = loop {
-        match running.next_step().await {
-            Some(Step::Delta(d)) => {
-                texts[d.choice].push_str(&d.text);
-                if let Some(lp) = &d.logprob {
-                    lps[d.choice].get_or_insert_with(Default::default).content.push(chat_logprob(codec, lp));
-                }
-                if let Some(f) = d.finish {
-                    finish[d.choice] = f;
-                }
-            }
-            Some(Step::Usage(u)) => break u,
-            Some(Step::Error(e)) => return Err(e),
-            None => return Err(ApiError::Internal("stream ended without usage".into())),
-        }
-    };
-    let choices = (0..k)
-        .map(|i| ChatChoice {
-            index: i,
-            message: ChatMessageOut { role: "assistant".into(), content: std::mem::take(&mut texts[i]), refusal: None },
-            logprobs: lps[i].take(),
-            finish_reason: finish[i].to_string(),
-        })
-        .collect();
-    Ok(ChatCompletionResponse {
-        id: meta.id,
-        object: "chat.completion".into(),
-        created: meta.created,
-        model: meta.model,
-        system_fingerprint: meta.fingerprint,
-        choices,
-        usage,
-    })
-}
-
-/// `chat.completion.chunk` payloads.
-struct ChatChunks {
-    meta: ResponseMeta,
-    codec: Arc<dyn TextCodec>,
-    include_usage: bool,
-    choices: usize,
-}
-
-impl ChatChunks {
-    fn chunk(&self, choices: Vec<ChatChunkChoice>, usage: Option<Usage>) -> String {
-        let chunk = ChatCompletionChunk {
-            id: self.meta.id.clone(),
-            object: "chat.completion.chunk".into(),
-            created: self.meta.created,
-            model: self.meta.model.clone(),
-            system_fingerprint: self.meta.fingerprint.clone(),
-            choices,
-            usage: self.include_usage.then_some(usage),
-        };
-        serde_json::to_string(&chunk).unwrap_or_default()
+/// The grammar a chat request generates under, with the parameter its
+/// errors name: the response format, else forced (or lazily constrained)
+/// tool calls.
+fn request_grammar(
+    state: &AppState,
+    req: &ChatCompletionRequest,
+    plan: Option<&ToolPlan>,
+) -> Result<Option<(GrammarSpec, &'static str)>, ApiError> {
+    let format = parse_response_format(req.response_format.as_ref())?;
+    let forced = plan.is_some_and(|p| matches!(p.choice, ToolChoice::Required | ToolChoice::Named(_)));
+    if format.is_some() && forced {
+        let msg = "response_format cannot be combined with tool_choice required or a named function";
+        return Err(ApiError::invalid(msg, "response_format"));
     }
-
-    fn one(&self, index: usize, delta: ChatDelta, logprobs: Option<ChatLogprobs>, finish: Option<&str>) -> String {
-        let choice = ChatChunkChoice { index, delta, logprobs, finish_reason: finish.map(str::to_string) };
-        self.chunk(vec![choice], None)
+    if let Some(f) = format {
+        return Ok(Some((f, "response_format")));
     }
-}
-
-impl ChunkFormat for ChatChunks {
-    fn prelude(&mut self) -> Vec<String> {
-        (0..self.choices)
-            .map(|i| {
-                let delta = ChatDelta { role: Some("assistant".into()), content: Some(String::new()) };
-                self.one(i, delta, None, None)
-            })
-            .collect()
-    }
-
-    fn delta(&mut self, d: Delta) -> Vec<String> {
-        let mut out = Vec::new();
-        if !d.text.is_empty() || d.logprob.is_some() {
-            let lp = d.logprob.as_ref().map(|lp| ChatLogprobs { content: vec![chat_logprob(self.codec.as_ref(), lp)], refusal: None });
-            out.push(self.one(d.choice, ChatDelta { role: None, content: Some(d.text) }, lp, None));
-        }
-        if let Some(f) = d.finish {
-            out.push(self.one(d.choice, ChatDelta::default(), None, Some(f)));
-        }
-        out
-    }
-
-    fn usage(&mut self, usage: Usage) -> Option<String> {
-        self.include_usage.then(|| self.chunk(Vec::new(), Some(usage)))
-    }
+    let Some(plan) = plan else { return Ok(None) };
+    let mistral = (plan.format == ToolFormat::Mistral)
+        .then(|| state.codec.encode("[TOOL_CALLS]", false).ok())
+        .flatten()
+        .filter(|ids| ids.len() == 1)
+        .map(|ids| ids[0]);
+    Ok(tool_grammar(plan, mistral).map(|g| (g, "tools")))
 }

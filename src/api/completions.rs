@@ -17,6 +17,7 @@ use super::logprobs::push_completion_logprob;
 use super::port::TextCodec;
 use super::reqlog::RequestRecord;
 use super::sse::{sse_response, ChunkFormat};
+use super::structured::{compile, parse_response_format};
 use super::validate::{check_token_id, fit_context, validate_common, Limits};
 use super::wire_in::{CompletionRequest, PromptSpec};
 use super::wire_out::*;
@@ -123,7 +124,12 @@ pub async fn completions(
     params.sampling.logprobs = completion_logprobs(&req, &state.limits)?;
     let echo = req.echo.unwrap_or(false);
     let raw = raw_prompts(&req.prompt, &state.limits)?;
+    let spec = parse_response_format(req.response_format.as_ref())?;
     let pending = admit(&state, &caller, &record)?;
+    let grammar = match spec {
+        Some(spec) => Some(compile(&state, spec, "response_format").await?),
+        None => None,
+    };
 
     let codec = state.codec.clone();
     let prompts = blocking(move || tokenize(codec.as_ref(), raw, echo)).await?;
@@ -136,7 +142,7 @@ pub async fn completions(
         }
         let max_tokens = fit_context(ids.len(), params.max_tokens, state.model.max_model_len, "prompt")?;
         charge += ids.len() + max_tokens * params.n;
-        jobs.push(PromptJob { prompt_ids: ids, max_tokens });
+        jobs.push(PromptJob { prompt_ids: ids, max_tokens, grammar: grammar.clone() });
         echoes.push(if echo { text } else { String::new() });
     }
     charge_tokens(&caller, &record, charge)?;

@@ -127,8 +127,8 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_kept_for_refusal() {
-        let r: ChatCompletionRequest = parse_json(br#"{"model":"m","messages":[],"tools":[],"foo":1}"#).unwrap();
-        assert!(r.extra.contains_key("tools") && r.extra.contains_key("foo"));
+        let r: ChatCompletionRequest = parse_json(br#"{"model":"m","messages":[],"functions":[],"foo":1}"#).unwrap();
+        assert!(r.extra.contains_key("functions") && r.extra.contains_key("foo"));
         assert!(!r.extra.contains_key("model"));
     }
 }

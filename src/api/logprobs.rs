@@ -25,6 +25,13 @@ pub fn token_text(codec: &dyn TextCodec, id: u32) -> String {
     codec.decode(&[id], false).unwrap_or_default()
 }
 
+/// The token's raw bytes (so that a character split over tokens rebuilds
+/// exactly when a choice's `bytes` are joined, as OpenAI documents); the
+/// decoded text's bytes when the codec does not know them.
+pub fn token_bytes(codec: &dyn TextCodec, id: u32, text: &str) -> Vec<u8> {
+    codec.token_bytes(id).unwrap_or_else(|| text.as_bytes().to_vec())
+}
+
 pub fn chat_logprob(codec: &dyn TextCodec, lp: &TokenLogprob) -> ChatTokenLogprob {
     let token = token_text(codec, lp.token_id);
     let top_logprobs = lp
@@ -32,10 +39,10 @@ pub fn chat_logprob(codec: &dyn TextCodec, lp: &TokenLogprob) -> ChatTokenLogpro
         .iter()
         .map(|&(id, logprob)| {
             let token = token_text(codec, id);
-            TopLogprob { bytes: Some(token.as_bytes().to_vec()), token, logprob: finite(logprob) }
+            TopLogprob { bytes: Some(token_bytes(codec, id, &token)), token, logprob: finite(logprob) }
         })
         .collect();
-    ChatTokenLogprob { bytes: Some(token.as_bytes().to_vec()), token, logprob: finite(lp.logprob), top_logprobs }
+    ChatTokenLogprob { bytes: Some(token_bytes(codec, lp.token_id, &token)), token, logprob: finite(lp.logprob), top_logprobs }
 }
 
 /// Appends one token to completions logprobs; `offset` is the character

@@ -10,7 +10,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use super::admit::{blocking, check_model, codec_error};
-use super::chat::flatten_messages;
+use super::messages::template_messages;
+use super::tools::prompt::render_prompt;
 use super::error::{ApiError, ErrorResponse};
 use super::json::ApiJson;
 use super::validate::{check_token_id, refuse_extra};
@@ -59,10 +60,10 @@ pub async fn tokenize(
             blocking(move || codec.encode(&prompt, special).map_err(|e| codec_error(e, "prompt"))).await?
         }
         (None, Some(messages)) => {
-            let turns = flatten_messages(&messages)?;
+            let messages = template_messages(&messages)?;
             let gen = req.add_generation_prompt.unwrap_or(true);
             blocking(move || {
-                let text = codec.apply_chat_template(&turns, gen).map_err(|e| codec_error(e, "messages"))?;
+                let text = render_prompt(codec.as_ref(), messages, None, gen).map_err(|e| codec_error(e, "messages"))?;
                 codec.encode(&text, false).map_err(|e| codec_error(e, "messages"))
             })
             .await?

@@ -13,12 +13,14 @@ pub mod adapters;
 pub mod admit;
 pub mod auth;
 pub mod chat;
+pub mod chat_out;
 pub mod cli;
 pub mod completions;
 pub mod error;
 pub mod events;
 pub mod json;
 pub mod logprobs;
+pub mod messages;
 pub mod metrics;
 pub mod misc;
 pub mod openapi;
@@ -27,6 +29,8 @@ pub mod ratelimit;
 pub mod reqlog;
 pub mod server;
 pub mod sse;
+pub mod structured;
+pub mod tools;
 pub mod validate;
 pub mod wire_in;
 pub mod wire_out;
@@ -78,15 +82,34 @@ pub struct AppState {
     pub pending: Arc<AtomicUsize>,
     /// `system_fingerprint`: fixed for one build serving one model.
     pub fingerprint: String,
+    /// Constrained decoding over the model's vocabulary (None: the codec
+    /// gives no vocabulary, and response_format / forced tool calls get 400).
+    pub grammars: Option<Arc<crate::structured::GrammarCompiler>>,
+    /// How tool calls are written: `--tool-call-parser`, else from the template.
+    pub tool_format: tools::ToolFormat,
 }
 
 impl AppState {
-    /// Checks the config once and loads keys.
+    /// Checks the config once and loads keys; builds the grammar compiler
+    /// over the codec's vocabulary.
     pub fn new(
         config: ServerConfig,
         engine: Arc<dyn Engine>,
         codec: Arc<dyn TextCodec>,
+        model: ModelInfo,
+    ) -> Result<Arc<AppState>, ConfigError> {
+        let grammars = structured::grammar_compiler(&codec, config.grammar_cache_size);
+        Self::with_grammars(config, engine, codec, model, grammars)
+    }
+
+    /// `new` sharing an existing grammar compiler (and its cache), as the
+    /// Batch API's executor does with the server's.
+    pub fn with_grammars(
+        config: ServerConfig,
+        engine: Arc<dyn Engine>,
+        codec: Arc<dyn TextCodec>,
         mut model: ModelInfo,
+        grammars: Option<Arc<crate::structured::GrammarCompiler>>,
     ) -> Result<Arc<AppState>, ConfigError> {
         config.check()?;
         let keys = auth::KeyStore::new(&config.keys()?);
@@ -101,6 +124,11 @@ impl AppState {
             max_model_len: model.max_model_len,
             vocab_size: codec.vocab_size(),
         };
+        let tool_format = match config.tool_call_parser.as_deref() {
+            Some(name) => tools::ToolFormat::from_name(name)
+                .ok_or_else(|| ConfigError::Invalid(format!("unknown --tool-call-parser '{name}'")))?,
+            None => tools::ToolFormat::from_template(codec.chat_template_source().as_deref()),
+        };
         let digest = blake3::hash(format!("kiln {} {} {}", env!("CARGO_PKG_VERSION"), model.name, model.max_model_len).as_bytes());
         let fingerprint = format!("fp_{}", &digest.to_hex()[..10]);
         Ok(Arc::new(AppState {
@@ -114,6 +142,8 @@ impl AppState {
             lifecycle: admit::Lifecycle::default(),
             pending: Arc::new(AtomicUsize::new(0)),
             fingerprint,
+            grammars,
+            tool_format,
         }))
     }
 }

@@ -59,10 +59,53 @@ pub enum CodecError {
     Other(String),
 }
 
-/// The tokenizer as the HTTP layer sees it.
+/// The tokenizer as the HTTP layer sees it. The provided methods are what
+/// a codec without them (a test fake) falls back to.
 pub trait TextCodec: Send + Sync + 'static {
     fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, CodecError>;
     fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, CodecError>;
     fn vocab_size(&self) -> usize;
     fn apply_chat_template(&self, turns: &[ChatTurn], add_generation_prompt: bool) -> Result<String, CodecError>;
+
+    /// Renders messages given as JSON objects (`content` may be null;
+    /// `tool_calls`, `tool_call_id`, `name` pass through) with the template's
+    /// `tools` variable. The fallback renders role and text turns only.
+    fn render_chat(
+        &self,
+        messages: &[serde_json::Value],
+        tools: Option<&serde_json::Value>,
+        add_generation_prompt: bool,
+    ) -> Result<String, CodecError> {
+        let _ = tools;
+        let turns: Vec<ChatTurn> = messages
+            .iter()
+            .map(|m| ChatTurn {
+                role: m["role"].as_str().unwrap_or_default().to_string(),
+                content: m["content"].as_str().unwrap_or_default().to_string(),
+            })
+            .collect();
+        self.apply_chat_template(&turns, add_generation_prompt)
+    }
+
+    /// Whether the chat template renders the `tools` variable itself.
+    fn template_supports_tools(&self) -> bool {
+        false
+    }
+
+    /// The chat template's source (to pick the tool-call format).
+    fn chat_template_source(&self) -> Option<String> {
+        None
+    }
+
+    /// The raw bytes of token `id` (None: unknown; the decoded text is used).
+    fn token_bytes(&self, id: u32) -> Option<Vec<u8>> {
+        let _ = id;
+        None
+    }
+
+    /// The vocabulary for constrained decoding; None: structured outputs
+    /// and constrained tool calls are unavailable.
+    fn grammar_vocab(&self) -> Option<crate::structured::VocabBytes> {
+        None
+    }
 }

@@ -58,6 +58,7 @@ async fn warm_up(state: Arc<AppState>) {
         stop: StopCriteria { max_tokens: 1, ignore_eos: true, ..Default::default() },
         n: 1,
         priority: Priority::Interactive,
+        grammar: None,
     };
     let mut rx = match state.engine.submit(req) {
         Ok(rx) => rx,

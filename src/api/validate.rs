@@ -32,15 +32,15 @@ pub struct ValidParams {
     pub include_usage: bool,
 }
 
-/// Fields OpenAI defines that come in a later release.
-const LATER: &[&str] = &["response_format", "tools", "tool_choice", "functions", "function_call", "parallel_tool_calls"];
+/// OpenAI's deprecated function-calling fields, which `tools` replaces.
+const DEPRECATED: &[&str] = &["functions", "function_call"];
 
 /// Refuses every non-null field kiln does not serve, naming it.
 pub fn refuse_extra(extra: &Map<String, Value>, prefix: &str) -> Result<(), ApiError> {
     let Some((name, _)) = extra.iter().find(|(_, v)| !v.is_null()) else { return Ok(()) };
     let param = format!("{prefix}{name}");
-    let why = if LATER.contains(&name.as_str()) {
-        "is not supported yet: structured output and tool calling come in a later release"
+    let why = if DEPRECATED.contains(&name.as_str()) {
+        "is deprecated by OpenAI and not served: use tools and tool_choice"
     } else {
         "is not supported by kiln"
     };
@@ -278,13 +278,13 @@ mod tests {
     #[test]
     fn extras_are_refused_by_name() {
         let mut extra = Map::new();
-        extra.insert("response_format".into(), serde_json::json!({"type": "json_object"}));
+        extra.insert("functions".into(), serde_json::json!([]));
         let r = validate_common(&CommonParams { extra: Some(&extra), ..Default::default() }, "max_tokens", &LIMITS);
         let e = r.unwrap_err();
-        assert_eq!(e.param().as_deref(), Some("response_format"));
-        assert!(e.to_string().contains("later release"), "{e}");
+        assert_eq!(e.param().as_deref(), Some("functions"));
+        assert!(e.to_string().contains("use tools"), "{e}");
         let mut nulls = Map::new();
-        nulls.insert("tools".into(), Value::Null);
+        nulls.insert("function_call".into(), Value::Null);
         assert!(validate_common(&CommonParams { extra: Some(&nulls), ..Default::default() }, "max_tokens", &LIMITS).is_ok());
     }
 

@@ -44,9 +44,17 @@ pub enum MessageContent {
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct ChatMessageIn {
-    /// system, developer, user or assistant.
+    /// system, developer, user, assistant or tool.
     pub role: String,
+    /// May be null or absent on an assistant message that has `tool_calls`.
     pub content: Option<MessageContent>,
+    /// A participant's name; passed to the chat template.
+    pub name: Option<String>,
+    /// An assistant's earlier calls: `[{"id", "type": "function", "function": {"name", "arguments"}}]`.
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub tool_calls: Option<Value>,
+    /// On a `tool` message: the call this is the result of.
+    pub tool_call_id: Option<String>,
     #[serde(flatten)]
     #[schema(ignore)]
     pub extra: Map<String, Value>,
@@ -112,6 +120,18 @@ pub struct ChatCompletionRequest {
     pub user: Option<String>,
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
+    /// `{"type": "text"}`, `{"type": "json_object"}` or `{"type": "json_schema",
+    /// "json_schema": {"name", "schema", "strict"}}`: enforced by constrained decoding.
+    #[schema(value_type = Option<Object>)]
+    pub response_format: Option<Value>,
+    /// Function tools: `[{"type": "function", "function": {"name", "description", "parameters"}}]`.
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub tools: Option<Value>,
+    /// "none", "auto", "required" or `{"type": "function", "function": {"name"}}`.
+    #[schema(value_type = Option<Object>)]
+    pub tool_choice: Option<Value>,
+    /// Whether one response may hold several calls (default true).
+    pub parallel_tool_calls: Option<bool>,
     #[serde(flatten)]
     #[schema(ignore)]
     pub extra: Map<String, Value>,
@@ -187,6 +207,9 @@ pub struct CompletionRequest {
     pub user: Option<String>,
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
+    /// As in chat completions (an extension of the legacy API, as in vLLM).
+    #[schema(value_type = Option<Object>)]
+    pub response_format: Option<Value>,
     #[serde(flatten)]
     #[schema(ignore)]
     pub extra: Map<String, Value>,

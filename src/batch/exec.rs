@@ -73,7 +73,7 @@ impl LineExecutor {
     pub fn new(main: &AppState) -> Result<LineExecutor, ConfigError> {
         let config = ServerConfig { api_keys: Vec::new(), api_key_file: None, cors_origins: Vec::new(), ..main.config.clone() };
         let engine: Arc<dyn Engine> = Arc::new(BatchPriority(main.engine.clone()));
-        let state = AppState::new(config, engine, main.codec.clone(), main.model.clone())?;
+        let state = AppState::with_grammars(config, engine, main.codec.clone(), main.model.clone(), main.grammars.clone())?;
         let router = Router::new()
             .route(Endpoint::ChatCompletions.as_str(), post(chat::chat_completions))
             .route(Endpoint::Completions.as_str(), post(completions::completions))

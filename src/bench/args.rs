@@ -136,6 +136,11 @@ pub struct WorkloadArgs {
     /// A JSON object merged into every request body (e.g. '{"min_tokens": 128}').
     #[arg(long)]
     pub extra_body: Option<String>,
+    /// A JSON schema file: every request asks for `response_format`
+    /// json_schema with it (constrained decoding). A file holding a whole
+    /// response_format object (`{"type": ...}`) is sent as it is.
+    #[arg(long)]
+    pub response_format: Option<PathBuf>,
     /// Seeds prompts and arrival times: the same seed gives the same workload.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,

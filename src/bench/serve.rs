@@ -89,15 +89,32 @@ async fn probe(target: &Target, prompt: &Prompt) -> Result<(), BenchError> {
     }
 }
 
+/// `--response-format FILE`: a schema becomes a strict json_schema format.
+fn response_format(path: &std::path::Path) -> Result<Value, BenchError> {
+    let bad = |m: String| BenchError::Usage(format!("--response-format {}: {m}", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let v: Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    if !v.is_object() {
+        return Err(bad("not a JSON object".into()));
+    }
+    if v.get("type").and_then(Value::as_str).is_some_and(|t| ["text", "json_object", "json_schema"].contains(&t)) {
+        return Ok(v);
+    }
+    Ok(serde_json::json!({"type": "json_schema", "json_schema": {"name": "bench", "schema": v, "strict": true}}))
+}
+
 pub async fn prepare(w: &WorkloadArgs) -> Result<Prepared, BenchError> {
     let slo = Slo::parse(&w.goodput)?;
-    let extra_body: Map<String, Value> = match &w.extra_body {
+    let mut extra_body: Map<String, Value> = match &w.extra_body {
         None => Map::new(),
         Some(s) => match serde_json::from_str(s) {
             Ok(Value::Object(m)) => m,
             _ => return Err(BenchError::Usage(format!("--extra-body must be a JSON object, got {s:?}"))),
         },
     };
+    if let Some(path) = &w.response_format {
+        extra_body.insert("response_format".into(), response_format(path)?);
+    }
     if w.request_timeout.is_nan() || w.request_timeout <= 0.0 {
         return Err(BenchError::Usage("--request-timeout must be positive".into()));
     }
@@ -177,4 +194,25 @@ pub async fn serve(args: &ServeArgs) -> Result<ServeOutcome, BenchError> {
         eprintln!("kiln bench: charts written: {}", files.join(", "));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::response_format;
+
+    #[test]
+    fn a_schema_file_becomes_a_strict_json_schema_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = dir.path().join("s.json");
+        std::fs::write(&schema, r#"{"type": "object", "properties": {"a": {"type": "integer"}}}"#).unwrap();
+        let f = response_format(&schema).unwrap();
+        assert_eq!(f["type"], "json_schema");
+        assert_eq!(f["json_schema"]["strict"], true);
+        assert_eq!(f["json_schema"]["schema"]["properties"]["a"]["type"], "integer");
+        let whole = dir.path().join("f.json");
+        std::fs::write(&whole, r#"{"type": "json_object"}"#).unwrap();
+        assert_eq!(response_format(&whole).unwrap(), serde_json::json!({"type": "json_object"}));
+        std::fs::write(&whole, "[1]").unwrap();
+        assert!(response_format(&whole).is_err());
+    }
 }

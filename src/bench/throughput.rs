@@ -39,6 +39,7 @@ fn request(i: usize, ids: Vec<u32>, output_len: usize, seed: Option<u64>) -> Val
         stop: StopCriteria { max_tokens: output_len, ignore_eos: true, ..Default::default() },
         n: 1,
         priority: Priority::Interactive,
+        grammar: None,
     }
 }
 

@@ -18,12 +18,14 @@ use rand::RngCore;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::config::EngineConfig;
+use super::constrain::Constraints;
 use super::output::{Finish, SeqOutput, StopRules, TextDecoder};
 use super::scheduler::{NewRequest, Scheduler, SchedulerOutput};
 use super::sequence::SeqId;
 use super::stats::StatsCells;
 use super::types::{EventKind, FinishReason, TokenEvent, TokenLogprob, ValidRequest};
 use crate::runner::{ModelRunner, Sampled};
+use crate::sampling::TokenMask;
 
 pub(crate) enum EngineMsg {
     Add(Box<ValidRequest>, UnboundedSender<TokenEvent>),
@@ -44,6 +46,8 @@ pub(crate) struct EngineCore {
     cfg: EngineConfig,
     requests: HashMap<u64, RequestState>,
     outputs: HashMap<SeqId, SeqOutput>,
+    /// Grammar states of the constrained sequences.
+    constraints: Constraints,
     next_request: u64,
     stats: Arc<StatsCells>,
     /// Sequences taken from the inbox since counters were last published.
@@ -58,7 +62,9 @@ impl EngineCore {
         decoder: Arc<dyn TextDecoder>,
         stats: Arc<StatsCells>,
     ) -> EngineCore {
+        let constraints = Constraints::new(runner.vocab_size());
         EngineCore {
+            constraints,
             sched,
             runner,
             decoder,
@@ -156,6 +162,9 @@ impl EngineCore {
         });
         for &id in &ids {
             self.outputs.insert(id, SeqOutput::new(rules.clone(), self.decoder.stream(&req.prompt_ids)));
+            if let Some(g) = &req.grammar {
+                self.constraints.add(id, g.start());
+            }
         }
         self.requests.insert(key, RequestState { tx, live: ids, prompt_len: req.prompt_ids.len() });
     }
@@ -173,6 +182,7 @@ impl EngineCore {
             for id in r.live {
                 self.sched.remove(id);
                 self.outputs.remove(&id);
+                self.constraints.remove(id);
             }
             self.stats.requests_finished.fetch_add(1, Relaxed);
         }
@@ -194,12 +204,19 @@ impl EngineCore {
         self.stats.steps.fetch_add(1, Relaxed);
         self.stats.computed_tokens_total.fetch_add(out.num_batched_tokens as u64, Relaxed);
         match result {
-            Ok(sampled) => {
+            Ok((sampled, mut failed)) => {
                 let ids: Vec<u32> = sampled.iter().map(|s| s.token_id).collect();
                 let appended = self.sched.update(&out, &ids);
                 self.stats.generation_tokens_total.fetch_add(appended.len() as u64, Relaxed);
                 for ((seq, tok), s) in appended.into_iter().zip(sampled) {
-                    self.on_token(seq, tok, s.logprob);
+                    // A sibling's failure may have ended this sequence already.
+                    if !self.outputs.contains_key(&seq) {
+                        continue;
+                    }
+                    match failed.remove(&seq) {
+                        Some(msg) => self.fail_request(self.sched.seq(seq).request, &msg),
+                        None => self.on_token(seq, tok, s.logprob),
+                    }
                 }
             }
             Err(msg) => {
@@ -212,14 +229,26 @@ impl EngineCore {
         }
     }
 
-    /// Runs the step on the runner; a runner error or panic becomes a message.
-    fn execute(&mut self, out: &SchedulerOutput) -> Result<Vec<Sampled>, String> {
+    /// Runs the step on the runner while a worker thread computes the masks
+    /// of its constrained sequences; a runner error or panic becomes a
+    /// message. Also returns the sequences whose grammar failed this step.
+    fn execute(&mut self, out: &SchedulerOutput) -> Result<(Vec<Sampled>, HashMap<SeqId, String>), String> {
+        let plan = self.constraints.plan(out);
+        let masks: Vec<TokenMask> = plan.iter().map(|_| TokenMask::new()).collect();
         let (batch, mut reqs) = self.sched.prepare(out);
+        for (&(row, _), mask) in plan.iter().zip(&masks) {
+            reqs[row].allowed_tokens = Some(mask);
+        }
         let want = reqs.len();
-        let runner = &mut self.runner;
-        let res = std::panic::catch_unwind(AssertUnwindSafe(|| runner.execute(&batch, &mut reqs)));
+        let (runner, constraints) = (&mut self.runner, &mut self.constraints);
+        let (res, failed) = std::thread::scope(|s| {
+            let worker = (!plan.is_empty()).then(|| s.spawn(|| constraints.compute(&plan, &masks)));
+            let res = std::panic::catch_unwind(AssertUnwindSafe(|| runner.execute(&batch, &mut reqs)));
+            let failed = worker.map(|w| w.join().unwrap_or_default()).unwrap_or_default();
+            (res, failed)
+        });
         match res {
-            Ok(Ok(s)) if s.len() == want => Ok(s),
+            Ok(Ok(s)) if s.len() == want => Ok((s, failed)),
             Ok(Ok(s)) => Err(format!("runner returned {} samples for {want} sequences", s.len())),
             Ok(Err(e)) => Err(format!("{e:#}")),
             Err(_) => Err("the model runner panicked".into()),
@@ -230,7 +259,14 @@ impl EngineCore {
         let seq = self.sched.seq(id);
         let (key, index, len) = (seq.request, seq.index, seq.num_tokens());
         let out = self.outputs.get_mut(&id).expect("output of a live sequence");
-        let (event, finish) = out.on_token(tok, logprob, len);
+        let complete = match self.constraints.advance(id, tok, out.is_stop_id(tok)) {
+            Ok(c) => c,
+            Err(msg) => return self.fail_request(key, &msg),
+        };
+        let (event, mut finish) = out.on_token(tok, logprob, len);
+        if complete && finish.is_none() {
+            finish = Some(out.finish_complete());
+        }
         if let (Some(kind), Some(r)) = (event, self.requests.get(&key)) {
             let _ = r.tx.send(TokenEvent { index, kind });
         }
@@ -241,6 +277,7 @@ impl EngineCore {
 
     /// Ends one sequence: frees its blocks and sends `Finished`.
     fn finish_seq(&mut self, id: SeqId, f: Finish) {
+        self.constraints.remove(id);
         let seq = self.sched.remove(id);
         let out = self.outputs.remove(&id).expect("output of a live sequence");
         let Some(r) = self.requests.get_mut(&seq.request) else { return };

@@ -9,6 +9,7 @@
 //! ```
 
 pub mod config;
+mod constrain;
 mod core;
 pub mod fake;
 pub mod handle;

@@ -175,6 +175,7 @@ impl PromptLine {
             },
             n: self.n.unwrap_or(1),
             priority: Priority::Interactive,
+            grammar: None,
         })
     }
 }

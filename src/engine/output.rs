@@ -113,6 +113,17 @@ impl SeqOutput {
         }
     }
 
+    /// Whether `id` ends the sequence by itself (a stop id or EOS).
+    pub fn is_stop_id(&self, id: u32) -> bool {
+        self.rules.stop_ids.contains(&id)
+    }
+
+    /// Ends the sequence now with `Stop` (its grammar is complete),
+    /// flushing held text.
+    pub fn finish_complete(&mut self) -> Finish {
+        self.finish_with(FinishReason::Stop)
+    }
+
     /// Flushes held text; a stop string completed by the flush still stops.
     fn finish_with(&mut self, reason: FinishReason) -> Finish {
         let tail = self.text.finish();

@@ -354,7 +354,13 @@ impl Scheduler {
                 let seq = by_slot[s.id.0 as usize].take().expect("each sequence scheduled once");
                 let Sequence { tokens, prompt_len, params, rng, .. } = seq;
                 let (tokens, params): (&Vec<u32>, &Arc<SamplingParams>) = (tokens, params);
-                SampleRequest { params, rng, prompt: &tokens[..*prompt_len], output: &tokens[*prompt_len..] }
+                SampleRequest {
+                    params,
+                    rng,
+                    prompt: &tokens[..*prompt_len],
+                    output: &tokens[*prompt_len..],
+                    allowed_tokens: None,
+                }
             })
             .collect();
         (batch, reqs)

@@ -1,7 +1,10 @@
 //! Plain data crossing the engine boundary: what a request asks for
 //! (`ValidRequest`) and what the engine sends back (`TokenEvent`).
 
+use std::sync::Arc;
+
 use crate::sampling::SamplingParams;
+use crate::structured::CompiledGrammar;
 
 /// Scheduling class: interactive requests always go first; batch requests
 /// fill what capacity interactive traffic leaves free.
@@ -35,6 +38,9 @@ pub struct ValidRequest {
     /// Number of independent completions sharing the prompt's KV blocks.
     pub n: usize,
     pub priority: Priority,
+    /// Constrained decoding: every sequence's output must match this
+    /// grammar (each starts its own copy); a complete grammar ends it.
+    pub grammar: Option<Arc<CompiledGrammar>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

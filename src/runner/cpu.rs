@@ -6,7 +6,7 @@ use crate::backend::cpu::KvCache;
 use crate::model::config::ModelConfig;
 use crate::model::llama::LlamaModel;
 use crate::model::BatchInput;
-use crate::sampling::sample;
+use crate::sampling::sample_masked;
 use rayon::prelude::*;
 
 pub struct CpuRunner {
@@ -46,7 +46,9 @@ impl ModelRunner for CpuRunner {
             .par_chunks_mut(vocab)
             .zip(reqs.par_iter_mut())
             .map(|(row, r)| {
-                let (token_id, logprob) = sample(row, r.params, r.rng, r.prompt, r.output);
+                // Only a constrained row waits for its mask; the others sample at once.
+                let mask = r.allowed_tokens.map(|m| m.wait());
+                let (token_id, logprob) = sample_masked(row, r.params, r.rng, r.prompt, r.output, mask.as_deref());
                 Sampled { token_id, logprob }
             })
             .collect())

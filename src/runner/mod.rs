@@ -5,7 +5,7 @@ pub mod cpu;
 
 use crate::engine::TokenLogprob;
 use crate::model::BatchInput;
-use crate::sampling::SamplingParams;
+use crate::sampling::{SamplingParams, TokenMask};
 
 /// What sampling needs for one sequence that wants logits this step.
 pub struct SampleRequest<'a> {
@@ -15,6 +15,14 @@ pub struct SampleRequest<'a> {
     /// Prompt ids and ids generated so far (for repetition/frequency/presence penalties).
     pub prompt: &'a [u32],
     pub output: &'a [u32],
+    /// Constrained decoding: the tokens this sequence may sample next, as a
+    /// packed bitmask of `ceil(vocab_size / 32)` words (bit `i % 32` of word
+    /// `i / 32` set = token `i` allowed; see `sampling::mask`). The grammar
+    /// worker fills it while the forward pass runs: a runner calls
+    /// `TokenMask::wait` only for this sequence's row, after launching the
+    /// forward pass and before sampling it, then applies it after the
+    /// penalties (disallowed logits become -inf). None: unconstrained.
+    pub allowed_tokens: Option<&'a TokenMask>,
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -1,6 +1,6 @@
 //! Logits processors and samplers: greedy, temperature, top-k, top-p, min-p,
-//! repetition / frequency / presence penalties, logit bias, with a seeded RNG
-//! per sequence.
+//! repetition / frequency / presence penalties, logit bias, allowed-token
+//! masks (constrained decoding), with a seeded RNG per sequence.
 
 /// Per-request sampling parameters, already validated by the API layer.
 #[derive(Clone, Debug, PartialEq)]
@@ -51,5 +51,7 @@ impl SamplingParams {
     }
 }
 
+pub mod mask;
 mod sampler;
-pub use sampler::{apply_processors, log_softmax, sample, seeded_rng};
+pub use mask::TokenMask;
+pub use sampler::{apply_processors, log_softmax, sample, sample_masked, seeded_rng};

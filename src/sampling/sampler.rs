@@ -1,6 +1,7 @@
 //! One sampling step over one row of logits:
 //!
 //! logits -> logit_bias -> repetition/frequency/presence penalties
+//!        -> allowed-token mask (constrained decoding: others become -inf)
 //!        -> [logprobs taken here] -> greedy argmax, or
 //!           temperature -> top-k -> top-p -> min-p -> draw with the sequence's RNG
 
@@ -91,16 +92,38 @@ pub fn sample(
     prompt: &[u32],
     output: &[u32],
 ) -> (u32, Option<TokenLogprob>) {
+    sample_masked(logits, p, rng, prompt, output, None)
+}
+
+/// `sample` restricted to the tokens of a packed allowed-token mask (see
+/// `mask`); the mask is applied after the penalties, so logprobs are those
+/// of the constrained distribution. A mask allowing no token is ignored.
+pub fn sample_masked(
+    logits: &mut [f32],
+    p: &SamplingParams,
+    rng: &mut ChaCha8Rng,
+    prompt: &[u32],
+    output: &[u32],
+    allowed: Option<&[u32]>,
+) -> (u32, Option<TokenLogprob>) {
     apply_processors(logits, p, prompt, output);
+    if let Some(mask) = allowed {
+        super::mask::apply_mask(logits, mask);
+    }
     let id = if p.temperature <= 0.0 { argmax(logits) as u32 } else { draw(logits, p, rng) };
     let lp = p.logprobs.map(|k| logprob_of(logits, id, k));
     (id, lp)
 }
 
-/// Samples from the filtered, temperature-scaled distribution.
+/// Samples from the filtered, temperature-scaled distribution. Tokens at
+/// minus infinity (masked out) are never candidates.
 fn draw(logits: &[f32], p: &SamplingParams, rng: &mut ChaCha8Rng) -> u32 {
     let inv_t = 1.0 / p.temperature;
-    let mut cand: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l * inv_t)).collect();
+    let mut cand: Vec<(u32, f32)> =
+        logits.iter().enumerate().filter(|(_, l)| **l != f32::NEG_INFINITY).map(|(i, &l)| (i as u32, l * inv_t)).collect();
+    if cand.is_empty() {
+        return 0;
+    }
     let desc = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
     if p.top_k > 0 && (p.top_k as usize) < cand.len() {
         cand.select_nth_unstable_by(p.top_k as usize - 1, desc);
@@ -207,6 +230,26 @@ mod tests {
         let mut l = vec![4.0f32, -4.0, 1.0, 10.0];
         apply_processors(&mut l, &p, &[0], &[1, 1, 2]);
         assert_eq!(l, vec![2.0, -8.0 - 1.0 - 0.25, 0.5 - 0.5 - 0.25, -90.0]);
+    }
+
+    #[test]
+    fn mask_restricts_greedy_and_sampled_choices() {
+        let mut mask = vec![0u32; 1];
+        mask[0] |= 1 << 1 | 1 << 3;
+        let logits = vec![9.0f32, 1.0, 8.0, 0.5];
+        let mut rng = seeded_rng(Some(5), 0);
+        let (g, _) = sample_masked(&mut logits.clone(), &params(0.0), &mut rng, &[], &[], Some(&mask));
+        assert_eq!(g, 1);
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..2000 {
+            seen.insert(sample_masked(&mut logits.clone(), &params(1.5), &mut rng, &[], &[], Some(&mask)).0);
+        }
+        assert_eq!(seen.into_iter().collect::<Vec<_>>(), vec![1, 3]);
+        // Logprobs are those of the constrained distribution.
+        let p = SamplingParams { logprobs: Some(1), ..params(0.0) };
+        let (_, lp) = sample_masked(&mut logits.clone(), &p, &mut rng, &[], &[], Some(&mask));
+        let want = log_softmax(&[1.0, 0.5])[0];
+        assert!((lp.unwrap().logprob - want).abs() < 1e-6);
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     bos_token: String,
     eos_token: String,
+    source: String,
 }
 
 const NAME: &str = "chat";
@@ -52,7 +53,43 @@ impl ChatTemplate {
             env,
             bos_token: bos_token.unwrap_or_default(),
             eos_token: eos_token.unwrap_or_default(),
+            source: source.to_string(),
         })
+    }
+
+    /// The template's Jinja source.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Whether the template reads the `tools` variable (Qwen2.5/3, Llama
+    /// 3.1+, Mistral and Hermes templates do; SmolLM2's does not).
+    pub fn uses_tools(&self) -> bool {
+        let tmpl = match self.env.get_template(NAME) {
+            Ok(t) => t,
+            Err(_) => return false,
+        };
+        tmpl.undeclared_variables(false).contains("tools")
+    }
+
+    /// Renders messages given as JSON objects (so `content: null`,
+    /// `tool_calls`, `tool_call_id` and `name` reach the template as
+    /// transformers passes them), with `tools` when Some.
+    pub fn render_json(
+        &self,
+        messages: &[serde_json::Value],
+        tools: Option<&serde_json::Value>,
+        add_generation_prompt: bool,
+    ) -> Result<String, TokenizerError> {
+        let tmpl = self.env.get_template(NAME).map_err(|e| TokenizerError::Template(describe(&e)))?;
+        let ctx = minijinja::context! {
+            messages => messages,
+            tools => tools,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => &self.bos_token,
+            eos_token => &self.eos_token,
+        };
+        tmpl.render(ctx).map_err(|e| TokenizerError::Template(describe(&e)))
     }
 
     /// Renders the conversation; with `add_generation_prompt` the template

@@ -8,6 +8,7 @@
 //! inner tokenizer's own post-processor is used only for Hugging Face
 //! directories (it is how transformers adds them there).
 
+mod bytes;
 mod chat;
 mod detok;
 mod gguf;
@@ -57,6 +58,20 @@ pub(crate) struct SpecialIds {
     pub use_post_processor: bool,
 }
 
+/// The bytes of every id below `vocab_size`: added tokens are their
+/// content, vocabulary entries are read with the decoder's byte spelling.
+fn all_token_bytes(inner: &tokenizers::Tokenizer, vocab_size: usize) -> Vec<Vec<u8>> {
+    let spelling = bytes::spelling_of(inner.get_decoder());
+    let table = bytes::byte_level_decoder();
+    let added = inner.get_added_tokens_decoder();
+    (0..vocab_size as u32)
+        .map(|id| match added.get(&id) {
+            Some(t) => t.content.as_bytes().to_vec(),
+            None => inner.id_to_token(id).map(|p| bytes::piece_bytes(&p, spelling, &table)).unwrap_or_default(),
+        })
+        .collect()
+}
+
 /// A model's tokenizer. Cheap to share behind `Arc`; all methods take `&self`.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
@@ -67,6 +82,8 @@ pub struct Tokenizer {
     /// Highest id + 1 (computed once: the inner tokenizer rebuilds its whole
     /// vocabulary map to count it).
     vocab_size: usize,
+    /// Raw bytes of each id (see `bytes`); empty for ids with no entry.
+    token_bytes: Vec<Vec<u8>>,
 }
 
 impl Tokenizer {
@@ -105,7 +122,15 @@ impl Tokenizer {
             .map(|(id, _)| *id)
             .collect();
         let vocab_size = inner.get_vocab(true).values().max().map_or(0, |&m| m as usize + 1);
-        Tokenizer { inner, ids, special, chat, vocab_size }
+        let token_bytes = all_token_bytes(&inner, vocab_size);
+        Tokenizer { inner, ids, special, chat, vocab_size, token_bytes }
+    }
+
+    /// The raw bytes token `id` adds to the output (part of a UTF-8
+    /// character for byte tokens); None for an id out of range. Special
+    /// tokens give their text.
+    pub fn token_bytes(&self, id: u32) -> Option<&[u8]> {
+        self.token_bytes.get(id as usize).map(Vec::as_slice)
     }
 
     /// Token ids of `text`. With `add_special_tokens` the model's BOS (and
@@ -174,6 +199,30 @@ impl Tokenizer {
     /// Whether the model ships a chat template.
     pub fn has_chat_template(&self) -> bool {
         self.chat.is_some()
+    }
+
+    /// Whether the chat template renders the `tools` variable (tool-call
+    /// prompting through the model's own format).
+    pub fn chat_template_supports_tools(&self) -> bool {
+        self.chat.as_ref().is_some_and(ChatTemplate::uses_tools)
+    }
+
+    /// The chat template's source, when there is one.
+    pub fn chat_template_source(&self) -> Option<&str> {
+        self.chat.as_ref().map(ChatTemplate::source)
+    }
+
+    /// Renders the chat template over messages given as JSON objects
+    /// (`content` may be null, `tool_calls`, `tool_call_id` and `name` are
+    /// passed through) with the `tools` variable set when `tools` is Some.
+    pub fn apply_chat_template_json(
+        &self,
+        messages: &[serde_json::Value],
+        tools: Option<&serde_json::Value>,
+        add_generation_prompt: bool,
+    ) -> Result<String, TokenizerError> {
+        let chat = self.chat.as_ref().ok_or(TokenizerError::NoChatTemplate)?;
+        chat.render_json(messages, tools, add_generation_prompt)
     }
 
     /// Renders the model's chat template over `messages`.

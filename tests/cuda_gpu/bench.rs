@@ -68,7 +68,7 @@ fn copy_bandwidth(dev: &Device) -> f64 {
 }
 
 fn greedy_reqs<'a>(g: &'a SamplingParams, rngs: &'a mut [rand_chacha::ChaCha8Rng]) -> Vec<SampleRequest<'a>> {
-    rngs.iter_mut().map(|rng| SampleRequest { params: g, rng, prompt: &[], output: &[] }).collect()
+    rngs.iter_mut().map(|rng| SampleRequest { params: g, rng, prompt: &[], output: &[], allowed_tokens: None }).collect()
 }
 
 /// Batch-1 decode: 128 prompt tokens, then 256 timed steps.
@@ -219,6 +219,7 @@ fn offline_throughput() {
                 stop: kiln::engine::StopCriteria { max_tokens: 128, ignore_eos: true, ..Default::default() },
                 n: 1,
                 priority: Default::default(),
+                grammar: None,
             };
             engine.submit(req).unwrap()
         })

@@ -78,7 +78,7 @@ fn greedy_gpu(r: &mut CudaRunner, prompts: &[Vec<u32>], steps: usize, per: usize
             .collect();
         let refs: Vec<(&[u32], usize, &[u32], bool)> = seqs.iter().zip(&tables).map(|((t, c), tb)| (&t[..], *c, &tb[..], true)).collect();
         let batch = BatchInput::build(BS, &refs);
-        let mut reqs: Vec<SampleRequest> = rngs.iter_mut().enumerate().map(|(i, rng)| SampleRequest { params: &g, rng, prompt: &prompts[i], output: &[] }).collect();
+        let mut reqs: Vec<SampleRequest> = rngs.iter_mut().enumerate().map(|(i, rng)| SampleRequest { params: &g, rng, prompt: &prompts[i], output: &[], allowed_tokens: None }).collect();
         let sampled = r.execute(&batch, &mut reqs).unwrap();
         for (o, s) in outs.iter_mut().zip(sampled) {
             o.push(s.token_id);

@@ -48,7 +48,7 @@ fn arrays(dev: &Device, b: &SamplingBatch, seeds: &[u64], steps: &[u64]) -> Dev 
 
 fn batch(params: &[SamplingParams], prompt: &[u32], output: &[u32]) -> SamplingBatch {
     let mut rngs: Vec<ChaCha8Rng> = (0..params.len()).map(|i| ChaCha8Rng::seed_from_u64(i as u64)).collect();
-    let mut reqs: Vec<SampleRequest> = params.iter().zip(rngs.iter_mut()).map(|(p, rng)| SampleRequest { params: p, rng, prompt, output }).collect();
+    let mut reqs: Vec<SampleRequest> = params.iter().zip(rngs.iter_mut()).map(|(p, rng)| SampleRequest { params: p, rng, prompt, output, allowed_tokens: None }).collect();
     SamplingBatch::build(&mut reqs)
 }
 

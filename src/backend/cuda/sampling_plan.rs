@@ -168,8 +168,8 @@ mod tests {
         let (mut r0, mut r1) = (ChaCha8Rng::seed_from_u64(1), ChaCha8Rng::seed_from_u64(2));
         let mut expect_rng = ChaCha8Rng::seed_from_u64(2);
         let mut reqs = vec![
-            SampleRequest { params: &greedy, rng: &mut r0, prompt: &[1, 2], output: &[] },
-            SampleRequest { params: &pen, rng: &mut r1, prompt: &[4, 3, 4], output: &[3, 9, 3] },
+            SampleRequest { params: &greedy, rng: &mut r0, prompt: &[1, 2], output: &[], allowed_tokens: None },
+            SampleRequest { params: &pen, rng: &mut r1, prompt: &[4, 3, 4], output: &[3, 9, 3], allowed_tokens: None },
         ];
         let b = SamplingBatch::build(&mut reqs);
         assert_eq!(b.rows(), 2);
@@ -191,7 +191,7 @@ mod tests {
         let p = SamplingParams::greedy();
         let mut rng = ChaCha8Rng::seed_from_u64(9);
         let before = rng.clone();
-        SamplingBatch::build(&mut [SampleRequest { params: &p, rng: &mut rng, prompt: &[], output: &[] }]);
+        SamplingBatch::build(&mut [SampleRequest { params: &p, rng: &mut rng, prompt: &[], output: &[], allowed_tokens: None }]);
         assert_eq!(rng, before);
     }
 
@@ -211,7 +211,7 @@ mod tests {
         let mut want = logits.clone();
         crate::sampling::apply_processors(&mut want, &p, &prompt, &output);
         let mut rng = ChaCha8Rng::seed_from_u64(0);
-        let b = SamplingBatch::build(&mut [SampleRequest { params: &p, rng: &mut rng, prompt: &prompt, output: &output }]);
+        let b = SamplingBatch::build(&mut [SampleRequest { params: &p, rng: &mut rng, prompt: &prompt, output: &output, allowed_tokens: None }]);
         let mut got = logits;
         for (i, &id) in b.bias_ids.iter().enumerate() {
             got[id as usize] += b.bias_values[i];

@@ -1,0 +1,149 @@
+//! Grammar compilation with a bounded cache, and the per-sequence matcher
+//! state the engine advances token by token.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use llguidance::{Matcher, ParserFactory};
+use toktrie::TokEnv;
+
+use super::cache::LruCache;
+use super::spec::GrammarSpec;
+use super::tokenv::{KilnTokEnv, TokenizeFn, VocabBytes};
+use crate::sampling::mask::mask_words;
+
+/// Compiled grammars kept by default (`--grammar-cache-size`).
+pub const DEFAULT_CACHE_SIZE: usize = 256;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GrammarError {
+    /// The grammar or schema is malformed, or uses a feature llguidance
+    /// cannot enforce; the message is llguidance's and names the feature.
+    #[error("{0}")]
+    Invalid(String),
+    /// The vocabulary cannot be turned into a token trie.
+    #[error("cannot prepare constrained decoding for this tokenizer: {0}")]
+    Vocabulary(String),
+}
+
+/// Compiles `GrammarSpec`s over one model's vocabulary.
+pub struct GrammarCompiler {
+    factory: ParserFactory,
+    cache: Mutex<LruCache<Arc<CompiledGrammar>>>,
+}
+
+/// What `compile` returns: the grammar and how it was obtained.
+pub struct Compiled {
+    pub grammar: Arc<CompiledGrammar>,
+    pub cache_hit: bool,
+    /// Time spent compiling (zero on a cache hit).
+    pub compile_time: Duration,
+}
+
+impl GrammarCompiler {
+    /// Builds the token trie and llguidance's parser factory (tens of ms for
+    /// a 50k vocabulary). `cache_size` bounds the compiled-grammar cache.
+    pub fn new(vocab: &VocabBytes, tokenize: TokenizeFn, cache_size: usize) -> Result<GrammarCompiler, GrammarError> {
+        if vocab.tokens.is_empty() || vocab.eos_ids.is_empty() {
+            return Err(GrammarError::Vocabulary("the vocabulary is empty or names no EOS token".into()));
+        }
+        let env: TokEnv = Arc::new(KilnTokEnv::new(vocab, tokenize));
+        let mut factory = ParserFactory::new_simple(&env).map_err(|e| GrammarError::Vocabulary(format!("{e:#}")))?;
+        factory.quiet();
+        Ok(GrammarCompiler { factory, cache: Mutex::new(LruCache::new(cache_size)) })
+    }
+
+    /// The compiled grammar of `spec`, from the cache when it is there. A
+    /// grammar that fails to compile, or allows no first token, is an error.
+    pub fn compile(&self, spec: &GrammarSpec) -> Result<Compiled, GrammarError> {
+        let key = spec.cache_key();
+        if let Some(g) = self.lock().get(&key) {
+            return Ok(Compiled { grammar: g, cache_hit: true, compile_time: Duration::ZERO });
+        }
+        let start = Instant::now();
+        let parser = self.factory.create_parser(spec.to_llguidance()).map_err(|e| GrammarError::Invalid(format!("{e:#}")))?;
+        let matcher = Matcher::new(Ok(parser));
+        if let Some(e) = matcher.get_error() {
+            return Err(GrammarError::Invalid(e));
+        }
+        let vocab_size = self.factory.tok_env().tok_trie().vocab_size();
+        let grammar = Arc::new(CompiledGrammar { matcher, vocab_size });
+        // An unsatisfiable schema shows up as a first mask with no token.
+        grammar.start().next_mask(mask_words(vocab_size)).map_err(GrammarError::Invalid)?;
+        let compile_time = start.elapsed();
+        self.lock().insert(key, grammar.clone());
+        Ok(Compiled { grammar, cache_hit: false, compile_time })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<Arc<CompiledGrammar>>> {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// llguidance's errors carry a dump of the parser state after the first
+/// line; clients get the first line.
+fn first_line(e: &str) -> &str {
+    e.lines().next().unwrap_or(e).trim()
+}
+
+/// A mask error as a message; llguidance's `NoExtensionBias` means that no
+/// token of the vocabulary can continue the output.
+fn describe(e: &str) -> String {
+    if e.contains("NoExtensionBias") {
+        "the grammar allows no next token (no token of the vocabulary continues the output)".into()
+    } else {
+        format!("grammar error: {}", first_line(e))
+    }
+}
+
+/// A compiled grammar in its start state; each sequence starts its own copy.
+pub struct CompiledGrammar {
+    matcher: Matcher,
+    vocab_size: usize,
+}
+
+impl fmt::Debug for CompiledGrammar {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CompiledGrammar(vocab {})", self.vocab_size)
+    }
+}
+
+impl CompiledGrammar {
+    /// A fresh matcher for one sequence (it shares the compiled lexer).
+    pub fn start(&self) -> GrammarState {
+        GrammarState { matcher: self.matcher.clone() }
+    }
+}
+
+/// One sequence's position in its grammar.
+pub struct GrammarState {
+    matcher: Matcher,
+}
+
+impl GrammarState {
+    /// The packed mask of tokens allowed next, `words` words long (the
+    /// model's vocabulary may be padded past the tokenizer's). When the
+    /// grammar is complete only the EOS tokens are allowed. An error, or a
+    /// mask allowing no token at all, is returned as a message.
+    pub fn next_mask(&mut self, words: usize) -> Result<Vec<u32>, String> {
+        let vob = self.matcher.compute_mask_or_eos().map_err(|e| describe(&format!("{e:#}")))?;
+        let mut out = vob.as_slice().to_vec();
+        out.resize(words, 0);
+        if out.iter().all(|&w| w == 0) {
+            return Err("the grammar allows no next token".into());
+        }
+        Ok(out)
+    }
+
+    /// Advances over a sampled token; a token the grammar does not allow is
+    /// an error (the mask was not applied).
+    pub fn consume(&mut self, token: u32) -> Result<(), String> {
+        self.matcher.consume_token(token).map_err(|e| format!("the output left its grammar: {}", first_line(&format!("{e:#}"))))
+    }
+
+    /// The grammar is complete and allows nothing more: the sequence ends.
+    pub fn is_finished(&self) -> bool {
+        self.matcher.is_stopped()
+    }
+}

@@ -1,0 +1,276 @@
+"""Structured outputs and tool calls through the official `openai` SDK
+against a real `kiln serve` on the default model. The `jsonschema` package
+judges every constrained output; the SDK's own helpers (`parse`, `stream`)
+read the responses.
+
+Run by tests/http_clients.rs (KILN_BIN set); the venv comes from
+scripts/setup-python-clients.sh.
+"""
+
+import concurrent.futures
+import json
+import os
+import pathlib
+import re
+import subprocess
+import threading
+import time
+import urllib.request
+
+import jsonschema
+import openai
+import pydantic
+import pytest
+
+MODEL = "kiln-test"
+KEY = "sk-structured-test"
+SCHEMAS = json.loads((pathlib.Path(__file__).parent / "fixtures/structured/schemas.json").read_text())
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather of a city.",
+        "strict": True,
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "maxLength": 30},
+                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+            },
+            "required": ["city", "unit"],
+            "additionalProperties": False,
+        },
+    },
+}
+TIME = {
+    "type": "function",
+    "function": {
+        "name": "get_time",
+        "description": "Current time in a time zone.",
+        "strict": True,
+        "parameters": {
+            "type": "object",
+            "properties": {"zone": {"type": "string", "maxLength": 30}},
+            "required": ["zone"],
+            "additionalProperties": False,
+        },
+    },
+}
+ASK_WEATHER = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+@pytest.fixture(scope="session")
+def server():
+    cmd = [os.environ["KILN_BIN"], "serve", "--host", "127.0.0.1", "--port", "0", "--served-model-name", MODEL,
+           "--max-model-len", "1024", "--max-num-seqs", "8", "--seed", "0", "--api-key", KEY, "--data-dir", ""]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    base = None
+    deadline = time.time() + 120
+    while time.time() < deadline and base is None:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        m = re.search(r"listening on (http://\S+)", line)
+        if m:
+            base = m.group(1)
+    assert base, "kiln serve did not start"
+    threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(base + "/health").status == 200:
+                break
+        except Exception:
+            time.sleep(0.1)
+    yield base
+    proc.terminate()
+    proc.wait(timeout=60)
+
+
+@pytest.fixture
+def client(server):
+    return openai.OpenAI(base_url=server + "/v1", api_key=KEY, max_retries=0, timeout=300)
+
+
+def chat(client, **kw):
+    args = dict(model=MODEL, max_tokens=96, temperature=0)
+    args.update(kw)
+    return client.chat.completions.create(**args)
+
+
+class City(pydantic.BaseModel):
+    name: str = pydantic.Field(max_length=30)
+    country: str = pydantic.Field(max_length=30)
+    population: int = pydantic.Field(ge=0, le=100_000_000)
+
+
+def test_parse_returns_the_pydantic_object(client):
+    r = client.chat.completions.parse(model=MODEL, messages=[{"role": "user", "content": "Describe Paris."}],
+                                      response_format=City, max_tokens=96, temperature=0)
+    c = r.choices[0]
+    assert c.finish_reason == "stop"
+    assert isinstance(c.message.parsed, City)
+    assert c.message.parsed == City.model_validate_json(c.message.content)
+
+
+def test_json_object_mode_gives_one_object(client):
+    r = chat(client, messages=[{"role": "user", "content": "Reply with a JSON object with the keys name and age of a person."}],
+             response_format={"type": "json_object"}, max_tokens=128)
+    assert r.choices[0].finish_reason == "stop"
+    assert isinstance(json.loads(r.choices[0].message.content), dict)
+
+
+def one_schema(client, spec, sampled):
+    extra = dict(temperature=0.8, seed=11) if sampled else dict(temperature=0)
+    r = client.chat.completions.create(
+        model=MODEL, max_tokens=192,
+        messages=[{"role": "user", "content": spec["prompt"] + " Answer in JSON matching this schema: " + json.dumps(spec["schema"])}],
+        response_format={"type": "json_schema", "json_schema": {"name": spec["name"], "schema": spec["schema"], "strict": True}},
+        **extra)
+    return spec, sampled, r.choices[0]
+
+
+def test_every_output_validates_against_its_schema(client):
+    assert len(SCHEMAS) >= 30
+    jobs = [(s, sampled) for s in SCHEMAS for sampled in (False, True)]
+    checker = jsonschema.FormatChecker()
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda j: one_schema(client, *j), jobs))
+    failures = []
+    for spec, sampled, choice in results:
+        try:
+            assert choice.finish_reason == "stop", f"finish_reason {choice.finish_reason}"
+            jsonschema.validate(json.loads(choice.message.content), spec["schema"], format_checker=checker)
+        except Exception as e:  # collect all, report together
+            failures.append(f"{spec['name']} (sampled={sampled}): {e}: {choice.message.content!r}")
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("schema, feature", [
+    ({"type": "strng"}, "strng"),
+    ({"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}, "missing"),
+    ({"type": "integer", "minimum": 5, "maximum": 1}, ""),
+    ({"type": "string", "pattern": "(?=x)y"}, ""),
+])
+def test_invalid_schemas_are_refused(client, schema, feature):
+    with pytest.raises(openai.BadRequestError) as e:
+        chat(client, messages=ASK_WEATHER,
+             response_format={"type": "json_schema", "json_schema": {"name": "bad", "schema": schema}})
+    err = e.value.body
+    assert err["param"] == "response_format", err
+    assert feature in err["message"], err
+
+
+def test_completions_take_a_response_format(client):
+    schema = {"type": "object", "properties": {"capital": {"enum": ["Paris", "Lyon", "Nice"]}}, "required": ["capital"]}
+    r = client.completions.create(model=MODEL, prompt="The capital of France, as JSON:", max_tokens=32, temperature=0,
+                                  extra_body={"response_format": {"type": "json_schema", "json_schema": {"name": "c", "schema": schema}}})
+    jsonschema.validate(json.loads(r.choices[0].text), schema)
+    assert r.choices[0].finish_reason == "stop"
+
+
+def check_call(call, tool):
+    assert call.id.startswith("call_") and len(call.id) > len("call_")
+    assert call.type == "function"
+    assert call.function.name == tool["function"]["name"]
+    jsonschema.validate(json.loads(call.function.arguments), tool["function"]["parameters"])
+
+
+def test_tool_round_trip(client):
+    r = chat(client, messages=ASK_WEATHER, tools=[WEATHER, TIME], tool_choice="required", parallel_tool_calls=False)
+    c = r.choices[0]
+    assert c.finish_reason == "tool_calls"
+    assert c.message.content is None
+    assert len(c.message.tool_calls) == 1
+    call = c.message.tool_calls[0]
+    tool = WEATHER if call.function.name == "get_weather" else TIME
+    check_call(call, tool)
+    history = ASK_WEATHER + [
+        c.message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": json.dumps({"temperature": 18, "sky": "sunny"})},
+    ]
+    final = chat(client, messages=history, tools=[WEATHER, TIME], max_tokens=48)
+    assert final.choices[0].finish_reason in ("stop", "length", "tool_calls")
+    msg = final.choices[0].message
+    assert msg.content or msg.tool_calls
+
+
+def test_named_function_choice(client):
+    r = chat(client, messages=ASK_WEATHER, tools=[WEATHER, TIME], parallel_tool_calls=False,
+             tool_choice={"type": "function", "function": {"name": "get_time"}})
+    calls = r.choices[0].message.tool_calls
+    assert r.choices[0].finish_reason == "tool_calls" and calls
+    for call in calls:
+        check_call(call, TIME)
+
+
+def test_streamed_tool_calls_equal_the_non_streamed_call(client):
+    args = dict(model=MODEL, messages=ASK_WEATHER, tools=[WEATHER], tool_choice="required", parallel_tool_calls=False,
+                max_tokens=96, temperature=0)
+    plain = client.chat.completions.create(**args).choices[0]
+    with client.chat.completions.stream(**args) as s:
+        final = s.get_final_completion().choices[0]
+    assert final.finish_reason == plain.finish_reason == "tool_calls"
+    got = [(t.function.name, t.function.arguments) for t in final.message.tool_calls]
+    want = [(t.function.name, t.function.arguments) for t in plain.message.tool_calls]
+    assert got == want
+    # The raw deltas: an index on each, id/type/name on a call's first only.
+    seen = {}
+    for chunk in client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **args):
+        for ch in chunk.choices:
+            for d in ch.delta.tool_calls or []:
+                assert d.index is not None
+                first = d.index not in seen
+                assert (d.id is not None) == first and (d.type is not None) == first
+                assert (d.function.name is not None) == first
+                seen[d.index] = seen.get(d.index, "") + (d.function.arguments or "")
+        if chunk.usage:
+            assert chunk.usage.completion_tokens > 0
+    assert list(seen.values()) == [a for _, a in want]
+
+
+def test_history_roles_names_and_null_content(client):
+    messages = [
+        {"role": "developer", "content": "You are terse."},
+        {"role": "user", "name": "ann", "content": "Weather in Oslo?"},
+        {"role": "assistant", "tool_calls": [{"id": "call_abc", "type": "function",
+                                              "function": {"name": "get_weather", "arguments": "{\"city\": \"Oslo\", \"unit\": \"celsius\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_abc", "content": "3 C, snow"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "call_def", "type": "function",
+                                                               "function": {"name": "get_time", "arguments": "{\"zone\": \"CET\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_def", "content": "14:02"},
+    ]
+    r = chat(client, messages=messages, tools=[WEATHER, TIME], max_tokens=24)
+    assert r.choices[0].finish_reason in ("stop", "length", "tool_calls")
+
+
+def test_logprob_bytes_rebuild_text_split_inside_characters(client):
+    schema = {"type": "string", "enum": ["😀 naïve 🎉"]}
+    r = chat(client, messages=[{"role": "user", "content": "Say it."}], logprobs=True, top_logprobs=2,
+             response_format={"type": "json_schema", "json_schema": {"name": "e", "schema": schema}})
+    c = r.choices[0]
+    assert c.message.content == json.dumps("😀 naïve 🎉", ensure_ascii=False)
+    joined = b"".join(bytes(t.bytes) for t in c.logprobs.content)
+    assert joined.decode("utf-8") == c.message.content
+    # At least one token holds only part of a character.
+    assert any(not _is_utf8(bytes(t.bytes)) for t in c.logprobs.content)
+
+
+def _is_utf8(b):
+    try:
+        b.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def test_grammar_metrics(client, server):
+    schema = {"type": "object", "properties": {"k": {"type": "boolean"}}, "required": ["k"]}
+    for _ in range(2):
+        chat(client, messages=ASK_WEATHER, max_tokens=16,
+             response_format={"type": "json_schema", "json_schema": {"name": "m", "schema": schema}})
+    req = urllib.request.Request(server + "/metrics", headers={"authorization": "Bearer " + KEY})
+    text = urllib.request.urlopen(req).read().decode()
+    hits = float(re.search(r"^kiln_grammar_cache_hits_total (\S+)", text, re.M).group(1))
+    misses = float(re.search(r"^kiln_grammar_cache_misses_total (\S+)", text, re.M).group(1))
+    assert hits >= 1 and misses >= 1
+    assert "kiln_grammar_compile_seconds_bucket" in text
