@@ -9,6 +9,7 @@
 //! ```
 
 pub mod config;
+pub mod embed;
 mod core;
 pub mod fake;
 pub mod handle;
