@@ -15,12 +15,14 @@ pub mod auth;
 pub mod chat;
 pub mod cli;
 pub mod completions;
+pub mod embeddings;
 pub mod error;
 pub mod events;
 pub mod json;
 pub mod logprobs;
 pub mod metrics;
 pub mod misc;
+pub mod models;
 pub mod openapi;
 pub mod port;
 pub mod ratelimit;
@@ -50,7 +52,9 @@ pub use error::ApiError;
 pub use port::{ChatTurn, CodecError, Engine, EngineGauges, SubmitError, TextCodec};
 pub use adapters::serve;
 pub use cli::run_serve_cli;
-pub use server::{init_tracing, serve_loading, serve_with, Loaded};
+pub use server::{init_tracing, serve_loading, serve_with, Loaded, ModelBackend};
+pub use embeddings::Embedder;
+pub use models::ModelTask;
 
 use crate::config::{ConfigError, ServerConfig};
 
@@ -64,32 +68,88 @@ pub struct ModelInfo {
     pub created: u64,
 }
 
-/// Shared state of every handler.
+/// Shared state of every handler: one per served model (see `models`);
+/// the fields below `fingerprint` are shared by every model of a server.
 pub struct AppState {
+    /// The generation engine (for an embedding model: one that refuses work
+    /// and reports the embedding engine's gauges).
     pub engine: Arc<dyn Engine>,
     pub codec: Arc<dyn TextCodec>,
     pub model: ModelInfo,
-    pub config: ServerConfig,
     pub limits: validate::Limits,
-    pub keys: auth::KeyStore,
     pub metrics: Arc<metrics::Metrics>,
-    pub lifecycle: admit::Lifecycle,
-    /// Admitted requests that have not received their first token.
-    pub pending: Arc<AtomicUsize>,
     /// `system_fingerprint`: fixed for one build serving one model.
     pub fingerprint: String,
+    pub task: ModelTask,
+    /// The embedding engine of an embedding model.
+    pub embedder: Option<Arc<dyn Embedder>>,
+    /// The embedding model allows `dimensions` (Matryoshka).
+    pub matryoshka: bool,
+    /// Priority of the embedding requests this state submits.
+    pub priority: crate::engine::Priority,
+    pub config: ServerConfig,
+    pub keys: auth::KeyStore,
+    pub lifecycle: Arc<admit::Lifecycle>,
+    /// Admitted requests that have not received their first token.
+    pub pending: Arc<AtomicUsize>,
+    /// Every model of the server, for routing by `model`.
+    pub served: Arc<models::Served>,
+}
+
+/// The pieces every model of one server shares.
+struct Shared {
+    recorder: Arc<metrics_exporter_prometheus::PrometheusRecorder>,
+    lifecycle: Arc<admit::Lifecycle>,
+    pending: Arc<AtomicUsize>,
+    served: Arc<models::Served>,
 }
 
 impl AppState {
-    /// Checks the config once and loads keys.
+    /// One generation model. Checks the config once and loads keys.
     pub fn new(
         config: ServerConfig,
         engine: Arc<dyn Engine>,
         codec: Arc<dyn TextCodec>,
-        mut model: ModelInfo,
+        model: ModelInfo,
     ) -> Result<Arc<AppState>, ConfigError> {
+        let loaded = Loaded { backend: ModelBackend::Generate(engine), codec, model };
+        let mut states = Self::new_served(config, vec![loaded])?;
+        Ok(states.remove(0))
+    }
+
+    /// Every model of a server (at least one), sharing keys, limits,
+    /// lifecycle and metrics recorder; routed by name (`models::route`).
+    /// `--served-model-name` renames a lone model; names must be unique.
+    pub fn new_served(config: ServerConfig, models: Vec<Loaded>) -> Result<Vec<Arc<AppState>>, ConfigError> {
         config.check()?;
-        let keys = auth::KeyStore::new(&config.keys()?);
+        if models.is_empty() {
+            return Err(ConfigError::Invalid("no model to serve".into()));
+        }
+        if models.len() > 1 && config.served_model_name.is_some() {
+            return Err(ConfigError::Invalid("--served-model-name names a lone model: name each of several with --model NAME=PATH".into()));
+        }
+        let shared = Shared {
+            recorder: metrics::Metrics::recorder(),
+            lifecycle: Arc::new(admit::Lifecycle::default()),
+            pending: Arc::new(AtomicUsize::new(0)),
+            served: Arc::new(models::Served::default()),
+        };
+        let mut states: Vec<Arc<AppState>> = Vec::with_capacity(models.len());
+        for (i, loaded) in models.into_iter().enumerate() {
+            // The router runs auth on the first model's state: only it holds the keys.
+            let keys = if i == 0 { config.keys()? } else { Vec::new() };
+            let state = Self::one(config.clone(), loaded, auth::KeyStore::new(&keys), &shared);
+            if states.iter().any(|s| s.model.name == state.model.name) {
+                return Err(ConfigError::Invalid(format!("two models are named '{}': name them with --model NAME=PATH", state.model.name)));
+            }
+            states.push(state);
+        }
+        shared.served.set(&states);
+        Ok(states)
+    }
+
+    fn one(config: ServerConfig, loaded: Loaded, keys: auth::KeyStore, shared: &Shared) -> Arc<AppState> {
+        let Loaded { backend, codec, mut model } = loaded;
         if let Some(name) = &config.served_model_name {
             model.name = name.clone();
         }
@@ -103,18 +163,29 @@ impl AppState {
         };
         let digest = blake3::hash(format!("kiln {} {} {}", env!("CARGO_PKG_VERSION"), model.name, model.max_model_len).as_bytes());
         let fingerprint = format!("fp_{}", &digest.to_hex()[..10]);
-        Ok(Arc::new(AppState {
+        let (engine, task, embedder, matryoshka): (Arc<dyn Engine>, _, _, _) = match backend {
+            ModelBackend::Generate(engine) => (engine, ModelTask::Generate, None, false),
+            ModelBackend::Embed { embedder, matryoshka } => {
+                (Arc::new(embeddings::EmbedOnly(embedder.clone())), ModelTask::Embed, Some(embedder), matryoshka)
+            }
+        };
+        Arc::new(AppState {
             engine,
             codec,
+            metrics: Arc::new(metrics::Metrics::for_model(&shared.recorder, &model.name)),
             model,
-            config,
             limits,
-            keys,
-            metrics: Arc::new(metrics::Metrics::new()),
-            lifecycle: admit::Lifecycle::default(),
-            pending: Arc::new(AtomicUsize::new(0)),
             fingerprint,
-        }))
+            task,
+            embedder,
+            matryoshka,
+            priority: crate::engine::Priority::Interactive,
+            config,
+            keys,
+            lifecycle: shared.lifecycle.clone(),
+            pending: shared.pending.clone(),
+            served: shared.served.clone(),
+        })
     }
 }
 
@@ -191,6 +262,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let app = Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/completions", post(completions::completions))
+        .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/models", get(misc::list_models))
         .route("/v1/models/{*model}", get(misc::retrieve_model))
         .route("/tokenize", post(misc::tokenize))
