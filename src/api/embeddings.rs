@@ -25,7 +25,7 @@ use super::validate::{check_token_id, refuse_extra};
 use super::wire_in::PromptSpec;
 use super::AppState;
 use crate::engine::embed::{EmbedHandle, EmbedReply, EmbedRequest};
-use crate::engine::EngineError;
+use crate::engine::{EngineError, Priority};
 use crate::model::pooling::truncate_dims;
 
 /// The embedding engine as the HTTP layer sees it.
@@ -55,6 +55,24 @@ impl Embedder for EmbedHandle {
     fn shutdown(&self) {
         EmbedHandle::shutdown(self)
     }
+}
+
+/// An embedder whose every request runs at `Priority::Batch` (the Batch API's).
+pub struct BatchPriorityEmbedder(pub Arc<dyn Embedder>);
+
+impl Embedder for BatchPriorityEmbedder {
+    fn embed(&self, mut request: EmbedRequest) -> Result<oneshot::Receiver<EmbedReply>, SubmitError> {
+        request.priority = Priority::Batch;
+        self.0.embed(request)
+    }
+    fn gauges(&self) -> EngineGauges {
+        self.0.gauges()
+    }
+    fn dimensions(&self) -> usize {
+        self.0.dimensions()
+    }
+    /// The batch layer never owns the engine: whoever started it stops it.
+    fn shutdown(&self) {}
 }
 
 /// The `Engine` of an embedding model: generation work is refused (routing
@@ -256,7 +274,7 @@ pub async fn embeddings(
     let tokens: usize = inputs.iter().map(Vec::len).sum();
     charge_tokens(&caller, &record, tokens)?;
     record.add_prompt_tokens(tokens);
-    let request = EmbedRequest { request_id: record_id(&record), inputs, priority: state.priority };
+    let request = EmbedRequest { request_id: record_id(&record), inputs, priority: Priority::Interactive };
     let rx = embedder.embed(request).map_err(|e| match e {
         SubmitError::Invalid(m) => ApiError::Invalid { message: m, param: Some("input".into()), code: None },
         SubmitError::Closed => ApiError::ShuttingDown,

@@ -85,8 +85,6 @@ pub struct AppState {
     pub embedder: Option<Arc<dyn Embedder>>,
     /// The embedding model allows `dimensions` (Matryoshka).
     pub matryoshka: bool,
-    /// Priority of the embedding requests this state submits.
-    pub priority: crate::engine::Priority,
     pub config: ServerConfig,
     pub keys: auth::KeyStore,
     pub lifecycle: Arc<admit::Lifecycle>,
@@ -179,7 +177,6 @@ impl AppState {
             task,
             embedder,
             matryoshka,
-            priority: crate::engine::Priority::Interactive,
             config,
             keys,
             lifecycle: shared.lifecycle.clone(),
