@@ -173,7 +173,7 @@ mod tests {
         assert_eq!(sample(&text, "kiln_kv_cache_usage_ratio"), Some(0.25));
         assert_eq!(sample(&text, "kiln_prefix_cache_hit_rate"), Some(0.25));
         assert_eq!(sample(&text, "kiln_num_requests_pending"), Some(2.0));
-        assert!(text.contains("kiln_time_to_first_token_seconds_bucket{le=\"0.025\"} 1"), "{text}");
+        assert!(text.contains(r#"kiln_time_to_first_token_seconds_bucket{model="",le="0.025"} 1"#), "{text}");
     }
 
     #[test]
