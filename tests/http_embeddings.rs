@@ -135,3 +135,35 @@ async fn embeddings_and_chat_in_one_server() {
     assert!(metrics.contains(&format!(r#"kiln_generation_tokens_total{{model="{CHAT}"}}"#)), "{metrics}");
     assert!(metric_value(&metrics, "kiln_engine_steps_total").unwrap() > 0.0);
 }
+
+/// A decoder embedding model (the tiny Qwen3 fixture, Matryoshka per its
+/// config.json) over HTTP: transformers' vectors, and `dimensions`
+/// truncating then re-normalising.
+#[tokio::test]
+async fn decoder_embedding_model_and_dimensions() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/embeddings/qwen3_embed");
+    let spec = format!("qwen={}", dir.display());
+    let mut args = vec!["--model", spec.as_str()];
+    args.extend_from_slice(SMALL);
+    let Some(s) = KilnServer::start(&args).await else { return };
+    let reference: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+    let cases = reference["cases"].as_array().unwrap();
+    let ids: Vec<&Value> = cases.iter().map(|c| &c["ids"]).collect();
+    let (st, full) = post(&s.base, "/v1/embeddings", &json!({"model": "qwen", "input": ids})).await;
+    assert_eq!(st, 200, "{full}");
+    let (st, cut) = post(&s.base, "/v1/embeddings", &json!({"model": "qwen", "input": ids, "dimensions": 16})).await;
+    assert_eq!(st, 200, "{cut}");
+    for (i, c) in cases.iter().enumerate() {
+        let want = decode(c["embedding_f32_b64"].as_str().unwrap());
+        let f = floats(&full["data"][i]["embedding"]);
+        assert!(cosine(&f, &want) >= 0.99999, "case {i}");
+        let d = floats(&cut["data"][i]["embedding"]);
+        assert_eq!(d.len(), 16);
+        let norm: f64 = d.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "re-normalised: {norm}");
+        assert!(cosine(&d, &f[..16]) > 0.99999, "the first 16 values, rescaled");
+    }
+    let (st, e) = post(&s.base, "/v1/embeddings", &json!({"model": "qwen", "input": "hi", "dimensions": 65})).await;
+    assert_eq!(st, 400, "{e}");
+    assert_eq!(e["error"]["param"], "dimensions");
+}
