@@ -13,10 +13,11 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::sync::oneshot;
+use utoipa::ToSchema;
 
 use super::admit::{admit, blocking, charge_tokens, codec_error};
 use super::auth::Caller;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorResponse};
 use super::json::ApiJson;
 use super::models::{route_recorded, ModelTask};
 use super::port::{EngineGauges, SubmitError, TextCodec};
@@ -92,13 +93,15 @@ impl super::port::Engine for EmbedOnly {
 }
 
 /// The body of POST /v1/embeddings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct EmbeddingRequest {
     pub model: String,
     pub input: PromptSpec,
     /// "float" (default) or "base64".
+    #[schema(pattern = "^(float|base64)$")]
     pub encoding_format: Option<String>,
     /// Keep the first `dimensions` values (re-normalised): Matryoshka models only.
+    #[schema(minimum = 1)]
     pub dimensions: Option<i64>,
     /// Accepted and logged nowhere (OpenAI uses it for abuse monitoring).
     pub user: Option<String>,
@@ -106,31 +109,32 @@ pub struct EmbeddingRequest {
     /// instead of refusing a longer one. Special tokens are kept.
     pub truncate_prompt_tokens: Option<i64>,
     #[serde(flatten)]
+    #[schema(ignore)]
     pub extra: Map<String, Value>,
 }
 
 /// An embedding as floats, or as base64 of little-endian f32.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 #[serde(untagged)]
 pub enum EmbeddingVector {
     Float(Vec<f32>),
     Base64(String),
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct EmbeddingData {
     pub object: String,
     pub index: usize,
     pub embedding: EmbeddingVector,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 pub struct EmbeddingUsage {
     pub prompt_tokens: usize,
     pub total_tokens: usize,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct EmbeddingResponse {
     pub object: String,
     pub data: Vec<EmbeddingData>,
@@ -258,6 +262,19 @@ fn le_base64(v: &[f32]) -> String {
 }
 
 /// POST /v1/embeddings.
+#[utoipa::path(
+    post,
+    path = "/v1/embeddings",
+    request_body = EmbeddingRequest,
+    responses(
+        (status = 200, body = EmbeddingResponse),
+        (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse),
+        (status = 404, body = ErrorResponse), (status = 413, body = ErrorResponse),
+        (status = 415, body = ErrorResponse), (status = 429, body = ErrorResponse),
+        (status = 500, body = ErrorResponse), (status = 503, body = ErrorResponse),
+    ),
+    security((), ("bearer" = []))
+)]
 pub async fn embeddings(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,

@@ -41,9 +41,7 @@ pub fn packed_attention(qkv: &[f32], seqs: &[(usize, usize)], heads: usize, head
     let tokens = qkv.len() / (3 * width);
     let mut owner = vec![(0usize, 0usize); tokens];
     for &(start, len) in seqs {
-        for t in start..start + len {
-            owner[t] = (start, len);
-        }
+        owner[start..start + len].fill((start, len));
     }
     let scale = 1.0 / (head_dim as f32).sqrt();
     let mut out = vec![0.0f32; tokens * width];
