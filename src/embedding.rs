@@ -85,7 +85,12 @@ fn input_limit(args: &EngineArgs, pooling: &Pooling, positions: usize) -> anyhow
 }
 
 /// Loads the embedding model at `path` on the CPU and starts its engine.
+/// Encoders have no CUDA path yet: `--device cuda` is refused for them and
+/// `auto` means the CPU.
 pub fn start_embedding(args: &EngineArgs, path: &Path) -> anyhow::Result<EmbedEngine> {
+    if let crate::backend::cuda::select::DeviceChoice::Cuda(_) = args.device {
+        bail!("{}: embedding models run on the CPU backend only for now: pass --device cpu (or auto)", path.display());
+    }
     if let Some(n) = args.threads {
         let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
     }
