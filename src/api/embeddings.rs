@@ -291,7 +291,7 @@ pub async fn embeddings(
     let tokens: usize = inputs.iter().map(Vec::len).sum();
     charge_tokens(&caller, &record, tokens)?;
     record.add_prompt_tokens(tokens);
-    let request = EmbedRequest { request_id: record_id(&record), inputs, priority: Priority::Interactive };
+    let request = EmbedRequest { request_id: record.id().to_string(), inputs, priority: Priority::Interactive };
     let rx = embedder.embed(request).map_err(|e| match e {
         SubmitError::Invalid(m) => ApiError::Invalid { message: m, param: Some("input".into()), code: None },
         SubmitError::Closed => ApiError::ShuttingDown,
@@ -311,10 +311,6 @@ pub async fn embeddings(
         .collect();
     let usage = EmbeddingUsage { prompt_tokens: tokens, total_tokens: tokens };
     Ok(Json(EmbeddingResponse { object: "list".into(), data, model: state.model.name.clone(), usage }))
-}
-
-fn record_id(record: &RequestRecord) -> String {
-    record.id().to_string()
 }
 
 #[cfg(test)]
