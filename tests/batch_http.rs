@@ -180,8 +180,8 @@ async fn bad_inputs_get_openai_errors() {
         }
     };
     check_file(format!("{good}\n{{\"custom_id\": \"b\", \"method\": "), 2, &["invalid JSON"]).await;
-    let embeddings = json!({"custom_id": "e", "method": "POST", "url": "/v1/embeddings", "body": {"model": MODEL, "input": "x"}});
-    check_file(format!("{embeddings}\n{good}"), 1, &["/v1/embeddings"]).await;
+    let moderations = json!({"custom_id": "e", "method": "POST", "url": "/v1/moderations", "body": {"model": MODEL, "input": "x"}});
+    check_file(format!("{moderations}\n{good}"), 1, &["/v1/moderations"]).await;
     check_file(format!("{good}\n{}\n{good}", chat_line("b", "yo", 2)), 3, &["duplicate custom_id 'a'", "line 1"]).await;
     check_file(format!("{good}\n{}", good.replace("\"POST\"", "\"GET\"").replace("\"a\"", "\"b\"")), 2, &["POST"]).await;
 
@@ -207,7 +207,7 @@ async fn bad_inputs_get_openai_errors() {
 
     // Bad batch parameters.
     let (_, file) = alice.upload(good.as_bytes(), "batch").await;
-    let (status, body) = alice.post("/v1/batches", &create(&file["id"], "/v1/embeddings", "24h")).await;
+    let (status, body) = alice.post("/v1/batches", &create(&file["id"], "/v1/moderations", "24h")).await;
     assert_error(status, &body, 400, "invalid_request_error", Some("endpoint"));
     let (status, body) = alice.post("/v1/batches", &create(&file["id"], "/v1/chat/completions", "1h")).await;
     assert_error(status, &body, 400, "invalid_request_error", Some("completion_window"));

@@ -56,6 +56,19 @@ fn structured_outputs_and_tools_with_the_openai_sdk() {
     run(Command::new(python).args(["-m", "pytest", "-q", "-p", "no:cacheprovider"]).arg(&script), "pytest tests/structured_client.py");
 }
 
+/// `client.embeddings.create` (float, base64 and the SDK's default) against a
+/// server with two models; vectors checked against sentence-transformers'.
+#[test]
+fn openai_python_sdk_embeddings() {
+    let Some(python) = venv_python(".venv-openai", "openai, pytest") else { return };
+    let Ok(chat) = kiln::launch::resolve_model(&None) else { return eprintln!("SKIP: the default model is unavailable") };
+    let minilm = kiln::launch::resolve_minilm().expect("all-MiniLM-L6-v2 (models/fetch_minilm.sh)");
+    let script = root().join("tests/openai_embeddings.py");
+    let mut cmd = Command::new(python);
+    cmd.args(["-m", "pytest", "-q", "-p", "no:cacheprovider"]).arg(&script).env("KILN_CHAT_MODEL", chat).env("KILN_MINILM", minilm);
+    run(&mut cmd, "pytest tests/openai_embeddings.py");
+}
+
 #[test]
 fn schemathesis_fuzz_from_openapi() {
     if venv_python(".venv-schemathesis", "schemathesis").is_none() || !model_available() {

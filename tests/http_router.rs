@@ -474,9 +474,9 @@ async fn request_id_metrics_and_cors() {
     assert_eq!(post(&s.base, "/v1/chat/completions", &chat("hi")).await.0, 200);
     let text = c.get(format!("{}/metrics", s.base)).send().await.unwrap().text().await.unwrap();
     assert!(text.contains(r#"kiln_requests_total{route="/v1/chat/completions",status="200"} 1"#), "{text}");
-    assert!(text.contains("kiln_generation_tokens_total 5"), "{text}");
+    assert!(text.contains(r#"kiln_generation_tokens_total{model="fake-model"} 5"#), "{text}");
     assert!(text.contains("kiln_time_to_first_token_seconds_bucket"), "{text}");
-    assert!(text.contains("kiln_kv_blocks_total 100"), "{text}");
+    assert!(text.contains(r#"kiln_kv_blocks_total{model="fake-model"} 100"#), "{text}");
 
     let plain = fake_server(ServerConfig::default()).await;
     let r = c.get(format!("{}/v1/models", plain.base)).header("origin", "https://app.example").send().await.unwrap();

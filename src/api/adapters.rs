@@ -23,6 +23,10 @@ impl TextCodec for Tokenizer {
         Tokenizer::encode(self, text, add_special_tokens).map_err(codec_err)
     }
 
+    fn encode_truncated(&self, text: &str, max_tokens: usize) -> Result<Vec<u32>, CodecError> {
+        Tokenizer::encode_truncated(self, text, max_tokens).map_err(codec_err)
+    }
+
     fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, CodecError> {
         Tokenizer::decode(self, ids, skip_special_tokens).map_err(codec_err)
     }

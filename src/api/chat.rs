@@ -9,7 +9,7 @@ use axum::extract::{Extension, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use super::admit::{admit, blocking, charge_tokens, check_model, codec_error, submit_all, PromptJob};
+use super::admit::{admit, blocking, charge_tokens, codec_error, submit_all, PromptJob};
 use super::auth::Caller;
 use super::chat_out::{collect, ChatChunks};
 use super::error::{ApiError, ErrorResponse};
@@ -62,7 +62,7 @@ pub async fn chat_completions(
     Extension(record): Extension<RequestRecord>,
     ApiJson(req): ApiJson<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
-    check_model(&state, Some(&req.model))?;
+    let state = super::models::route_recorded(&state, &record, &req.model, super::ModelTask::Generate)?;
     let max_param = if req.max_completion_tokens.is_some() { "max_completion_tokens" } else { "max_tokens" };
     let mut params = validate_common(&req.common(), max_param, &state.limits)?;
     params.sampling.logprobs = chat_logprobs(&req, &state.limits)?;

@@ -8,7 +8,7 @@ use axum::extract::{Extension, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use super::admit::{admit, blocking, charge_tokens, check_model, codec_error, submit_all, PromptJob};
+use super::admit::{admit, blocking, charge_tokens, codec_error, submit_all, PromptJob};
 use super::auth::Caller;
 use super::error::{ApiError, ErrorResponse};
 use super::events::{Delta, Running, Step};
@@ -119,7 +119,7 @@ pub async fn completions(
     Extension(record): Extension<RequestRecord>,
     ApiJson(req): ApiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
-    check_model(&state, Some(&req.model))?;
+    let state = super::models::route_recorded(&state, &record, &req.model, super::ModelTask::Generate)?;
     let mut params = validate_common(&req.common(), "max_tokens", &state.limits)?;
     params.sampling.logprobs = completion_logprobs(&req, &state.limits)?;
     let echo = req.echo.unwrap_or(false);

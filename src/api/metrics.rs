@@ -5,6 +5,8 @@
 use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder, SharedString, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
+use std::sync::Arc;
+
 use super::port::EngineGauges;
 
 const META: Metadata<'static> = Metadata::new("kiln::api", Level::INFO, Some(module_path!()));
@@ -13,8 +15,11 @@ const META: Metadata<'static> = Metadata::new("kiln::api", Level::INFO, Some(mod
 const LATENCY_BUCKETS: &[f64] =
     &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
 
+/// One model's handles on a recorder that may be shared by every model of
+/// the server: each sample but `kiln_requests_total` and
+/// `kiln_num_requests_pending` carries a `model` label.
 pub struct Metrics {
-    recorder: PrometheusRecorder,
+    recorder: Arc<PrometheusRecorder>,
     handle: PrometheusHandle,
     pub prompt_tokens: Counter,
     pub generation_tokens: Counter,
@@ -45,26 +50,39 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Metrics of one model named "" on a recorder of their own.
     pub fn new() -> Self {
+        Self::for_model(&Self::recorder(), "")
+    }
+
+    /// A recorder to share between the models of one server.
+    pub fn recorder() -> Arc<PrometheusRecorder> {
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
             .expect("non-empty buckets")
             .build_recorder();
+        Arc::new(recorder)
+    }
+
+    /// The handles of model `model` on `recorder`.
+    pub fn for_model(recorder: &Arc<PrometheusRecorder>, model: &str) -> Self {
         let handle = recorder.handle();
-        let r = &recorder;
+        let r = recorder.as_ref();
+        let key = |name: &'static str| Key::from_parts(name, vec![Label::new("model", model.to_string())]);
         let counter = |name: &'static str, help: &'static str| {
             r.describe_counter(name.into(), None, SharedString::const_str(help));
-            r.register_counter(&Key::from_static_name(name), &META)
+            r.register_counter(&key(name), &META)
         };
         let gauge = |name: &'static str, help: &'static str| {
             r.describe_gauge(name.into(), None, SharedString::const_str(help));
-            r.register_gauge(&Key::from_static_name(name), &META)
+            r.register_gauge(&key(name), &META)
         };
         let histogram = |name: &'static str, help: &'static str| {
             r.describe_histogram(name.into(), Some(Unit::Seconds), SharedString::const_str(help));
-            r.register_histogram(&Key::from_static_name(name), &META)
+            r.register_histogram(&key(name), &META)
         };
         r.describe_counter("kiln_requests_total".into(), None, "HTTP requests by route and status".into());
+        r.describe_gauge("kiln_num_requests_pending".into(), None, "Admitted requests that have no token yet".into());
         Metrics {
             prompt_tokens: counter("kiln_prompt_tokens_total", "Prompt tokens of finished requests"),
             generation_tokens: counter("kiln_generation_tokens_total", "Generated tokens"),
@@ -76,7 +94,7 @@ impl Metrics {
             grammar_cache_misses: counter("kiln_grammar_cache_misses_total", "Grammars compiled (not in the cache)"),
             waiting: gauge("kiln_num_requests_waiting", "Sequences waiting in the engine"),
             running: gauge("kiln_num_requests_running", "Sequences running in the engine"),
-            api_pending: gauge("kiln_num_requests_pending", "Admitted requests that have no token yet"),
+            api_pending: r.register_gauge(&Key::from_static_name("kiln_num_requests_pending"), &META),
             kv_used: gauge("kiln_kv_blocks_used", "KV cache blocks in use"),
             kv_total: gauge("kiln_kv_blocks_total", "KV cache blocks in the pool"),
             kv_usage: gauge("kiln_kv_cache_usage_ratio", "KV cache blocks used / total"),
@@ -85,7 +103,7 @@ impl Metrics {
             prefix_hit_rate: gauge("kiln_prefix_cache_hit_rate", "Prefix cache hits / queries"),
             preemptions: counter("kiln_num_preemptions_total", "Sequences preempted for lack of KV blocks"),
             steps: counter("kiln_engine_steps_total", "Engine steps run"),
-            recorder,
+            recorder: recorder.clone(),
             handle,
         }
     }
@@ -96,8 +114,19 @@ impl Metrics {
         self.recorder.register_counter(&Key::from_parts("kiln_requests_total", labels), &META).increment(1);
     }
 
-    /// The Prometheus text format, with engine gauges as of now.
+    /// The Prometheus text format, with this model's engine gauges as of now.
     pub fn render(&self, g: EngineGauges, api_pending: usize) -> String {
+        self.set_gauges(g, api_pending);
+        self.handle.render()
+    }
+
+    /// The whole recorder's text (every model sharing it), as last set.
+    pub fn render_all(&self) -> String {
+        self.handle.render()
+    }
+
+    /// Sets this model's engine gauges (read at scrape time).
+    pub fn set_gauges(&self, g: EngineGauges, api_pending: usize) {
         self.waiting.set(g.num_waiting as f64);
         self.running.set(g.num_running as f64);
         self.api_pending.set(api_pending as f64);
@@ -109,7 +138,6 @@ impl Metrics {
         self.prefix_hit_rate.set(ratio(g.prefix_cache_hits, g.prefix_cache_queries));
         self.preemptions.absolute(g.num_preemptions);
         self.steps.absolute(g.steps);
-        self.handle.render()
     }
 }
 
@@ -125,9 +153,16 @@ fn ratio(a: u64, b: u64) -> f64 {
 mod tests {
     use super::*;
 
-    /// The value of an unlabelled sample in Prometheus text.
+    /// The value of the first sample of `name` (any labels) in Prometheus text.
     fn sample(text: &str, name: &str) -> Option<f64> {
-        text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        text.lines().find_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let rest = match rest.strip_prefix('{') {
+                Some(r) => r.split_once("} ")?.1,
+                None => rest.strip_prefix(' ')?,
+            };
+            rest.trim().parse().ok()
+        })
     }
 
     #[test]
@@ -145,7 +180,21 @@ mod tests {
         assert_eq!(sample(&text, "kiln_kv_cache_usage_ratio"), Some(0.25));
         assert_eq!(sample(&text, "kiln_prefix_cache_hit_rate"), Some(0.25));
         assert_eq!(sample(&text, "kiln_num_requests_pending"), Some(2.0));
-        assert!(text.contains("kiln_time_to_first_token_seconds_bucket{le=\"0.025\"} 1"), "{text}");
+        assert!(text.contains(r#"kiln_time_to_first_token_seconds_bucket{model="",le="0.025"} 1"#), "{text}");
+    }
+
+    #[test]
+    fn models_sharing_a_recorder_are_labelled() {
+        let r = Metrics::recorder();
+        let (a, b) = (Metrics::for_model(&r, "chat"), Metrics::for_model(&r, "embed"));
+        a.generation_tokens.increment(3);
+        b.prompt_tokens.increment(9);
+        a.set_gauges(EngineGauges { kv_blocks_total: 10, ..Default::default() }, 1);
+        let text = b.render(EngineGauges::default(), 1);
+        assert!(text.contains(r#"kiln_generation_tokens_total{model="chat"} 3"#), "{text}");
+        assert!(text.contains(r#"kiln_prompt_tokens_total{model="embed"} 9"#), "{text}");
+        assert!(text.contains(r#"kiln_kv_blocks_total{model="chat"} 10"#), "{text}");
+        assert_eq!(sample(&text, "kiln_num_requests_pending"), Some(1.0));
     }
 
     #[test]

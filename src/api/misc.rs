@@ -9,8 +9,9 @@ use axum::http::{header, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use super::admit::{blocking, check_model, codec_error};
+use super::admit::{blocking, codec_error};
 use super::messages::template_messages;
+use super::models::find;
 use super::tools::prompt::render_prompt;
 use super::error::{ApiError, ErrorResponse};
 use super::json::ApiJson;
@@ -32,15 +33,18 @@ fn model_card(state: &AppState) -> ModelCard {
 #[utoipa::path(get, path = "/v1/models", responses((status = 200, body = ModelList), (status = 401, body = ErrorResponse)),
     security((), ("bearer" = [])))]
 pub async fn list_models(State(state): State<Arc<AppState>>) -> Json<ModelList> {
-    Json(ModelList { object: "list".into(), data: vec![model_card(&state)] })
+    let mut all = state.served.all();
+    if all.is_empty() {
+        all.push(state.clone());
+    }
+    Json(ModelList { object: "list".into(), data: all.iter().map(|s| model_card(s)).collect() })
 }
 
 #[utoipa::path(get, path = "/v1/models/{model}", params(("model" = String, Path, description = "Model id")),
     responses((status = 200, body = ModelCard), (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)),
     security((), ("bearer" = [])))]
 pub async fn retrieve_model(State(state): State<Arc<AppState>>, Path(model): Path<String>) -> Result<Json<ModelCard>, ApiError> {
-    check_model(&state, Some(&model))?;
-    Ok(Json(model_card(&state)))
+    Ok(Json(model_card(&*find(&state, Some(&model))?)))
 }
 
 #[utoipa::path(post, path = "/tokenize", request_body = TokenizeRequest,
@@ -51,7 +55,7 @@ pub async fn tokenize(
     State(state): State<Arc<AppState>>,
     ApiJson(req): ApiJson<TokenizeRequest>,
 ) -> Result<Json<TokenizeResponse>, ApiError> {
-    check_model(&state, req.model.as_deref())?;
+    let state = find(&state, req.model.as_deref())?;
     refuse_extra(&req.extra, "")?;
     let codec = state.codec.clone();
     let tokens = match (req.prompt, req.messages) {
@@ -81,7 +85,7 @@ pub async fn detokenize(
     State(state): State<Arc<AppState>>,
     ApiJson(req): ApiJson<DetokenizeRequest>,
 ) -> Result<Json<DetokenizeResponse>, ApiError> {
-    check_model(&state, req.model.as_deref())?;
+    let state = find(&state, req.model.as_deref())?;
     refuse_extra(&req.extra, "")?;
     let vocab = state.limits.vocab_size;
     let ids = req.tokens.iter().map(|&t| check_token_id(t, vocab, "tokens")).collect::<Result<Vec<_>, _>>()?;
@@ -112,7 +116,15 @@ pub async fn version() -> Json<VersionResponse> {
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"),
     (status = 401, body = ErrorResponse)), security((), ("bearer" = [])))]
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let text = state.metrics.render(state.engine.gauges(), state.pending.load(Ordering::SeqCst));
+    let pending = state.pending.load(Ordering::SeqCst);
+    let mut all = state.served.all();
+    if all.is_empty() {
+        all.push(state.clone());
+    }
+    for s in &all {
+        s.metrics.set_gauges(s.engine.gauges(), pending);
+    }
+    let text = state.metrics.render_all();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 

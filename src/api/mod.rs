@@ -16,6 +16,7 @@ pub mod chat;
 pub mod chat_out;
 pub mod cli;
 pub mod completions;
+pub mod embeddings;
 pub mod error;
 pub mod events;
 pub mod json;
@@ -23,6 +24,7 @@ pub mod logprobs;
 pub mod messages;
 pub mod metrics;
 pub mod misc;
+pub mod models;
 pub mod openapi;
 pub mod port;
 pub mod ratelimit;
@@ -54,7 +56,9 @@ pub use error::ApiError;
 pub use port::{ChatTurn, CodecError, Engine, EngineGauges, SubmitError, TextCodec};
 pub use adapters::serve;
 pub use cli::run_serve_cli;
-pub use server::{init_tracing, serve_loading, serve_with, Loaded};
+pub use server::{init_tracing, serve_loading, serve_with, Loaded, ModelBackend};
+pub use embeddings::Embedder;
+pub use models::ModelTask;
 
 use crate::config::{ConfigError, ServerConfig};
 
@@ -68,51 +72,99 @@ pub struct ModelInfo {
     pub created: u64,
 }
 
-/// Shared state of every handler.
+/// Shared state of every handler: one per served model (see `models`);
+/// the fields below `tool_format` are shared by every model of a server.
 pub struct AppState {
+    /// The generation engine (for an embedding model: one that refuses work
+    /// and reports the embedding engine's gauges).
     pub engine: Arc<dyn Engine>,
     pub codec: Arc<dyn TextCodec>,
     pub model: ModelInfo,
-    pub config: ServerConfig,
     pub limits: validate::Limits,
-    pub keys: auth::KeyStore,
     pub metrics: Arc<metrics::Metrics>,
-    pub lifecycle: admit::Lifecycle,
-    /// Admitted requests that have not received their first token.
-    pub pending: Arc<AtomicUsize>,
     /// `system_fingerprint`: fixed for one build serving one model.
     pub fingerprint: String,
-    /// Constrained decoding over the model's vocabulary (None: the codec
-    /// gives no vocabulary, and response_format / forced tool calls get 400).
+    pub task: ModelTask,
+    /// The embedding engine of an embedding model.
+    pub embedder: Option<Arc<dyn Embedder>>,
+    /// The embedding model allows `dimensions` (Matryoshka).
+    pub matryoshka: bool,
+    /// Constrained decoding over the model's vocabulary (None: an embedding
+    /// model, or the codec gives no vocabulary, and response_format / forced
+    /// tool calls get 400).
     pub grammars: Option<Arc<crate::structured::GrammarCompiler>>,
     /// How tool calls are written: `--tool-call-parser`, else from the template.
     pub tool_format: tools::ToolFormat,
+    pub config: ServerConfig,
+    pub keys: auth::KeyStore,
+    pub lifecycle: Arc<admit::Lifecycle>,
+    /// Admitted requests that have not received their first token.
+    pub pending: Arc<AtomicUsize>,
+    /// Every model of the server, for routing by `model`.
+    pub served: Arc<models::Served>,
+}
+
+/// The pieces every model of one server shares.
+struct Shared {
+    recorder: Arc<metrics_exporter_prometheus::PrometheusRecorder>,
+    lifecycle: Arc<admit::Lifecycle>,
+    pending: Arc<AtomicUsize>,
+    served: Arc<models::Served>,
 }
 
 impl AppState {
-    /// Checks the config once and loads keys; builds the grammar compiler
-    /// over the codec's vocabulary.
+    /// One generation model. Checks the config once and loads keys.
     pub fn new(
         config: ServerConfig,
         engine: Arc<dyn Engine>,
         codec: Arc<dyn TextCodec>,
         model: ModelInfo,
     ) -> Result<Arc<AppState>, ConfigError> {
-        let grammars = structured::grammar_compiler(&codec, config.grammar_cache_size);
-        Self::with_grammars(config, engine, codec, model, grammars)
+        let loaded = Loaded { backend: ModelBackend::Generate(engine), codec, model };
+        let mut states = Self::new_served(config, vec![loaded])?;
+        Ok(states.remove(0))
     }
 
-    /// `new` sharing an existing grammar compiler (and its cache), as the
-    /// Batch API's executor does with the server's.
-    pub fn with_grammars(
-        config: ServerConfig,
-        engine: Arc<dyn Engine>,
-        codec: Arc<dyn TextCodec>,
-        mut model: ModelInfo,
-        grammars: Option<Arc<crate::structured::GrammarCompiler>>,
-    ) -> Result<Arc<AppState>, ConfigError> {
+    /// Every model of a server (at least one), sharing keys, limits,
+    /// lifecycle and metrics recorder; routed by name (`models::route`).
+    /// `--served-model-name` renames a lone model; names must be unique.
+    pub fn new_served(config: ServerConfig, models: Vec<Loaded>) -> Result<Vec<Arc<AppState>>, ConfigError> {
+        Self::new_served_sharing(config, models, &[])
+    }
+
+    /// `new_served` reusing the grammar compiler (and its cache) of the
+    /// state in `reuse` with the same model name, as the Batch API's
+    /// executor does with the server's models.
+    pub fn new_served_sharing(config: ServerConfig, models: Vec<Loaded>, reuse: &[Arc<AppState>]) -> Result<Vec<Arc<AppState>>, ConfigError> {
         config.check()?;
-        let keys = auth::KeyStore::new(&config.keys()?);
+        if models.is_empty() {
+            return Err(ConfigError::Invalid("no model to serve".into()));
+        }
+        if models.len() > 1 && config.served_model_name.is_some() {
+            return Err(ConfigError::Invalid("--served-model-name names a lone model: name each of several with --model NAME=PATH".into()));
+        }
+        let shared = Shared {
+            recorder: metrics::Metrics::recorder(),
+            lifecycle: Arc::new(admit::Lifecycle::default()),
+            pending: Arc::new(AtomicUsize::new(0)),
+            served: Arc::new(models::Served::default()),
+        };
+        let mut states: Vec<Arc<AppState>> = Vec::with_capacity(models.len());
+        for (i, loaded) in models.into_iter().enumerate() {
+            // The router runs auth on the first model's state: only it holds the keys.
+            let keys = if i == 0 { config.keys()? } else { Vec::new() };
+            let state = Self::one(config.clone(), loaded, auth::KeyStore::new(&keys), &shared, reuse)?;
+            if states.iter().any(|s| s.model.name == state.model.name) {
+                return Err(ConfigError::Invalid(format!("two models are named '{}': name them with --model NAME=PATH", state.model.name)));
+            }
+            states.push(state);
+        }
+        shared.served.set(&states);
+        Ok(states)
+    }
+
+    fn one(config: ServerConfig, loaded: Loaded, keys: auth::KeyStore, shared: &Shared, reuse: &[Arc<AppState>]) -> Result<Arc<AppState>, ConfigError> {
+        let Loaded { backend, codec, mut model } = loaded;
         if let Some(name) = &config.served_model_name {
             model.name = name.clone();
         }
@@ -131,19 +183,36 @@ impl AppState {
         };
         let digest = blake3::hash(format!("kiln {} {} {}", env!("CARGO_PKG_VERSION"), model.name, model.max_model_len).as_bytes());
         let fingerprint = format!("fp_{}", &digest.to_hex()[..10]);
+        let (engine, task, embedder, matryoshka): (Arc<dyn Engine>, _, _, _) = match backend {
+            ModelBackend::Generate(engine) => (engine, ModelTask::Generate, None, false),
+            ModelBackend::Embed { embedder, matryoshka } => {
+                (Arc::new(embeddings::EmbedOnly(embedder.clone())), ModelTask::Embed, Some(embedder), matryoshka)
+            }
+        };
+        let grammars = match task {
+            ModelTask::Embed => None,
+            ModelTask::Generate => match reuse.iter().find(|s| s.model.name == model.name) {
+                Some(s) => s.grammars.clone(),
+                None => structured::grammar_compiler(&codec, config.grammar_cache_size),
+            },
+        };
         Ok(Arc::new(AppState {
             engine,
             codec,
+            metrics: Arc::new(metrics::Metrics::for_model(&shared.recorder, &model.name)),
             model,
-            config,
             limits,
-            keys,
-            metrics: Arc::new(metrics::Metrics::new()),
-            lifecycle: admit::Lifecycle::default(),
-            pending: Arc::new(AtomicUsize::new(0)),
             fingerprint,
+            task,
+            embedder,
+            matryoshka,
             grammars,
             tool_format,
+            config,
+            keys,
+            lifecycle: shared.lifecycle.clone(),
+            pending: shared.pending.clone(),
+            served: shared.served.clone(),
         }))
     }
 }
@@ -221,6 +290,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let app = Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/completions", post(completions::completions))
+        .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/models", get(misc::list_models))
         .route("/v1/models/{*model}", get(misc::retrieve_model))
         .route("/tokenize", post(misc::tokenize))

@@ -12,6 +12,7 @@ use utoipa::{Modify, OpenApi};
 use super::error::{ErrorBody, ErrorResponse};
 use super::wire_in::*;
 use super::wire_out::*;
+use super::embeddings::{self, EmbeddingData, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage, EmbeddingVector};
 use super::{chat, completions, misc, AppState};
 
 #[derive(OpenApi)]
@@ -20,6 +21,7 @@ use super::{chat, completions, misc, AppState};
     paths(
         chat::chat_completions,
         completions::completions,
+        embeddings::embeddings,
         misc::list_models,
         misc::retrieve_model,
         misc::tokenize,
@@ -34,6 +36,7 @@ use super::{chat, completions, misc, AppState};
         ChatChoice, ChatMessageOut, ChatLogprobs, ChatTokenLogprob, TopLogprob, ChatCompletionChunk, ChatChunkChoice,
         ChatDelta, CompletionResponse, CompletionChoice, CompletionLogprobs, Usage, PromptTokensDetails, ModelList,
         ModelCard, TokenizeResponse, DetokenizeResponse, VersionResponse, HealthResponse,
+        EmbeddingRequest, EmbeddingResponse, EmbeddingData, EmbeddingVector, EmbeddingUsage,
     )),
     modifiers(&BearerAuth)
 )]
@@ -48,13 +51,17 @@ impl Modify for BearerAuth {
     }
 }
 
-/// The document, with this server's own limits filled in: the one model
-/// name, the largest `n`, `max_tokens` and logprobs counts.
+/// The document, with this server's own limits filled in: the served
+/// model names, the largest `n`, `max_tokens` and logprobs counts.
 pub fn document(state: &AppState) -> Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
     let Some(schemas) = doc.pointer_mut("/components/schemas").and_then(Value::as_object_mut) else { return doc };
+    let mut names: Vec<String> = state.served.all().iter().map(|s| s.model.name.clone()).collect();
+    if names.is_empty() {
+        names.push(state.model.name.clone());
+    }
     let limits = [
-        ("model", "enum", json!([state.model.name])),
+        ("model", "enum", json!(names)),
         ("n", "maximum", json!(state.limits.max_n)),
         ("max_tokens", "maximum", json!(state.limits.max_model_len)),
         ("max_completion_tokens", "maximum", json!(state.limits.max_model_len)),
@@ -64,7 +71,7 @@ pub fn document(state: &AppState) -> Value {
     tighten_unions(schemas, state);
     describe_streams(&mut doc);
     let Some(schemas) = doc.pointer_mut("/components/schemas").and_then(Value::as_object_mut) else { return doc };
-    for name in ["ChatCompletionRequest", "CompletionRequest", "TokenizeRequest", "DetokenizeRequest"] {
+    for name in ["ChatCompletionRequest", "CompletionRequest", "EmbeddingRequest", "TokenizeRequest", "DetokenizeRequest"] {
         let Some(props) = schemas.get_mut(name).and_then(|s| s.get_mut("properties")).and_then(Value::as_object_mut) else {
             continue;
         };

@@ -63,6 +63,15 @@ pub enum CodecError {
 /// a codec without them (a test fake) falls back to.
 pub trait TextCodec: Send + Sync + 'static {
     fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, CodecError>;
+    /// Ids of `text` with special tokens, at most `max_tokens` of them:
+    /// the text is cut at its end and the special tokens are kept (as
+    /// transformers' `truncation=True, max_length=k`). The default cuts the
+    /// ids of `encode`.
+    fn encode_truncated(&self, text: &str, max_tokens: usize) -> Result<Vec<u32>, CodecError> {
+        let mut ids = self.encode(text, true)?;
+        ids.truncate(max_tokens);
+        Ok(ids)
+    }
     fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, CodecError>;
     fn vocab_size(&self) -> usize;
     fn apply_chat_template(&self, turns: &[ChatTurn], add_generation_prompt: bool) -> Result<String, CodecError>;

@@ -46,6 +46,9 @@ struct Mutable {
     /// Tokens charged at admission, settled on drop.
     charged: Option<(Arc<KeyLimits>, usize)>,
     error: Option<String>,
+    /// The metrics of the model the request was routed to (default: the
+    /// server's first model).
+    model_metrics: Option<Arc<Metrics>>,
 }
 
 impl RequestRecord {
@@ -89,6 +92,12 @@ impl RequestRecord {
         self.lock().charged = Some((limits, tokens));
     }
 
+    /// Counts this request's tokens and latencies under `metrics` (the
+    /// routed model's) instead of the first model's.
+    pub fn set_model_metrics(&self, metrics: Arc<Metrics>) {
+        self.lock().model_metrics = Some(metrics);
+    }
+
     pub fn set_error(&self, error: &str) {
         self.lock().error = Some(error.to_string());
     }
@@ -120,10 +129,11 @@ impl Drop for Inner {
         if let Some((limits, charged)) = m.charged.take() {
             limits.settle_tokens(charged, prompt + completion);
         }
-        self.metrics.count_request(&self.route, status);
-        self.metrics.e2e_latency.record(duration.as_secs_f64());
-        self.metrics.prompt_tokens.increment(prompt as u64);
-        self.metrics.generation_tokens.increment(completion as u64);
+        let metrics = m.model_metrics.take().unwrap_or_else(|| self.metrics.clone());
+        metrics.count_request(&self.route, status);
+        metrics.e2e_latency.record(duration.as_secs_f64());
+        metrics.prompt_tokens.increment(prompt as u64);
+        metrics.generation_tokens.increment(completion as u64);
         let ttft_ms = self.first_token.get().map(|d| d.as_secs_f64() * 1e3);
         tracing::info!(
             target: "kiln::access",

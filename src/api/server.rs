@@ -45,12 +45,31 @@ pub fn init_tracing(format: LogFormat) {
     };
 }
 
-/// Runs one greedy token through the engine; /health turns 200 after it.
-async fn warm_up(state: Arc<AppState>) {
+/// Runs one real request through a model's engine: one greedy token, or
+/// one embedding. True when it came back.
+async fn warm_up(state: Arc<AppState>) -> bool {
     let prompt = match state.codec.encode("Hello", true) {
         Ok(ids) if !ids.is_empty() => ids,
         _ => vec![0],
     };
+    let name = state.model.name.clone();
+    if let Some(embedder) = &state.embedder {
+        let req = crate::engine::embed::EmbedRequest { request_id: "warm-up".into(), inputs: vec![prompt], priority: Priority::Interactive };
+        return match embedder.embed(req) {
+            Ok(rx) => match rx.await {
+                Ok(Ok(_)) => true,
+                Ok(Err(e)) => {
+                    tracing::error!(model = %name, error = %e, "warm-up failed; /health stays 503");
+                    false
+                }
+                Err(_) => false,
+            },
+            Err(e) => {
+                tracing::error!(model = %name, error = %e, "warm-up request refused; /health stays 503");
+                false
+            }
+        };
+    }
     let req = ValidRequest {
         request_id: "warm-up".into(),
         prompt_ids: prompt,
@@ -62,19 +81,33 @@ async fn warm_up(state: Arc<AppState>) {
     };
     let mut rx = match state.engine.submit(req) {
         Ok(rx) => rx,
-        Err(e) => return tracing::error!(error = %e, "warm-up request refused; /health stays 503"),
+        Err(e) => {
+            tracing::error!(model = %name, error = %e, "warm-up request refused; /health stays 503");
+            return false;
+        }
     };
     while let Some(ev) = rx.recv().await {
         match ev.kind {
-            EventKind::Finished { .. } => {
-                state.lifecycle.set_ready();
-                return tracing::info!("warm-up forward pass done; ready");
+            EventKind::Finished { .. } => return true,
+            EventKind::Error(e) => {
+                tracing::error!(model = %name, error = %e, "warm-up failed; /health stays 503");
+                return false;
             }
-            EventKind::Error(e) => return tracing::error!(error = %e, "warm-up failed; /health stays 503"),
             EventKind::Token { .. } => {}
         }
     }
-    tracing::error!("engine closed during warm-up; /health stays 503");
+    tracing::error!(model = %name, "engine closed during warm-up; /health stays 503");
+    false
+}
+
+/// Warms every model; /health turns 200 once all of them answered.
+async fn warm_up_all(states: Vec<Arc<AppState>>) {
+    let Some(first) = states.first().cloned() else { return };
+    let results = futures::future::join_all(states.into_iter().map(warm_up)).await;
+    if results.iter().all(|&ok| ok) {
+        first.lifecycle.set_ready();
+        tracing::info!("warm-up forward passes done; ready");
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.
@@ -99,15 +132,24 @@ async fn shutdown_signal() {
     }
 }
 
-/// What a model load yields.
+/// The engine behind one served model.
+pub enum ModelBackend {
+    /// A generation engine (chat and completions).
+    Generate(Arc<dyn Engine>),
+    /// An embedding engine; `matryoshka`: `dimensions` is allowed.
+    Embed { embedder: Arc<dyn super::Embedder>, matryoshka: bool },
+}
+
+/// What loading one model yields.
 pub struct Loaded {
-    pub engine: Arc<dyn Engine>,
+    pub backend: ModelBackend,
     pub codec: Arc<dyn TextCodec>,
     pub model: ModelInfo,
 }
 
 /// The served app once loading finished; empty while loading.
-type Slot = Arc<OnceLock<(Router, Arc<AppState>)>>;
+/// The states are every model's, the first being the router's.
+type Slot = Arc<OnceLock<(Router, Vec<Arc<AppState>>)>>;
 
 /// The outer service: the real router once loaded, else 503 "loading".
 fn front(slot: Slot) -> Router {
@@ -133,15 +175,15 @@ pub async fn serve_with(
     codec: Arc<dyn TextCodec>,
     model: ModelInfo,
 ) -> anyhow::Result<()> {
-    serve_loading(config, move || Ok(Loaded { engine, codec, model })).await
+    serve_loading(config, move || Ok(vec![Loaded { backend: ModelBackend::Generate(engine), codec, model }])).await
 }
 
 /// Binds first and answers 503 while `load` runs on a blocking thread, then
-/// serves the model; drains on SIGTERM / SIGINT. An error from `load` ends
-/// the server with that error.
+/// serves its models (routed by name, the first one the default); drains on
+/// SIGTERM / SIGINT. An error from `load` ends the server with that error.
 pub async fn serve_loading<F>(config: ServerConfig, load: F) -> anyhow::Result<()>
 where
-    F: FnOnce() -> anyhow::Result<Loaded> + Send + 'static,
+    F: FnOnce() -> anyhow::Result<Vec<Loaded>> + Send + 'static,
 {
     config.check()?;
     config.keys()?;
@@ -159,8 +201,8 @@ where
     let on_signal = slot.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
-        if let Some((_, state)) = on_signal.get() {
-            state.lifecycle.start_draining();
+        if let Some((_, states)) = on_signal.get() {
+            states[0].lifecycle.start_draining();
         }
         tracing::info!("shutdown signal: draining in-flight requests for up to {}s", timeout.as_secs());
         let _ = stop_tx.send(true);
@@ -177,7 +219,7 @@ where
         let _ = deadline_rx.wait_for(|&s| s).await;
         tokio::time::sleep(timeout).await;
     };
-    let engine = || slot.get().map(|(_, s)| s.engine.clone());
+    let engines = || slot.get().map(|(_, s)| s.iter().map(|s| s.engine.clone()).collect::<Vec<_>>()).unwrap_or_default();
     tokio::select! {
         res = &mut server => {
             res.context("server error")?;
@@ -185,14 +227,14 @@ where
         }
         _ = deadline => {
             tracing::warn!("shutdown timeout reached: aborting the remaining requests");
-            if let Some(e) = engine() {
+            for e in engines() {
                 stop_engine(e).await;
             }
             // Let aborted streams write their error event and [DONE].
             let _ = tokio::time::timeout(Duration::from_secs(2), &mut server).await;
         }
     }
-    if let Some(e) = engine() {
+    for e in engines() {
         stop_engine(e).await;
     }
     let failed = load_error.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -207,18 +249,20 @@ async fn load_then_serve<F>(
     stop: Arc<watch::Sender<bool>>,
     error: Arc<std::sync::Mutex<Option<anyhow::Error>>>,
 ) where
-    F: FnOnce() -> anyhow::Result<Loaded> + Send + 'static,
+    F: FnOnce() -> anyhow::Result<Vec<Loaded>> + Send + 'static,
 {
     let loaded = tokio::task::spawn_blocking(load).await.map_err(|e| anyhow::anyhow!("model loading panicked: {e}"));
-    let state = loaded.and_then(|l| l.and_then(|l| Ok(AppState::new(config, l.engine, l.codec, l.model)?)));
-    match state {
-        Ok(state) => {
-            tracing::info!(model = %state.model.name, max_model_len = state.model.max_model_len, "model loaded");
-            if *stop.borrow() {
-                state.lifecycle.start_draining();
+    let states = loaded.and_then(|l| l.and_then(|l| Ok(AppState::new_served(config, l)?)));
+    match states {
+        Ok(states) => {
+            for s in &states {
+                tracing::info!(model = %s.model.name, max_model_len = s.model.max_model_len, task = ?s.task, "model loaded");
             }
-            let _ = slot.set((router(state.clone()), state.clone()));
-            warm_up(state).await;
+            if *stop.borrow() {
+                states[0].lifecycle.start_draining();
+            }
+            let _ = slot.set((router(states[0].clone()), states.clone()));
+            warm_up_all(states).await;
         }
         Err(e) => {
             tracing::error!(error = %e, "loading failed");

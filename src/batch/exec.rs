@@ -1,6 +1,7 @@
 //! Runs one batch request through the live endpoints' own handlers, so a
 //! line is validated, templated, tokenized and answered exactly as the same
-//! body posted to /v1/chat/completions or /v1/completions would be.
+//! body posted to /v1/chat/completions, /v1/completions or /v1/embeddings
+//! would be, routed by `model` to any model of the server.
 //!
 //! The handlers run on a private router (with the server's request-log
 //! layer: one access line per request) whose `AppState` wraps the engine
@@ -26,7 +27,8 @@ use super::input::InputLine;
 use super::wire::{new_id, Endpoint};
 use crate::api::auth::Caller;
 use crate::api::reqlog;
-use crate::api::{chat, completions, ApiError, AppState, Engine, EngineGauges, SubmitError};
+use crate::api::embeddings::{self, BatchPriorityEmbedder};
+use crate::api::{chat, completions, ApiError, AppState, Engine, EngineGauges, Loaded, ModelBackend, SubmitError};
 use crate::config::{ConfigError, ServerConfig};
 use crate::engine::{Priority, TokenEvent, ValidRequest};
 
@@ -66,22 +68,48 @@ pub enum LineOutcome {
 pub struct LineExecutor {
     router: Router,
     max_body_bytes: usize,
+    /// The batch-priority states of every model (the router reaches the
+    /// others through weak references).
+    _states: Vec<Arc<AppState>>,
 }
 
 impl LineExecutor {
-    /// An executor over `main`'s engine, tokenizer, model and limits.
+    /// An executor over the engines, tokenizers, models and limits of
+    /// `main` and the other models of its server.
     pub fn new(main: &AppState) -> Result<LineExecutor, ConfigError> {
-        let config = ServerConfig { api_keys: Vec::new(), api_key_file: None, cors_origins: Vec::new(), ..main.config.clone() };
-        let engine: Arc<dyn Engine> = Arc::new(BatchPriority(main.engine.clone()));
-        let state = AppState::with_grammars(config, engine, main.codec.clone(), main.model.clone(), main.grammars.clone())?;
+        let config = ServerConfig {
+            api_keys: Vec::new(),
+            api_key_file: None,
+            cors_origins: Vec::new(),
+            // The names below are already the served ones.
+            served_model_name: None,
+            ..main.config.clone()
+        };
+        let mut models = main.served.all();
+        if models.is_empty() {
+            models.push(AppState::new(config.clone(), main.engine.clone(), main.codec.clone(), main.model.clone())?);
+        }
+        let loaded = models
+            .iter()
+            .map(|m| {
+                let backend = match &m.embedder {
+                    Some(e) => ModelBackend::Embed { embedder: Arc::new(BatchPriorityEmbedder(e.clone())), matryoshka: m.matryoshka },
+                    None => ModelBackend::Generate(Arc::new(BatchPriority(m.engine.clone()))),
+                };
+                Loaded { backend, codec: m.codec.clone(), model: m.model.clone() }
+            })
+            .collect();
+        let states = AppState::new_served_sharing(config, loaded, &main.served.all())?;
+        let state = states[0].clone();
         let router = Router::new()
             .route(Endpoint::ChatCompletions.as_str(), post(chat::chat_completions))
             .route(Endpoint::Completions.as_str(), post(completions::completions))
+            .route(Endpoint::Embeddings.as_str(), post(embeddings::embeddings))
             .layer(DefaultBodyLimit::disable())
             .layer(from_fn_with_state(state.clone(), reqlog::record_request))
             .layer(CatchPanicLayer::custom(panic_response))
             .with_state(state.clone());
-        Ok(LineExecutor { router, max_body_bytes: state.config.max_body_bytes })
+        Ok(LineExecutor { router, max_body_bytes: state.config.max_body_bytes, _states: states })
     }
 
     fn refused(request_id: String, e: ApiError) -> LineOutcome {

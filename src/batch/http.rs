@@ -205,7 +205,7 @@ async fn create_batch(State(h): State<BatchHttp>, headers: HeaderMap, ApiJson(re
     let svc = h.svc()?;
     crate::api::validate::refuse_extra(&req.extra, "")?;
     let Some(endpoint) = Endpoint::parse(&req.endpoint) else {
-        let msg = format!("Invalid endpoint '{}': kiln runs batches for /v1/chat/completions and /v1/completions", req.endpoint);
+        let msg = format!("Invalid endpoint '{}': kiln runs batches for /v1/chat/completions, /v1/completions and /v1/embeddings", req.endpoint);
         return Err(BatchApiError::invalid(msg, "endpoint"));
     };
     if req.completion_window != "24h" {

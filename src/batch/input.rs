@@ -71,7 +71,8 @@ pub fn parse_line(bytes: &[u8]) -> Result<InputLine, String> {
     }
     let endpoint = match field(&obj, "url")? {
         Value::String(u) => Endpoint::parse(u).ok_or_else(|| {
-            format!("url '{u}' is not supported: expected {} or {}", Endpoint::ChatCompletions.as_str(), Endpoint::Completions.as_str())
+            let all: Vec<&str> = Endpoint::ALL.iter().map(|e| e.as_str()).collect();
+            format!("url '{u}' is not supported: expected one of {}", all.join(", "))
         })?,
         _ => return Err("url must be a string".into()),
     };

@@ -22,15 +22,17 @@ pub fn result_file_id(batch_id: &str, kind: &str) -> String {
 pub enum Endpoint {
     ChatCompletions,
     Completions,
+    Embeddings,
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 2] = [Endpoint::ChatCompletions, Endpoint::Completions];
+    pub const ALL: [Endpoint; 3] = [Endpoint::ChatCompletions, Endpoint::Completions, Endpoint::Embeddings];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Endpoint::ChatCompletions => "/v1/chat/completions",
             Endpoint::Completions => "/v1/completions",
+            Endpoint::Embeddings => "/v1/embeddings",
         }
     }
 

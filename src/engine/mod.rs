@@ -10,6 +10,7 @@
 
 pub mod config;
 mod constrain;
+pub mod embed;
 mod core;
 pub mod fake;
 pub mod handle;

@@ -158,6 +158,22 @@ impl LlamaModel {
     /// the logits `[n, vocab]` of the last query token of each sequence with
     /// `want_logits`, in order.
     pub fn forward(&self, batch: &BatchInput, cache: &mut KvCache) -> Vec<f32> {
+        let hs = self.residual_stream(batch, cache);
+        self.logits(batch, &hs)
+    }
+
+    /// The final-normed hidden state `[tokens, hidden]` of every query token
+    /// of `batch` (transformers' `last_hidden_state`; decoder embedding
+    /// models pool it), writing K/V into `cache` as `forward` does.
+    pub fn last_hidden_state(&self, batch: &BatchInput, cache: &mut KvCache) -> Vec<f32> {
+        let hs = self.residual_stream(batch, cache);
+        let mut out = vec![0.0f32; hs.len()];
+        rms_norm(&hs, &self.norm, self.cfg.rms_norm_eps, &mut out);
+        out
+    }
+
+    /// Embeddings through every block: the residual stream before the final norm.
+    fn residual_stream(&self, batch: &BatchInput, cache: &mut KvCache) -> Vec<f32> {
         let c = &self.cfg;
         let (t, h) = (batch.tokens.len(), c.hidden_size);
         let mut hs = vec![0.0f32; t * h];
@@ -175,7 +191,7 @@ impl LlamaModel {
             silu_and_mul(&gu, c.intermediate_size, &mut act);
             add_inplace(&mut hs, &layer.down.forward(&act, t));
         }
-        self.logits(batch, &hs)
+        hs
     }
 
     fn attention(&self, li: usize, layer: &Layer, batch: &BatchInput, x: &[f32], cache: &mut KvCache) -> Vec<f32> {

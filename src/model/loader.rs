@@ -67,7 +67,8 @@ pub fn open_weights(path: &Path) -> Result<(ModelConfig, Box<dyn WeightSource>),
     }
     if path.is_dir() {
         let config = ModelConfig::from_hf_json(&path.join("config.json"))?;
-        Ok((config, Box::new(SafetensorsSource::open_dir(path)?)))
+        let source = super::weights::BareModelSource::wrap_if_bare(Box::new(SafetensorsSource::open_dir(path)?));
+        Ok((config, source))
     } else {
         let file = GgufFile::open(path)?;
         let config = config_from_gguf(&file)?;

@@ -2,6 +2,7 @@
 //! GGUF files) and the transformer architectures.
 
 pub mod batch;
+pub mod bert;
 pub mod config;
 pub mod dequant;
 pub mod gguf;
@@ -9,6 +10,7 @@ pub mod gguf_config;
 pub mod gguf_weights;
 pub mod llama;
 pub mod loader;
+pub mod pooling;
 pub mod weights;
 
 pub use batch::{BatchInput, SeqInput};

@@ -152,3 +152,39 @@ impl WeightSource for SafetensorsSource {
         Ok(HostTensor { shape, data })
     }
 }
+
+/// Weights saved from a bare decoder (`Qwen3Model` rather than
+/// `Qwen3ForCausalLM`: no `model.` prefix, as Qwen3-Embedding ships them)
+/// answered under the prefixed names the architectures ask for.
+pub struct BareModelSource(pub Box<dyn WeightSource>);
+
+impl BareModelSource {
+    /// Wraps `src` when it holds bare names (`embed_tokens.weight` without
+    /// `model.embed_tokens.weight`); else returns it as it is.
+    pub fn wrap_if_bare(src: Box<dyn WeightSource>) -> Box<dyn WeightSource> {
+        if !src.contains("model.embed_tokens.weight") && src.contains("embed_tokens.weight") {
+            Box::new(BareModelSource(src))
+        } else {
+            src
+        }
+    }
+
+    fn bare(name: &str) -> &str {
+        name.strip_prefix("model.").unwrap_or(name)
+    }
+}
+
+impl WeightSource for BareModelSource {
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+    fn contains(&self, name: &str) -> bool {
+        self.0.contains(Self::bare(name))
+    }
+    fn load(&self, name: &str) -> Result<HostTensor, ModelError> {
+        self.0.load(Self::bare(name))
+    }
+    fn names(&self) -> Vec<String> {
+        self.0.names()
+    }
+}

@@ -2,6 +2,7 @@
 //! token ids. It owns the backend's KV memory; the engine owns the block ids.
 
 pub mod cpu;
+pub mod encoder;
 
 use crate::engine::TokenLogprob;
 use crate::model::BatchInput;

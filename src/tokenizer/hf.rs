@@ -18,7 +18,11 @@ pub(crate) fn load(dir: &Path) -> Result<Tokenizer, TokenizerError> {
     if !tj.is_file() {
         return Err(load_err(&tj, "no such file"));
     }
-    let inner = tokenizers::Tokenizer::from_file(&tj).map_err(|e| load_err(&tj, e))?;
+    let mut inner = tokenizers::Tokenizer::from_file(&tj).map_err(|e| load_err(&tj, e))?;
+    // kiln never truncates or pads silently (some tokenizer.json files, e.g.
+    // sentence-transformers' exports, ask for both).
+    inner.with_truncation(None).map_err(|e| load_err(&tj, e))?;
+    inner.with_padding(None);
     let cfg = read_config(&dir.join("tokenizer_config.json"))?;
 
     let token_str = |key: &str| cfg.get(key).and_then(token_content);

@@ -157,6 +157,34 @@ impl Tokenizer {
         Ok(out)
     }
 
+    /// `encode(text, true)` cut to at most `max_tokens` ids: the text's
+    /// tokens are cut at the end and the post-processor's special tokens
+    /// (e.g. BERT's [CLS] ... [SEP]) are kept, as transformers does with
+    /// `truncation=True, max_length=max_tokens`.
+    pub fn encode_truncated(&self, text: &str, max_tokens: usize) -> Result<Vec<u32>, TokenizerError> {
+        let full = self.encode(text, true)?;
+        if full.len() <= max_tokens {
+            return Ok(full);
+        }
+        let body = self.encode(text, false)?;
+        let added = full.len().saturating_sub(body.len());
+        let keep = max_tokens.saturating_sub(added);
+        if self.ids.use_post_processor {
+            let mut enc = self.inner.encode(text, false).map_err(|e| TokenizerError::Encode(e.to_string()))?;
+            enc.truncate(keep, 0, tokenizers::TruncationDirection::Right);
+            let enc = self.inner.post_process(enc, None, true).map_err(|e| TokenizerError::Encode(e.to_string()))?;
+            return Ok(enc.get_ids().to_vec());
+        }
+        let mut out = Vec::with_capacity(max_tokens);
+        let bos = self.ids.add_bos && self.ids.bos.is_some();
+        if bos {
+            out.push(full[0]);
+        }
+        out.extend_from_slice(&body[..keep]);
+        out.extend_from_slice(&full[bos as usize + body.len()..]);
+        Ok(out)
+    }
+
     /// The text of `ids`; with `skip_special_tokens` control tokens are left out.
     /// No clean-up of spaces is done (the text is what the tokens spell).
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, TokenizerError> {

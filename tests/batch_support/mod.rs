@@ -36,6 +36,16 @@ impl Kiln {
         Some(Kiln { server, base })
     }
 
+    /// `start` with exactly `args` after --data-dir (no SMALL: e.g. for
+    /// several models, where --served-model-name does not apply).
+    pub async fn start_with(data_dir: &Path, args: &[&str]) -> Option<Kiln> {
+        let dir = data_dir.to_string_lossy().into_owned();
+        let all: Vec<&str> = ["--data-dir", dir.as_str()].into_iter().chain(args.iter().copied()).collect();
+        let server = server::KilnServer::start(&all).await?;
+        let base = server.base.clone();
+        Some(Kiln { server, base })
+    }
+
     pub fn log_text(&self) -> String {
         self.server.log_text()
     }

@@ -114,9 +114,17 @@ impl KilnServer {
     }
 }
 
-/// The value of an unlabelled sample in Prometheus text.
+/// The value of the first sample of `name` in Prometheus text, labelled
+/// (e.g. by `model`) or not.
 pub fn metric_value(text: &str, name: &str) -> Option<f64> {
-    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    text.lines().find_map(|l| {
+        let rest = l.strip_prefix(name)?;
+        let rest = match rest.strip_prefix('{') {
+            Some(r) => r.split_once("} ")?.1,
+            None => rest.strip_prefix(' ')?,
+        };
+        rest.trim().parse().ok()
+    })
 }
 
 impl Drop for KilnServer {

@@ -2,6 +2,7 @@
 //! the engine every test and CI run uses.
 
 pub mod attention;
+pub mod encoder;
 pub mod matmul;
 pub mod ops;
 pub mod quant;

@@ -1,0 +1,214 @@
+//! BERT-family encoders (`BertModel`: sentence-transformers' all-MiniLM,
+//! BAAI bge, e5, ...). Weight names are Hugging Face's, verbatim (with or
+//! without the `bert.` prefix of task-head checkpoints).
+//!
+//! embed:   h = LN(word[tok] + position[pos] + token_type[0])
+//! layer:   qkv = h·Wqkvᵀ + b ; a = softmax(q·kᵀ/√d)·v  (bidirectional, per sequence)
+//!          h = LN(h + a·Woᵀ + bo) ; h = LN(h + gelu(h·Wiᵀ + bi)·Wo2ᵀ + bo2)
+//! (post-LayerNorm, as in Devlin et al. 2018 and transformers' modeling_bert.py)
+
+use super::weights::WeightSource;
+use super::ModelError;
+use crate::backend::cpu::encoder::{gelu_erf_inplace, layer_norm, packed_attention};
+use crate::backend::cpu::ops::add_inplace;
+use crate::backend::cpu::{matmul, Weight};
+use serde::Deserialize;
+use std::path::Path;
+
+/// The hyper-parameters of a `BertModel` config.json.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct BertConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_type_vocab")]
+    pub type_vocab_size: usize,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    #[serde(default = "default_pos_type")]
+    pub position_embedding_type: String,
+}
+
+fn default_type_vocab() -> usize {
+    2
+}
+fn default_eps() -> f64 {
+    1e-12
+}
+fn default_act() -> String {
+    "gelu".into()
+}
+fn default_pos_type() -> String {
+    "absolute".into()
+}
+
+/// Whether a config.json's architecture is one this file serves.
+pub fn is_bert(config_json: &serde_json::Value) -> bool {
+    let arch = config_json.get("architectures").and_then(|a| a.get(0)).and_then(|a| a.as_str()).unwrap_or("");
+    let ty = config_json.get("model_type").and_then(|t| t.as_str()).unwrap_or("");
+    arch.starts_with("Bert") || ty == "bert"
+}
+
+impl BertConfig {
+    /// Parses and checks a config.json (`hidden_act` must be the exact
+    /// "gelu", positions "absolute").
+    pub fn from_file(path: &Path) -> Result<BertConfig, ModelError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ModelError::Io { path: path.into(), source: e })?;
+        let c: BertConfig = serde_json::from_str(&text)
+            .map_err(|e| ModelError::Corrupt { path: path.into(), msg: format!("invalid BERT config.json: {e}") })?;
+        if c.hidden_act != "gelu" {
+            return Err(ModelError::Unsupported { path: path.into(), what: "hidden_act", name: c.hidden_act });
+        }
+        if c.position_embedding_type != "absolute" {
+            return Err(ModelError::Unsupported { path: path.into(), what: "position_embedding_type", name: c.position_embedding_type });
+        }
+        if c.num_attention_heads == 0 || c.hidden_size % c.num_attention_heads != 0 || c.num_hidden_layers == 0 {
+            return Err(ModelError::ConfigMismatch {
+                path: path.into(),
+                msg: format!("hidden_size {} is not a multiple of num_attention_heads {}", c.hidden_size, c.num_attention_heads),
+            });
+        }
+        Ok(c)
+    }
+}
+
+/// A LayerNorm's weight and bias.
+struct Norm {
+    w: Vec<f32>,
+    b: Vec<f32>,
+}
+
+struct Linear {
+    w: Weight,
+    b: Vec<f32>,
+}
+
+impl Linear {
+    fn forward(&self, x: &[f32], m: usize) -> Vec<f32> {
+        let mut y = vec![0.0; m * self.w.rows];
+        matmul(x, m, &self.w, Some(&self.b), &mut y);
+        y
+    }
+}
+
+struct Layer {
+    /// query, key and value stacked: [3 * hidden, hidden].
+    qkv: Linear,
+    attn_out: Linear,
+    attn_norm: Norm,
+    inter: Linear,
+    out: Linear,
+    out_norm: Norm,
+}
+
+pub struct BertModel {
+    pub cfg: BertConfig,
+    word: Weight,
+    position: Weight,
+    token_type: Vec<f32>,
+    embed_norm: Norm,
+    layers: Vec<Layer>,
+}
+
+struct Loader<'a> {
+    src: &'a dyn WeightSource,
+    prefix: &'static str,
+}
+
+impl Loader<'_> {
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
+        let full = format!("{}{name}", self.prefix);
+        let t = self.src.load(&full)?;
+        if t.shape != shape {
+            return Err(ModelError::ConfigMismatch {
+                path: self.src.path().into(),
+                msg: format!("tensor '{full}' has shape {:?}, the config implies {:?}", t.shape, shape),
+            });
+        }
+        Ok(t.to_f32())
+    }
+    fn weight(&self, name: &str, rows: usize, cols: usize) -> Result<Weight, ModelError> {
+        Ok(Weight::f32(rows, cols, self.tensor(name, &[rows, cols])?))
+    }
+    fn linear(&self, name: &str, rows: usize, cols: usize) -> Result<Linear, ModelError> {
+        Ok(Linear { w: self.weight(&format!("{name}.weight"), rows, cols)?, b: self.tensor(&format!("{name}.bias"), &[rows])? })
+    }
+    fn norm(&self, name: &str, n: usize) -> Result<Norm, ModelError> {
+        Ok(Norm { w: self.tensor(&format!("{name}.weight"), &[n])?, b: self.tensor(&format!("{name}.bias"), &[n])? })
+    }
+}
+
+impl BertModel {
+    /// Loads every tensor (as f32), checking shapes against `cfg`.
+    pub fn load(cfg: BertConfig, src: &dyn WeightSource, mut progress: impl FnMut(usize)) -> Result<BertModel, ModelError> {
+        let prefix = if src.contains("bert.embeddings.word_embeddings.weight") { "bert." } else { "" };
+        let l = Loader { src, prefix };
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        let word = l.weight("embeddings.word_embeddings.weight", cfg.vocab_size, h)?;
+        let position = l.weight("embeddings.position_embeddings.weight", cfg.max_position_embeddings, h)?;
+        let types = l.tensor("embeddings.token_type_embeddings.weight", &[cfg.type_vocab_size, h])?;
+        let embed_norm = l.norm("embeddings.LayerNorm", h)?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for n in 0..cfg.num_hidden_layers {
+            let p = format!("encoder.layer.{n}");
+            let q = l.linear(&format!("{p}.attention.self.query"), h, h)?;
+            let k = l.linear(&format!("{p}.attention.self.key"), h, h)?;
+            let v = l.linear(&format!("{p}.attention.self.value"), h, h)?;
+            layers.push(Layer {
+                qkv: Linear { w: Weight::concat_rows(&[&q.w, &k.w, &v.w]), b: [q.b, k.b, v.b].concat() },
+                attn_out: l.linear(&format!("{p}.attention.output.dense"), h, h)?,
+                attn_norm: l.norm(&format!("{p}.attention.output.LayerNorm"), h)?,
+                inter: l.linear(&format!("{p}.intermediate.dense"), i, h)?,
+                out: l.linear(&format!("{p}.output.dense"), h, i)?,
+                out_norm: l.norm(&format!("{p}.output.LayerNorm"), h)?,
+            });
+            progress(n + 1);
+        }
+        // Single-sentence inputs: every token has token type 0.
+        let token_type = types[..h].to_vec();
+        Ok(BertModel { cfg, word, position, token_type, embed_norm, layers })
+    }
+
+    /// The last hidden state `[tokens, hidden]` of packed sequences:
+    /// `tokens` holds every sequence's ids back to back, `seqs` each one's
+    /// (first row, length). Positions restart at 0 in each sequence; a
+    /// sequence must not be longer than `max_position_embeddings`.
+    pub fn forward(&self, tokens: &[u32], seqs: &[(usize, usize)]) -> Vec<f32> {
+        let c = &self.cfg;
+        let (t, h) = (tokens.len(), c.hidden_size);
+        let eps = c.layer_norm_eps as f32;
+        let mut x = vec![0.0f32; t * h];
+        let mut pos = vec![0.0f32; h];
+        for &(start, len) in seqs {
+            for j in 0..len {
+                let row = &mut x[(start + j) * h..(start + j + 1) * h];
+                self.word.row_into(tokens[start + j] as usize, row);
+                self.position.row_into(j, &mut pos);
+                for ((r, p), ty) in row.iter_mut().zip(&pos).zip(&self.token_type) {
+                    *r += p + ty;
+                }
+            }
+        }
+        let mut hs = vec![0.0f32; t * h];
+        layer_norm(&x, &self.embed_norm.w, &self.embed_norm.b, eps, &mut hs);
+        let heads = c.num_attention_heads;
+        for layer in &self.layers {
+            let qkv = layer.qkv.forward(&hs, t);
+            let attn = packed_attention(&qkv, seqs, heads, h / heads);
+            let mut a = layer.attn_out.forward(&attn, t);
+            add_inplace(&mut a, &hs);
+            layer_norm(&a, &layer.attn_norm.w, &layer.attn_norm.b, eps, &mut hs);
+            let mut inter = layer.inter.forward(&hs, t);
+            gelu_erf_inplace(&mut inter);
+            let mut o = layer.out.forward(&inter, t);
+            add_inplace(&mut o, &hs);
+            layer_norm(&o, &layer.out_norm.w, &layer.out_norm.b, eps, &mut hs);
+        }
+        hs
+    }
+}
