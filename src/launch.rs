@@ -42,7 +42,9 @@ pub struct EngineArgs {
     /// Worker threads of the CPU backend (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// auto (the GPU when one is usable, else the CPU), cpu, cuda or cuda:N.
+    /// auto (the GPU when one is usable, else the CPU), cpu, cuda, cuda:N, or
+    /// emu (the CUDA backend on an emulated device: slow, for tests and
+    /// kernel work without a GPU; needs a build with `--features emu`).
     #[arg(long, default_value = "auto")]
     pub device: crate::backend::cuda::select::DeviceChoice,
     /// Fraction of GPU memory for weights, activations and the KV pool.
@@ -145,7 +147,7 @@ pub fn start_engine(args: &EngineArgs) -> anyhow::Result<Engine> {
         tracing::info!("device auto: using the CPU ({why})");
     }
     match device {
-        DeviceChoice::Cuda(n) => start_cuda(args, n),
+        DeviceChoice::Cuda(_) | DeviceChoice::Emu => start_cuda(args, device),
         _ => start_cpu(args),
     }
 }
@@ -162,14 +164,16 @@ fn start_cpu(args: &EngineArgs) -> anyhow::Result<Engine> {
     finish_start(args, engine_cfg, Box::new(runner), loaded.tokenizer, loaded.name, cfg, loaded.generation)
 }
 
-#[cfg(feature = "cuda")]
-fn start_cuda(args: &EngineArgs, device: usize) -> anyhow::Result<Engine> {
-    use crate::backend::cuda::runner::{CudaRunner, CudaRunnerOptions};
+/// The CUDA runner on GPU n or on the emulated device.
+#[cfg(any(feature = "cuda", feature = "emu"))]
+fn start_cuda(args: &EngineArgs, choice: crate::backend::cuda::select::DeviceChoice) -> anyhow::Result<Engine> {
+    use crate::backend::cuda::runner::{check_model, CudaRunner, CudaRunnerOptions};
+    use crate::backend::cuda::select::DeviceChoice;
     let path = resolve_model(&args.model)?;
     let o = crate::model::loader::open(&path)?;
     let engine_cfg = args.engine_config(&o.config, o.eos_token_ids.clone());
     let opts = CudaRunnerOptions {
-        device,
+        device: if let DeviceChoice::Cuda(n) = choice { n } else { 0 },
         block_size: args.block_size,
         max_model_len: engine_cfg.max_model_len,
         max_num_seqs: args.max_num_seqs,
@@ -180,14 +184,17 @@ fn start_cuda(args: &EngineArgs, device: usize) -> anyhow::Result<Engine> {
     };
     let bar = progress_bar(&path);
     bar.set_length(o.config.num_layers as u64);
-    let runner = CudaRunner::load(&o.config, o.source.as_ref(), opts, |done| bar.set_position(done as u64))?;
+    check_model(&o.config)?;
+    let dev = crate::backend::cuda::select::open(choice)?;
+    let name = dev.name.clone();
+    let runner = CudaRunner::load_on(dev, &o.config, o.source.as_ref(), opts, |done| bar.set_position(done as u64))?;
     bar.finish_and_clear();
-    tracing::info!(device = %format!("cuda:{device}"), "starting the engine");
+    tracing::info!(device = %name, "starting the engine");
     finish_start(args, engine_cfg, Box::new(runner), o.tokenizer, o.name, o.config, o.generation)
 }
 
-#[cfg(not(feature = "cuda"))]
-fn start_cuda(_: &EngineArgs, _: usize) -> anyhow::Result<Engine> {
+#[cfg(not(any(feature = "cuda", feature = "emu")))]
+fn start_cuda(_: &EngineArgs, _: crate::backend::cuda::select::DeviceChoice) -> anyhow::Result<Engine> {
     anyhow::bail!("this kiln was built without CUDA support: rebuild with `cargo build --release --features cuda`, or pass --device cpu")
 }
 

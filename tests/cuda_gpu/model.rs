@@ -17,6 +17,7 @@
 //! steps in >= 95% of the prompts.
 use super::support::*;
 use kiln::backend::cpu::KvCache;
+use kiln::backend::cuda::device::Device;
 use kiln::backend::cuda::runner::{open_weights, CudaRunner, CudaRunnerOptions};
 use kiln::model::llama::LlamaModel;
 use kiln::model::BatchInput;
@@ -114,14 +115,16 @@ fn greedy_cpu(m: &LlamaModel, prompts: &[Vec<u32>], steps: usize, per: usize) ->
 
 #[test]
 fn fixture_models_match_cpu_and_transformers() {
-    let Some(dev) = device_or_skip("fixture_models") else { return };
-    drop(dev);
+    if device_or_skip("fixture_models").is_none() {
+        return;
+    }
     let root = repo_root().join("tests/fixtures/models");
     for name in ["llama3_tied", "llama_untied_bf16", "qwen2_bias", "qwen3_qknorm", "mistral"] {
         let dir = root.join(name);
         let (cfg, src) = open_weights(&dir).unwrap();
         let cpu = LlamaModel::load(cfg.clone(), src.as_ref(), |_| {}).unwrap();
-        let mut gpu = CudaRunner::load(&cfg, src.as_ref(), opts(256, 8, 256), |_| {}).unwrap();
+        let dev = device_or_skip(name).unwrap();
+        let mut gpu = CudaRunner::load_on(dev, &cfg, src.as_ref(), opts(256, 8, 256), |_| {}).unwrap();
         let r: Reference = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
         let v = cfg.vocab_size;
         for (ci, case) in r.cases.iter().enumerate() {
@@ -157,7 +160,7 @@ fn env_list(var: &str) -> Vec<PathBuf> {
 }
 
 /// GPU vs CPU on a random-weight model: 64 prompts, 32 greedy steps.
-fn compare_with_cpu(dir: &Path) {
+fn compare_with_cpu(dev: Device, dir: &Path) {
     let mut r = rng(&format!("random model {}", dir.display()));
     let (cfg, src) = open_weights(dir).unwrap();
     let prompts: Vec<Vec<u32>> = (0..64).map(|_| (0..r.gen_range(8..96)).map(|_| r.gen_range(0..cfg.vocab_size as u32)).collect()).collect();
@@ -168,7 +171,7 @@ fn compare_with_cpu(dir: &Path) {
         greedy_cpu(&cpu, &prompts, 32, per)
     };
     println!("{}: CPU reference in {:.1}s", dir.display(), t0.elapsed().as_secs_f32());
-    let mut gpu = CudaRunner::load(&cfg, src.as_ref(), opts(256, 64, 64 * 96), |_| {}).unwrap();
+    let mut gpu = CudaRunner::load_on(dev, &cfg, src.as_ref(), opts(256, 64, 64 * 96), |_| {}).unwrap();
     let refs: Vec<(&[u32], usize, Vec<u32>, bool)> = prompts.iter().enumerate().map(|(i, p)| (&p[..], 0, table(i, per), true)).collect();
     let refs2: Vec<(&[u32], usize, &[u32], bool)> = refs.iter().map(|(p, c, t, w)| (*p, *c, &t[..], *w)).collect();
     let g = gpu.forward_logits(&BatchInput::build(BS, &refs2)).unwrap();
@@ -189,11 +192,9 @@ fn random_weight_models_match_cpu() {
         println!("SKIPPED random_weight_models: KILN_GPU_MODELS not set (scripts/gpu-check.sh sets it)");
         return;
     }
-    if device_or_skip("random_weight_models").is_none() {
-        return;
-    }
     for d in dirs {
-        compare_with_cpu(&d);
+        let Some(dev) = device_or_skip("random_weight_models") else { return };
+        compare_with_cpu(dev, &d);
     }
 }
 
@@ -213,15 +214,13 @@ fn transformers_on_the_gpu_agrees() {
         println!("SKIPPED transformers_on_the_gpu: KILN_HF_REFERENCE not set (scripts/gpu-check.sh sets it)");
         return;
     };
-    if device_or_skip("transformers_on_the_gpu").is_none() {
-        return;
-    }
+    let Some(dev) = device_or_skip("transformers_on_the_gpu") else { return };
     let r: HfReference = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     let (cfg, src) = open_weights(&r.model_dir).unwrap();
     let n = r.prompts.len();
     let longest = r.prompts.iter().map(Vec::len).max().unwrap();
     let per = (longest + 32).div_ceil(BS);
-    let mut gpu = CudaRunner::load(&cfg, src.as_ref(), opts(per * BS, n, n * longest), |_| {}).unwrap();
+    let mut gpu = CudaRunner::load_on(dev, &cfg, src.as_ref(), opts(per * BS, n, n * longest), |_| {}).unwrap();
     let refs: Vec<(&[u32], usize, Vec<u32>, bool)> = r.prompts.iter().enumerate().map(|(i, p)| (&p[..], 0, table(i, per), true)).collect();
     let refs2: Vec<(&[u32], usize, &[u32], bool)> = refs.iter().map(|(p, c, t, w)| (*p, *c, &t[..], *w)).collect();
     let g = gpu.forward_logits(&BatchInput::build(BS, &refs2)).unwrap();

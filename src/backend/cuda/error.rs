@@ -29,6 +29,16 @@ pub enum CudaError {
     BadBatch(String),
     #[error("kernel function {0} not found in the loaded modules")]
     MissingKernel(String),
+    #[error(
+        "kiln was built without the emulated device; rebuild with `cargo build --release --features emu` \
+         (it runs the CUDA backend on the CPU, slowly: for tests and for changing kernels without a GPU)"
+    )]
+    EmuNotBuilt,
+    #[error("emulated device: {0}")]
+    Emulated(String),
+    /// A guard byte of the emulated device changed: `op` wrote out of bounds.
+    #[error("emulated device: {op} wrote out of bounds, {region} (guard byte {offset} changed)")]
+    GuardOverwritten { op: String, region: String, offset: usize },
 }
 
 /// The CUDA version kiln's bindings target (cudarc feature cuda-13000); a

@@ -10,9 +10,13 @@
 //! - `memory`: KV pool sizing from --gpu-memory-utilization, workspace layout;
 //! - `sampling_plan`: sampling requests packed for the GPU, Philox twin.
 //!
-//! Built with `--features cuda` (cudarc with dynamic loading, so building
-//! still needs no toolkit): the device, cuBLAS GEMMs, kernel launchers, the
-//! forward pass, CUDA graphs and the `ModelRunner`.
+//! Built with `--features cuda` or `--features emu`: the device interface
+//! (`device`: alloc, copy, memset, launch by name, GEMM, sync, graphs), kernel
+//! launchers, weights upload, the forward pass and the `ModelRunner`. Behind
+//! `device` sit `gpu` + `gemm` (feature `cuda`: cudarc with dynamic loading,
+//! so building still needs no toolkit; cuBLAS) and `emu` (feature `emu`: the
+//! emulated device, host memory with guard bytes and the kernels compiled
+//! for the host; for tests and kernel work without a GPU).
 
 pub mod attention_plan;
 pub mod error;
@@ -26,19 +30,23 @@ pub mod sampling_plan;
 pub mod select;
 pub mod step_inputs;
 
-#[cfg(feature = "cuda")]
+#[cfg(any(feature = "cuda", feature = "emu"))]
 pub mod device;
 #[cfg(feature = "cuda")]
 pub mod embedded;
-#[cfg(feature = "cuda")]
+#[cfg(feature = "emu")]
+pub mod emu;
+#[cfg(any(feature = "cuda", feature = "emu"))]
 pub mod forward;
 #[cfg(feature = "cuda")]
 pub mod gemm;
 #[cfg(feature = "cuda")]
+pub mod gpu;
+#[cfg(any(feature = "cuda", feature = "emu"))]
 pub mod ops;
-#[cfg(feature = "cuda")]
+#[cfg(any(feature = "cuda", feature = "emu"))]
 pub mod runner;
-#[cfg(feature = "cuda")]
+#[cfg(any(feature = "cuda", feature = "emu"))]
 pub mod weights;
 
 pub use error::CudaError;
