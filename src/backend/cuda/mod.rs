@@ -13,6 +13,9 @@
 //! Built with `--features cuda` (cudarc with dynamic loading, so building
 //! still needs no toolkit): the device, cuBLAS GEMMs, kernel launchers, the
 //! forward pass, CUDA graphs and the `ModelRunner`.
+//!
+//! Built with `--features emu`: `emu`, the kernels compiled for the host and
+//! run on an emulated GPU (no cudarc).
 
 pub mod attention_plan;
 pub mod error;
@@ -28,6 +31,8 @@ pub mod step_inputs;
 
 #[cfg(feature = "cuda")]
 pub mod device;
+#[cfg(feature = "emu")]
+pub mod emu;
 #[cfg(feature = "cuda")]
 pub mod embedded;
 #[cfg(feature = "cuda")]
