@@ -4,9 +4,16 @@
 //! Without nvcc nothing happens and the kernels are compiled by NVRTC at
 //! start-up. KILN_NVCC=0 disables the nvcc path. A kernel that nvcc rejects
 //! fails the build with nvcc's output.
+//!
+//! With `--features emu` it also compiles every kernel for the host, for the
+//! emulated GPU (build/host_emu.rs).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+#[cfg(feature = "emu")]
+#[path = "build/host_emu.rs"]
+mod host_emu;
 
 const GENCODE: &[&str] = &[
     "-gencode=arch=compute_80,code=sm_80",
@@ -19,6 +26,8 @@ fn main() {
     println!("cargo::rustc-check-cfg=cfg(kiln_nvcc_fatbins)");
     println!("cargo::rerun-if-changed=kernels");
     println!("cargo::rerun-if-env-changed=KILN_NVCC");
+    #[cfg(feature = "emu")]
+    host_emu::build(&PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR")));
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
         return;
     }

@@ -15,9 +15,13 @@
 #include "common.cuh"
 
 KILN_DEVICE float f16_bits_to_f32(unsigned short h) {
+#ifdef KILN_HOST_EMU
+    return kiln_emu::f16_bits_to_f32(h);
+#else
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
     return f;
+#endif
 }
 
 KILN_DEVICE float read_f16(const unsigned char* p) {

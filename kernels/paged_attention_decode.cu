@@ -35,7 +35,7 @@ KILN_DEVICE void decode_partition(bf16* __restrict__ out, float* __restrict__ pa
                                   int block_size, int part_size, int num_parts, float scale) {
     constexpr int TPT = HD / 8;         // lanes per token (one 16-byte vector each)
     constexpr int TPW = 32 / TPT;       // tokens per warp per step
-    extern __shared__ float smem[];     // see header comment
+    KILN_DYNAMIC_SMEM(float, smem);     // see header comment
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int sub = lane / TPT, vec = lane % TPT;
 
