@@ -10,6 +10,7 @@
 //! - attention: rotary + cache write, decode and prefill attention vs the CPU
 //! - sampling:  GPU sampling vs the CPU sampler's semantics
 //! - model:     whole models: fixtures, random-weight shapes, transformers
+//! - runner:    quantized GGUF fixtures, every --max-num-seqs 1..40, long contexts
 //! - bench:     timings against the memory floor (env-gated; a real GPU only)
 
 #[cfg(any(feature = "cuda", feature = "emu"))]
@@ -23,6 +24,7 @@ mod gpu {
     mod bench;
     mod kernels;
     mod model;
+    mod runner;
     mod sampling;
 }
 

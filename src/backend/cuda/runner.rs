@@ -388,3 +388,7 @@ impl ModelRunner for CudaRunner {
         self.cfg.vocab_size
     }
 }
+
+#[cfg(all(test, feature = "emu"))]
+#[path = "runner_graph_tests.rs"]
+mod graph_tests;
