@@ -3,18 +3,23 @@
 //! Always built (no GPU, driver or toolkit needed; unit-tested in CI):
 //! - `kernels`: the .cu sources embedded in the binary;
 //! - `nvrtc`: finding NVRTC and compiling a kernel file for one architecture;
+//! - `cublas_lib`: finding cuBLAS 13 and checking the version cudarc binds;
 //! - `module_cache`: compiled modules on disk, keyed by source, arch, NVRTC;
 //! - `launch`: grid / block / shared memory of every kernel;
 //! - `attention_plan`: decode vs prefill sequences, split-K, prefill tiles;
 //! - `graph_buckets`: batch sizes captured as CUDA graphs;
 //! - `memory`: KV pool sizing from --gpu-memory-utilization, workspace layout;
+//! - `capacity`: what the runner allocates for its limits (rows, buckets);
 //! - `sampling_plan`: sampling requests packed for the GPU, Philox twin.
 //!
 //! Built with `--features cuda` (cudarc with dynamic loading, so building
 //! still needs no toolkit): the device, cuBLAS GEMMs, kernel launchers, the
 //! forward pass, CUDA graphs and the `ModelRunner`.
 
+pub mod agreement;
 pub mod attention_plan;
+pub mod capacity;
+pub mod cublas_lib;
 pub mod error;
 pub mod graph_buckets;
 pub mod kernels;
@@ -22,6 +27,7 @@ pub mod launch;
 pub mod memory;
 pub mod module_cache;
 pub mod nvrtc;
+pub mod rounding;
 pub mod sampling_plan;
 pub mod select;
 pub mod step_inputs;
@@ -46,3 +52,8 @@ pub use select::DeviceChoice;
 
 #[cfg(test)]
 pub(crate) mod tests_support;
+
+/// The message of a caught panic (cudarc's lazy library loaders panic).
+pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_else(|| "panic".into())
+}
