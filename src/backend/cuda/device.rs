@@ -8,10 +8,9 @@
 //! synchronisation needed, and CUDA graph capture must not see stray events.
 
 use super::error::{check_arch, check_driver_version, CudaError};
-use super::kernels::{KernelFile, FILES};
+use super::kernels::KernelFile;
 use super::launch::Dims;
-use super::module_cache::{self, Origin};
-use super::nvrtc::{self, Arch};
+use super::nvrtc::Arch;
 use cudarc::driver::{result, sys, CudaContext, CudaFunction, CudaStream};
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -105,8 +104,8 @@ pub struct Device {
 
 impl Device {
     /// Opens GPU `ordinal`, checks driver and architecture, and loads every
-    /// kernel module (embedded nvcc fatbin when built with one, else NVRTC
-    /// for this GPU's architecture through the on-disk cache).
+    /// kernel module (modules::images: the cubin embedded for this
+    /// architecture, else the nvcc fatbin, else NVRTC through the cache).
     pub fn open(ordinal: usize) -> Result<Device, CudaError> {
         let count = device_count()?;
         if ordinal >= count {
@@ -127,18 +126,14 @@ impl Device {
             .map_err(drv("cuDeviceGetAttribute"))? as usize;
         let stream = ctx.new_stream().map_err(drv("cuStreamCreate"))?;
         let mut dev = Device { ctx, stream, arch: Arch::new(major as u32, minor as u32), name, num_sms, funcs: HashMap::new() };
-        for f in FILES {
-            dev.load_file(f)?;
+        for (f, image, _) in super::modules::images(dev.arch)? {
+            dev.load_file(f, image.into_owned())?;
         }
         tracing::info!("CUDA device {ordinal}: {} ({}, {} SMs, driver {}.{})", dev.name, dev.arch, num_sms, v / 1000, (v % 1000) / 10);
         Ok(dev)
     }
 
-    fn load_file(&mut self, file: &'static KernelFile) -> Result<(), CudaError> {
-        let image = match super::embedded::fatbin(file.name) {
-            Some(fatbin) => fatbin.to_vec(),
-            None => self.nvrtc_image(file)?,
-        };
+    fn load_file(&mut self, file: &'static KernelFile, image: Vec<u8>) -> Result<(), CudaError> {
         let module = self
             .ctx
             .load_module(cudarc::nvrtc::Ptx::from_binary(image))
@@ -152,20 +147,6 @@ impl Device {
             self.funcs.insert(name, f);
         }
         Ok(())
-    }
-
-    fn nvrtc_image(&self, file: &KernelFile) -> Result<Vec<u8>, CudaError> {
-        let version = nvrtc::version()?;
-        let opts = nvrtc::options(self.arch, false);
-        let key = module_cache::cache_key(&file.expanded(), self.arch, version, &opts);
-        let path = module_cache::default_dir().map(|d| module_cache::cache_file(&d, file.name, self.arch, &key));
-        let (image, origin) = module_cache::load_or_compile(path.as_deref(), || {
-            nvrtc::compile(file, self.arch, false).map(|c| c.cubin)
-        })?;
-        if origin == Origin::Compiled {
-            tracing::info!("compiled kernels/{}.cu for {} with NVRTC {}.{}", file.name, self.arch, version.0, version.1);
-        }
-        Ok(image)
     }
 
     pub fn func(&self, name: &str) -> Result<&CudaFunction, CudaError> {

@@ -5,6 +5,8 @@
 //! - `nvrtc`: finding NVRTC and compiling a kernel file for one architecture;
 //! - `cublas_lib`: finding cuBLAS 13 and checking the version cudarc binds;
 //! - `module_cache`: compiled modules on disk, keyed by source, arch, NVRTC;
+//! - `embedded`, `modules`: cubins/fatbins embedded at build time, and the
+//!   image of every module for one GPU (embedded first, NVRTC in parallel);
 //! - `launch`: grid / block / shared memory of every kernel;
 //! - `attention_plan`: decode vs prefill sequences, split-K, prefill tiles;
 //! - `graph_buckets`: batch sizes captured as CUDA graphs;
@@ -20,12 +22,14 @@ pub mod agreement;
 pub mod attention_plan;
 pub mod capacity;
 pub mod cublas_lib;
+pub mod embedded;
 pub mod error;
 pub mod graph_buckets;
 pub mod kernels;
 pub mod launch;
 pub mod memory;
 pub mod module_cache;
+pub mod modules;
 pub mod nvrtc;
 pub mod rounding;
 pub mod sampling_plan;
@@ -34,8 +38,6 @@ pub mod step_inputs;
 
 #[cfg(feature = "cuda")]
 pub mod device;
-#[cfg(feature = "cuda")]
-pub mod embedded;
 #[cfg(feature = "cuda")]
 pub mod forward;
 #[cfg(feature = "cuda")]
