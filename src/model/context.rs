@@ -117,6 +117,43 @@ mod tests {
         assert_eq!(c.sliding_window, None, "max_window_layers >= num_hidden_layers: no layer slides");
     }
 
+    /// A GGUF v3 header with u32 metadata (and a string architecture), no tensors.
+    fn gguf(arch: &str, keys: &[(&str, u32)]) -> tempfile::NamedTempFile {
+        let mut b: Vec<u8> = b"GGUF".to_vec();
+        b.extend(3u32.to_le_bytes());
+        b.extend(0u64.to_le_bytes());
+        b.extend((keys.len() as u64 + 1).to_le_bytes());
+        let string = |b: &mut Vec<u8>, s: &str| {
+            b.extend((s.len() as u64).to_le_bytes());
+            b.extend(s.as_bytes());
+        };
+        string(&mut b, "general.architecture");
+        b.extend(8u32.to_le_bytes()); // string
+        string(&mut b, arch);
+        for (k, v) in keys {
+            string(&mut b, &format!("{arch}.{k}"));
+            b.extend(4u32.to_le_bytes()); // u32
+            b.extend(v.to_le_bytes());
+        }
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), b).unwrap();
+        f
+    }
+
+    #[test]
+    fn gguf_window_key_caps_the_context() {
+        let base = [("embedding_length", 64), ("attention.head_count", 4), ("feed_forward_length", 128), ("block_count", 2), ("vocab_size", 320), ("context_length", 4096)];
+        let open = |extra: Option<(&'static str, u32)>| {
+            let keys: Vec<(&str, u32)> = base.iter().copied().chain(extra).collect();
+            let f = gguf("llama", &keys);
+            crate::model::gguf_config::config_from_gguf(&crate::model::gguf::GgufFile::open(f.path()).unwrap()).unwrap()
+        };
+        assert_eq!(open(None).sliding_window, None);
+        let c = open(Some(("attention.sliding_window", 1024)));
+        assert_eq!(c.sliding_window, Some(1024));
+        assert_eq!(limit(&c, None).unwrap().max_model_len, 1024);
+    }
+
     #[test]
     fn llama_ignores_a_window_key_as_transformers_does() {
         let c = edited("llama3_tied", &[("sliding_window", 16.into())]);
