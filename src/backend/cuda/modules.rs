@@ -65,3 +65,28 @@ pub fn images(arch: Arch) -> Result<Vec<(&'static KernelFile, Cow<'static, [u8]>
     tracing::info!("kernel modules for {arch}: {embedded} of {} embedded at build time", out.len());
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cuda::nvrtc::CHECKED_ARCHS;
+
+    /// On an architecture with embedded cubins every module comes from the
+    /// binary (no NVRTC, no cache), through the parallel path, in FILES order.
+    #[test]
+    fn embedded_architectures_start_without_compiling() {
+        if embedded::cubins().is_empty() {
+            println!("SKIPPED: no embedded cubins (built without --features cuda or without NVRTC)");
+            return;
+        }
+        for arch in CHECKED_ARCHS {
+            let all = images(arch).unwrap();
+            assert_eq!(all.len(), FILES.len());
+            for ((f, img, origin), want) in all.iter().zip(FILES) {
+                assert_eq!(f.name, want.name);
+                assert_eq!(*origin, ModuleOrigin::EmbeddedCubin, "{} {arch}", f.name);
+                assert_eq!(&img[..], embedded::cubin(f.name, arch).unwrap());
+            }
+        }
+    }
+}
