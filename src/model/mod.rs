@@ -3,6 +3,7 @@
 
 pub mod batch;
 pub mod config;
+pub mod context;
 pub mod dequant;
 pub mod gguf;
 pub mod gguf_config;

@@ -68,7 +68,9 @@ fn rotary_writes_q_and_the_cache_like_the_cpu() {
         for (bias, qk_norm, linear) in [(false, false, false), (true, false, false), (false, true, false), (false, false, true)] {
             let t = 23;
             let width = (nh + 2 * nkv) * hd;
-            let qkv = randn_bf16(&mut r, t * width, 1.0);
+            // With a bias the kernel reads the GEMM's f32 output (not bf16-rounded).
+            let qkv_f32: Vec<f32> = (0..t * width).map(|_| randn(&mut r)).collect();
+            let qkv: Vec<bf16> = qkv_f32.iter().map(|&v| bf16::from_f32(v)).collect();
             let b = randn_bf16(&mut r, width, 0.5);
             let qn: Vec<bf16> = (0..hd).map(|_| bf16::from_f32(1.0 + 0.1 * randn(&mut r))).collect();
             let kn: Vec<bf16> = (0..hd).map(|_| bf16::from_f32(1.0 + 0.1 * randn(&mut r))).collect();
@@ -82,7 +84,8 @@ fn rotary_writes_q_and_the_cache_like_the_cpu() {
             let cache_n = blocks * BS * nkv * hd;
             let (dk, dv) = (poisoned::<u16>(&dev, cache_n), poisoned::<u16>(&dev, cache_n));
             let q_out = poisoned::<u16>(&dev, t * nh * hd);
-            let (dqkv, db, dqn, dkn) = (upload(&dev, &qkv), upload(&dev, &b), upload(&dev, &qn), upload(&dev, &kn));
+            let dqkv = if bias { upload(&dev, &qkv_f32) } else { upload(&dev, &qkv) };
+            let (db, dqn, dkn) = (upload(&dev, &b), upload(&dev, &qn), upload(&dev, &kn));
             let (dfreq, dpos, dslots) = (upload(&dev, &freq), upload(&dev, &positions), upload(&dev, &slots));
             let eps = 1e-6;
             ops::rotary_qkv_cache(&dev, &ops::Rotary {
@@ -94,9 +97,11 @@ fn rotary_writes_q_and_the_cache_like_the_cpu() {
                 tokens: t, num_heads: nh, num_kv_heads: nkv, head_dim: hd, eps,
             }).unwrap();
 
-            // CPU reference on the same bf16 inputs.
+            // CPU reference on the same inputs; a bias joins the f32 projection
+            // before its one rounding to bf16 (as transformers' Linear does).
             let mut x = to_f32(&qkv);
             if bias {
+                x = qkv_f32.clone();
                 for row in x.chunks_mut(width) {
                     row.iter_mut().zip(to_f32(&b)).for_each(|(v, b)| *v = bf16::from_f32(*v + b).to_f32());
                 }

@@ -48,7 +48,7 @@ fn quantized_gguf_models_match_the_cpu() {
         let mut kv2 = cpu.new_kv_cache(2 + 2 * per, BS);
         assert_rel(&g, &cpu.forward(&b, &mut kv2), FIXTURE_REL_TOL, &format!("{file} prefill vs cpu"));
         let prompts = vec![prompt.clone()];
-        let (want, _, margins) = greedy_cpu(&cpu, &prompts, 12, per);
+        let (want, margins, _) = greedy_cpu(&cpu, &prompts, 12, per);
         assert_greedy(&greedy_gpu(&mut gpu, &prompts, 12, per), &want, &margins, file);
     }
 }
@@ -72,7 +72,7 @@ fn every_max_num_seqs_from_1_to_40_starts_and_decodes() {
         let mut gpu = runner_for(&cfg, src.as_ref(), seqs, "max_num_seqs");
         let prompts = random_prompts(seqs as u64, seqs, 2, cfg.vocab_size);
         // A prefill step of every sequence, then decode steps (graph replays).
-        let (want, _, margins) = greedy_cpu(&cpu, &prompts, 4, 2);
+        let (want, margins, _) = greedy_cpu(&cpu, &prompts, 4, 2);
         let got = greedy_gpu(&mut gpu, &prompts, 4, 2);
         assert_greedy(&got, &want, &margins, &format!("--max-num-seqs {seqs}"));
     }
@@ -90,7 +90,7 @@ fn contexts_crossing_decode_partitions_match_the_cpu() {
     // decode partition boundary (attention_plan::MIN_PART_SIZE) on any GPU.
     let prompts = random_prompts(3, 2, 120, cfg.vocab_size);
     let per = 256 / BS;
-    let (want, _, margins) = greedy_cpu(&cpu, &prompts, 24, per);
+    let (want, margins, _) = greedy_cpu(&cpu, &prompts, 24, per);
     for eager in [false, true] {
         let dev = device_or_skip("long_contexts").unwrap();
         let o = CudaRunnerOptions { enforce_eager: eager, ..opts(256, 2, 256) };

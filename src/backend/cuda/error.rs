@@ -1,5 +1,6 @@
 //! Errors of the CUDA backend: each says what failed and what to do.
 
+use super::cublas_lib::BlasLibError;
 use super::memory::MemoryError;
 use super::nvrtc::NvrtcError;
 
@@ -19,6 +20,8 @@ pub enum CudaError {
     Driver { call: &'static str, msg: String },
     #[error("cuBLAS call {call} failed: {msg}")]
     Blas { call: &'static str, msg: String },
+    #[error(transparent)]
+    BlasLib(#[from] BlasLibError),
     #[error(transparent)]
     Nvrtc(#[from] NvrtcError),
     #[error(transparent)]

@@ -7,7 +7,7 @@
 //! ```text
 //! residual = embed[tokens]
 //! per layer:  normed = rms(residual)            (+= previous MLP out, fused)
-//!             qkv = normed·Wqkvᵀ ; q, cache[slots] = rope(norm(qkv + b))
+//!             qkv = normed·Wqkvᵀ (f32 with a bias) ; q, cache[slots] = rope(norm(bf16(qkv + b)))
 //!             attn = decode_attention | prefill_attention (per sequence kind)
 //!             proj = attn·Woᵀ ; normed = rms(residual += proj)
 //!             proj = silu_and_mul(normed·Wguᵀ)·Wdᵀ
@@ -93,7 +93,9 @@ impl Forward<'_> {
         let lw = &self.w.layers[li];
         let t = l.sizes.tokens;
         let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
-        self.dev.linear(self.a(a.qkv), Out::Bf16, self.a(a.normed), lw.qkv.ptr, [t, (nh + 2 * nkv) * hd, c.hidden_size])?;
+        // With a bias the GEMM keeps f32 so the bias joins before the one rounding.
+        let qkv_out = if lw.qkv_bias.is_some() { Out::F32 } else { Out::Bf16 };
+        self.dev.linear(self.a(a.qkv), qkv_out, self.a(a.normed), lw.qkv.ptr, [t, (nh + 2 * nkv) * hd, c.hidden_size])?;
         let opt = |m: &Option<DeviceMem>| m.as_ref().map_or(0, |m| m.ptr);
         ops::rotary_qkv_cache(
             d,

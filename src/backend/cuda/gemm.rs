@@ -30,7 +30,12 @@ pub struct Gemm {
 
 impl Gemm {
     pub fn new(dev: &Gpu) -> Result<Gemm, CudaError> {
-        let blas = CudaBlas::new(dev.stream.clone()).map_err(blas_err("cublasCreate"))?;
+        super::cublas_lib::ensure_loaded()?;
+        // cudarc panics on a library it cannot resolve; ensure_loaded checked it
+        // can, and a panic that still happens (a missing symbol) becomes an error.
+        let blas = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| CudaBlas::new(dev.stream.clone())))
+            .map_err(|p| CudaError::Blas { call: "cublasCreate", msg: super::panic_message(p.as_ref()) })?
+            .map_err(blas_err("cublasCreate"))?;
         let workspace = dev.alloc(WORKSPACE_BYTES)?;
         // SAFETY: the handle is live; the workspace outlives it (field order: blas drops first).
         unsafe {

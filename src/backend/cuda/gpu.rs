@@ -10,10 +10,9 @@
 use super::device::{Arg, DeviceMem, Out, Owner, PinnedMem, PinnedOwner};
 use super::error::{check_arch, check_driver_version, CudaError};
 use super::gemm::Gemm;
-use super::kernels::{KernelFile, FILES};
+use super::kernels::KernelFile;
 use super::launch::Dims;
-use super::module_cache::{self, Origin};
-use super::nvrtc::{self, Arch};
+use super::nvrtc::Arch;
 use cudarc::driver::{result, sys, CudaContext, CudaFunction, CudaGraph, CudaStream};
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -64,9 +63,9 @@ pub struct Gpu {
 
 impl Gpu {
     /// Opens GPU `ordinal`, checks driver and architecture, loads every
-    /// kernel module (embedded nvcc fatbin when built with one, else NVRTC
-    /// for this GPU's architecture through the on-disk cache) and creates
-    /// the cuBLAS handle.
+    /// kernel module (modules::images: the cubin embedded for this
+    /// architecture, else the nvcc fatbin, else NVRTC through the cache) and
+    /// creates the cuBLAS handle.
     pub fn open(ordinal: usize) -> Result<Gpu, CudaError> {
         let count = device_count()?;
         if ordinal >= count {
@@ -87,19 +86,15 @@ impl Gpu {
             .map_err(drv("cuDeviceGetAttribute"))? as usize;
         let stream = ctx.new_stream().map_err(drv("cuStreamCreate"))?;
         let mut gpu = Gpu { ctx, stream, arch: Arch::new(major as u32, minor as u32), num_sms, name, funcs: HashMap::new(), gemm: None };
-        for f in FILES {
-            gpu.load_file(f)?;
+        for (f, image, _) in super::modules::images(gpu.arch)? {
+            gpu.load_file(f, image.into_owned())?;
         }
         gpu.gemm = Some(Gemm::new(&gpu)?);
         tracing::info!("CUDA device {ordinal}: {} ({}, {} SMs, driver {}.{})", gpu.name, gpu.arch, num_sms, v / 1000, (v % 1000) / 10);
         Ok(gpu)
     }
 
-    fn load_file(&mut self, file: &'static KernelFile) -> Result<(), CudaError> {
-        let image = match super::embedded::fatbin(file.name) {
-            Some(fatbin) => fatbin.to_vec(),
-            None => self.nvrtc_image(file)?,
-        };
+    fn load_file(&mut self, file: &'static KernelFile, image: Vec<u8>) -> Result<(), CudaError> {
         let module = self
             .ctx
             .load_module(cudarc::nvrtc::Ptx::from_binary(image))
@@ -113,20 +108,6 @@ impl Gpu {
             self.funcs.insert(name, f);
         }
         Ok(())
-    }
-
-    fn nvrtc_image(&self, file: &KernelFile) -> Result<Vec<u8>, CudaError> {
-        let version = nvrtc::version()?;
-        let opts = nvrtc::options(self.arch, false);
-        let key = module_cache::cache_key(&file.expanded(), self.arch, version, &opts);
-        let path = module_cache::default_dir().map(|d| module_cache::cache_file(&d, file.name, self.arch, &key));
-        let (image, origin) = module_cache::load_or_compile(path.as_deref(), || {
-            nvrtc::compile(file, self.arch, false).map(|c| c.cubin)
-        })?;
-        if origin == Origin::Compiled {
-            tracing::info!("compiled kernels/{}.cu for {} with NVRTC {}.{}", file.name, self.arch, version.0, version.1);
-        }
-        Ok(image)
     }
 
     fn func(&self, name: &str) -> Result<&CudaFunction, CudaError> {

@@ -138,6 +138,17 @@ pub struct Activations {
     pub total: usize,
 }
 
+/// Bytes per element of the q/k/v GEMM output: f32 when the projections
+/// carry a bias (added to the f32 output and rounded once by the rotary
+/// kernel, as transformers does), else bf16.
+pub fn qkv_bytes(cfg: &ModelConfig) -> usize {
+    if cfg.attention_bias {
+        4
+    } else {
+        2
+    }
+}
+
 /// Lays out every activation of a step of `caps` for model `cfg`.
 pub fn activation_layout(cfg: &ModelConfig, caps: StepCaps) -> Activations {
     activation_regions(cfg, caps).0
@@ -155,7 +166,7 @@ pub fn activation_regions(cfg: &ModelConfig, caps: StepCaps) -> (Activations, La
         residual: l.push("residual", t * h * bf),
         normed: l.push("normed", t * h * bf),
         proj_out: l.push("proj_out", t * h * bf),
-        qkv: l.push("qkv", t * (nh + 2 * nkv) * hd * bf),
+        qkv: l.push("qkv", t * (nh + 2 * nkv) * hd * qkv_bytes(cfg)),
         q: l.push("q", t * nh * hd * bf),
         attn: l.push("attn", t * nh * hd * bf),
         gate_up: l.push("gate_up", t * 2 * cfg.intermediate_size * bf),
@@ -235,6 +246,20 @@ mod tests {
         assert_eq!((a, b, c), (0, 512, 1280));
         assert_eq!(l.total, 1280 + ALIGN);
         assert_eq!(l.offset("b"), Some(512));
+    }
+
+    /// A biased model's q/k/v GEMM writes f32 (the bias joins before the one
+    /// rounding), so its region holds 4 bytes per element; others 2.
+    #[test]
+    fn qkv_region_holds_f32_when_the_projections_have_a_bias() {
+        let caps = StepCaps { max_tokens: 100, max_seqs: 4, max_partial_rows: 8, max_top_logprobs: 0 };
+        let qwen2 = ModelConfig { attention_bias: true, ..crate::backend::cuda::tests_support::qwen3_0_6b_config() };
+        let width = (16 + 2 * 8) * 128;
+        for (cfg, bytes) in [(qwen2.clone(), 4), (ModelConfig { attention_bias: false, ..qwen2 }, 2)] {
+            let a = activation_layout(&cfg, caps);
+            assert!(a.q - a.qkv >= 100 * width * bytes, "{} bytes per element", bytes);
+            assert!(a.q - a.qkv < 100 * width * bytes + ALIGN);
+        }
     }
 
     #[test]

@@ -12,15 +12,16 @@
 //! step, warm cuBLAS up, size the KV pool from what is left under
 //! `--gpu-memory-utilization`, capture the decode graphs.
 
-use super::attention_plan::{decode_split, max_partial_rows, AttentionPlan};
+use super::attention_plan::{decode_split, AttentionPlan};
+use super::capacity::{Limits, RunnerCaps};
 use super::device::{Device, DeviceMem, Graph, Out, PinnedMem};
 use super::error::CudaError;
 use super::forward::{Forward, KvPool};
-use super::graph_buckets::{bucket_for, buckets};
+use super::graph_buckets::bucket_for;
 use super::launch;
-use super::memory::{self, activation_regions, Activations, StepCaps};
+use super::memory::{self, activation_regions, Activations};
 use super::sampling_plan::SamplingBatch;
-use super::step_inputs::{HostStep, InputLayout, InputSizes};
+use super::step_inputs::{HostStep, InputLayout};
 use super::weights::CudaWeights;
 use crate::engine::TokenLogprob;
 use crate::model::weights::WeightSource;
@@ -30,8 +31,6 @@ use std::collections::BTreeMap;
 
 /// Memory left aside for CUDA graphs and the driver when sizing the KV pool.
 const GRAPH_RESERVE: u64 = 512 << 20;
-/// Logit-bias entries a step may carry per sequence.
-const MAX_BIAS_PER_SEQ: usize = 1024;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct CudaRunnerOptions {
@@ -117,38 +116,31 @@ impl CudaRunner {
         let (free, total) = dev.mem_info()?;
         memory::check_weights_fit(memory::weight_bytes(cfg), free as u64, total as u64)?;
         let weights = CudaWeights::load(&dev, cfg, src, progress)?;
-        let table_width = opts.max_model_len.div_ceil(opts.block_size);
-        let group = cfg.num_heads / cfg.num_kv_heads;
-        let kv_chunks = cfg.num_kv_heads * group.div_ceil(launch::decode_gmax(group, cfg.head_dim));
-        let max_tokens = opts.max_num_batched_tokens.max(opts.max_num_seqs);
-        let caps = StepCaps {
-            max_tokens,
-            max_seqs: opts.max_num_seqs,
-            max_partial_rows: max_partial_rows(kv_chunks, opts.max_num_seqs, table_width * opts.block_size, dev.num_sms),
+        if !cfg.attention_bias && weights.layers.iter().any(|l| l.qkv_bias.is_some()) {
+            // The workspace sizes the f32 q/k/v output of biased layers by the config.
+            return Err(CudaError::Unsupported("q/k/v bias tensors in a model whose config says attention_bias: false".into()).into());
+        }
+        let limits = Limits {
+            block_size: opts.block_size,
+            max_model_len: opts.max_model_len,
+            max_num_seqs: opts.max_num_seqs,
+            max_num_batched_tokens: opts.max_num_batched_tokens,
             max_top_logprobs: opts.max_top_logprobs,
         };
-        let (act, regions) = activation_regions(cfg, caps);
+        let caps = RunnerCaps::new(cfg, limits, dev.num_sms);
+        let (table_width, kv_chunks, max_tokens) = (caps.table_width, caps.kv_chunks, caps.max_tokens);
+        let (act, regions) = activation_regions(cfg, caps.step);
         let ws = dev.alloc(act.total)?;
         dev.guard_regions(ws.ptr, "the workspace", &regions.regions)?;
-        let cap = InputLayout::new(InputSizes {
-            tokens: max_tokens,
-            decode_seqs: opts.max_num_seqs,
-            prefill_seqs: opts.max_num_seqs,
-            table_width,
-            tiles: max_tokens,
-            rows: opts.max_num_seqs,
-            pen_entries: opts.max_num_seqs * opts.max_model_len,
-            bias_entries: opts.max_num_seqs * MAX_BIAS_PER_SEQ,
-        })
-        .total;
+        let cap = InputLayout::new(caps.inputs).total;
         let inputs_host = dev.alloc_pinned(cap)?;
         let inputs_dev = dev.alloc(cap)?;
-        let out_host = dev.alloc_pinned(opts.max_num_seqs * 8 * (1 + opts.max_top_logprobs))?;
+        let out_host = dev.alloc_pinned(caps.out_host_bytes)?;
         warm_up_gemms(&dev, cfg, &weights, &ws, &act, max_tokens)?;
         let kv = alloc_kv(&dev, cfg, &opts)?;
         let mut r = CudaRunner {
             graphs: BTreeMap::new(),
-            buckets: buckets(opts.max_num_seqs.min(max_tokens)),
+            buckets: caps.buckets,
             inputs_host,
             inputs_dev,
             out_host,
