@@ -258,7 +258,7 @@ mod tests {
         for (cfg, bytes) in [(qwen2.clone(), 4), (ModelConfig { attention_bias: false, ..qwen2 }, 2)] {
             let a = activation_layout(&cfg, caps);
             assert!(a.q - a.qkv >= 100 * width * bytes, "{} bytes per element", bytes);
-            assert!(a.q - a.qkv < 100 * width * bytes + ALIGN);
+            assert!(a.q - a.qkv < 100 * width * bytes + 2 * ALIGN); // the region, its guard gap, alignment
         }
     }
 
