@@ -5,6 +5,8 @@
 //! - semantics: the emulator itself, with the host-only self-test kernels
 //!   (kernels/host_emu/emu_selftest.cu): barriers, shuffles, scans, dynamic
 //!   shared memory, atomics across blocks, and its aborts;
+//! - twins:     the C++ twins of the kernels' inline PTX against IEEE
+//!   rounding (the half crate), and the compile error for PTX without one;
 //! - kernels:   kiln kernels against independent references (the CPU
 //!   backend's RMSNorm bit for bit, paged decode attention against plain f32
 //!   attention), and every listed kernel has an entry point.
@@ -19,6 +21,7 @@ mod emu {
 
     mod kernels;
     mod semantics;
+    mod twins;
 }
 
 #[cfg(not(feature = "emu"))]

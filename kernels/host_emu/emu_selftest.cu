@@ -89,6 +89,19 @@ extern "C" __global__ void emu_selftest_atomics(unsigned long long* sum, int* co
     atomicAdd(&hist[g % 16], 1u);
 }
 
+// The host twins of the inline PTX conversions, element i < n (grid-stride):
+// bf[i] = bits of f32_to_bf16(x[i]) (cvt.rn.bf16.f32); packed[i / 2] =
+// pack_bf16x2(x[i], x[i + 1]) for even i (cvt.rn.bf16x2.f32); wide[i] = the
+// f32 of the f16 bits h[i] (cvt.f32.f16, as dequant.cu uses it).
+extern "C" __global__ void emu_selftest_conversions(unsigned short* bf, unsigned* packed, float* wide, const float* x,
+                                                    const unsigned short* h, int n) {
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+        bf[i] = f32_to_bf16(x[i]).bits;
+        wide[i] = kiln_emu::f16_bits_to_f32(h[i]);
+        if (i % 2 == 0 && i + 1 < n) packed[i / 2] = pack_bf16x2(x[i], x[i + 1]);
+    }
+}
+
 // The four kernels below misbehave only in the last block of the grid, so
 // the abort message must name that block.
 KILN_DEVICE bool last_block() { return blockIdx.x == gridDim.x - 1 && blockIdx.y == gridDim.y - 1; }
