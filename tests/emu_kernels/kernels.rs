@@ -1,4 +1,5 @@
 //! kiln kernels on the emulated GPU against independent references.
+//! (Prefill shares the decode problem's paged cache.)
 use super::support::*;
 use half::bf16;
 use kiln::backend::cpu::ops as cpu;
@@ -109,26 +110,34 @@ impl Decode {
         1.0 / (self.hd as f32).sqrt()
     }
 
-    /// Plain f32 attention: out[q_rows[s], h] = softmax(scale q.k) v over the context.
+    /// Plain f32 attention of query vector `q` (head h) over the first `len`
+    /// cache positions of sequence `s`.
+    fn attend(&self, q: &[bf16], s: usize, h: usize, len: usize) -> Vec<f32> {
+        let hd = self.hd;
+        let kvh = h / (self.nh / self.nkv);
+        let at = |t: usize| ((self.tables[s * self.max_blocks + t / self.bs] as usize * self.bs + t % self.bs) * self.nkv + kvh) * hd;
+        let scores: Vec<f32> =
+            (0..len).map(|t| (0..hd).map(|d| q[d].to_f32() * self.k[at(t) + d].to_f32()).sum::<f32>() * self.scale()).collect();
+        let m = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let p: Vec<f32> = scores.iter().map(|s| (s - m).exp()).collect();
+        let z: f32 = p.iter().sum();
+        let mut o = vec![0f32; hd];
+        for (t, pt) in p.iter().enumerate() {
+            for d in 0..hd {
+                o[d] += pt / z * self.v[at(t) + d].to_f32();
+            }
+        }
+        o
+    }
+
+    /// out[q_rows[s], h] = attention over sequence s's whole context.
     fn reference(&self) -> Vec<f32> {
         let (nh, hd) = (self.nh, self.hd);
         let mut out = vec![0f32; self.q_rows.len() * nh * hd];
         for (s, &len) in self.ctx.iter().enumerate() {
             for h in 0..nh {
-                let kvh = h / (nh / self.nkv);
                 let row = (self.q_rows[s] as usize * nh + h) * hd;
-                let at = |t: usize| ((self.tables[s * self.max_blocks + t / self.bs] as usize * self.bs + t % self.bs) * self.nkv + kvh) * hd;
-                let scores: Vec<f32> = (0..len as usize)
-                    .map(|t| (0..hd).map(|d| self.q[row + d].to_f32() * self.k[at(t) + d].to_f32()).sum::<f32>() * self.scale())
-                    .collect();
-                let m = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-                let p: Vec<f32> = scores.iter().map(|s| (s - m).exp()).collect();
-                let z: f32 = p.iter().sum();
-                for (t, pt) in p.iter().enumerate() {
-                    for d in 0..hd {
-                        out[row + d] += pt / z * self.v[at(t) + d].to_f32();
-                    }
-                }
+                out[row..row + hd].copy_from_slice(&self.attend(&self.q[row..row + hd], s, h, len as usize));
             }
         }
         out
@@ -164,15 +173,63 @@ fn paged_attention_decode_matches_plain_attention() {
     // (part_size, num_parts): one partition covering 500 tokens, and four of 128.
     for (part_size, num_parts) in [(512, 1), (128, 4)] {
         let got = p.run(part_size, num_parts);
-        // Tolerance: the bf16 rounding of the output (2^-9 relative) twice,
-        // plus f32 summation-order noise.
-        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            let g = g.to_f32();
-            assert!((g - w).abs() <= w.abs() / 256.0 + 1e-4, "{num_parts} partitions, element {i}: {g} vs {w}");
-        }
+        assert_close(&got, &want, &format!("{num_parts} partitions"));
         let pad = p.q_rows[2] as usize * p.nh * p.hd;
         assert!(got[pad..pad + p.nh * p.hd].iter().all(|x| x.to_bits() == 0), "padding row must be +0.0");
     }
+}
+
+/// |got - want| <= 2^-8 |want| + 1e-4: the bf16 rounding of the output
+/// (2^-9 relative) twice, plus f32 summation-order noise.
+fn assert_close(got: &[bf16], want: &[f32], what: &str) {
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let g = g.to_f32();
+        assert!((g - w).abs() <= w.abs() / 256.0 + 1e-4, "{what}, element {i}: {g} vs {w}");
+    }
+}
+
+#[test]
+fn prefill_attention_matches_plain_causal_attention() {
+    let mut r = rng("prefill");
+    let p = Decode::new(&mut r);
+    let (nh, nkv, hd) = (p.nh, p.nkv, p.hd);
+    // (sequence of the decode problem's cache, query tokens, context after
+    // this step): a one-token prompt, a chunk after a cached prefix, and a
+    // chunk deep into a long context.
+    let seqs = [(0usize, 1usize, 1usize), (1, 37, 130), (3, 20, 500)];
+    let tokens: usize = seqs.iter().map(|s| s.1).sum();
+    let q: Vec<bf16> = (0..tokens * nh * hd).map(|_| bf16::from_f32(randn(&mut r))).collect();
+    let group = nh / nkv;
+    let (hpb, toks) = (geom::prefill_heads_per_block(group), geom::prefill_tokens_per_tile(group));
+    let (mut starts, mut lens, mut ctxs, mut tile_seq, mut tile_q0, mut tables) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let mut want = vec![0f32; tokens * nh * hd];
+    let mut start = 0;
+    for (i, &(s, q_len, ctx)) in seqs.iter().enumerate() {
+        starts.push(start as i32);
+        lens.push(q_len as i32);
+        ctxs.push(ctx as i32);
+        tables.extend_from_slice(&p.tables[s * p.max_blocks..(s + 1) * p.max_blocks]);
+        for q0 in (0..q_len).step_by(toks) {
+            tile_seq.push(i as i32);
+            tile_q0.push(q0 as i32);
+        }
+        for j in 0..q_len {
+            for h in 0..nh {
+                let row = ((start + j) * nh + h) * hd;
+                want[row..row + hd].copy_from_slice(&p.attend(&q[row..row + hd], s, h, ctx - q_len + j + 1));
+            }
+        }
+        start += q_len;
+    }
+    let mut out = Mem::filled(tokens * nh * hd * 2, 0xff);
+    let (mut dq, mut k, mut v, mut t) = (Mem::from(&q), Mem::from(&p.k), Mem::from(&p.v), Mem::from(&tables));
+    let (mut st, mut ln, mut cx, mut ts, mut tq) = (Mem::from(&starts), Mem::from(&lens), Mem::from(&ctxs), Mem::from(&tile_seq), Mem::from(&tile_q0));
+    let ptrs = [out.addr(), dq.addr(), k.addr(), v.addr(), t.addr(), st.addr(), ln.addr(), cx.addr(), ts.addr(), tq.addr()];
+    let sizes = [nh, nkv, hpb, p.max_blocks, p.bs].map(|x| x as u64);
+    let args = [&ptrs[..], &sizes, &[p.scale().to_bits() as u64]].concat();
+    run(&format!("prefill_attention_bf16_hd{hd}"), geom::prefill_dims(tile_seq.len(), nh, nkv, hd), &args).unwrap();
+    let got: Vec<bf16> = out.read::<u16>().into_iter().map(bf16::from_bits).collect();
+    assert_close(&got, &want, "prefill");
 }
 
 #[test]
