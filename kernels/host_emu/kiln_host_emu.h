@@ -11,9 +11,9 @@
 // kernels/host_emu/emu_selftest.cu (tests/emu_kernels.rs).
 //
 // What it models:
-//   - every CUDA thread of a block is a fiber (its own stack, a context switch
-//     in kernels/host_emu/runtime.cpp); a block's fibers run on one OS thread,
-//     in thread-index order, each until it reaches a synchronisation point;
+//   - every CUDA thread of a block is a fiber (its own stack and context,
+//     fiber.cpp); a block's fibers run on one OS thread, in thread-index
+//     order, each until it reaches a synchronisation point (runtime.cpp);
 //   - __syncthreads() is a real barrier of the block; __syncwarp() and the
 //     warp intrinsics (__shfl_*_sync, __ballot_sync, __any_sync, __all_sync)
 //     wait for the lanes named in the mask and exchange values there, with
