@@ -89,9 +89,26 @@ extern "C" __global__ void emu_selftest_atomics(unsigned long long* sum, int* co
     atomicAdd(&hist[g % 16], 1u);
 }
 
+// The host twins of the inline PTX conversions, element i < n (grid-stride):
+// bf[i] = bits of f32_to_bf16(x[i]) (cvt.rn.bf16.f32); packed[i / 2] =
+// pack_bf16x2(x[i], x[i + 1]) for even i (cvt.rn.bf16x2.f32); wide[i] = the
+// f32 of the f16 bits h[i] (cvt.f32.f16, as dequant.cu uses it).
+extern "C" __global__ void emu_selftest_conversions(unsigned short* bf, unsigned* packed, float* wide, const float* x,
+                                                    const unsigned short* h, int n) {
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+        bf[i] = f32_to_bf16(x[i]).bits;
+        wide[i] = kiln_emu::f16_bits_to_f32(h[i]);
+        if (i % 2 == 0 && i + 1 < n) packed[i / 2] = pack_bf16x2(x[i], x[i + 1]);
+    }
+}
+
+// The four kernels below misbehave only in the last block of the grid, so
+// the abort message must name that block.
+KILN_DEVICE bool last_block() { return blockIdx.x == gridDim.x - 1 && blockIdx.y == gridDim.y - 1; }
+
 // Aborts: threads below 16 and the others wait at different __syncthreads().
 extern "C" __global__ void emu_selftest_divergent_barrier(int* out) {
-    if (threadIdx.x < 16) {
+    if (threadIdx.x < 16 || !last_block()) {
         __syncthreads();
     } else {
         __syncthreads();
@@ -101,19 +118,19 @@ extern "C" __global__ void emu_selftest_divergent_barrier(int* out) {
 
 // Aborts: thread 5 returns, the others then wait at __syncthreads().
 extern "C" __global__ void emu_selftest_barrier_after_exit(int* out) {
-    if (threadIdx.x == 5) return;
+    if (threadIdx.x == 5 && last_block()) return;
     __syncthreads();
     out[threadIdx.x] = 1;
 }
 
 // Aborts: lane 7 returns, the others shuffle with the full mask.
 extern "C" __global__ void emu_selftest_shuffle_after_exit(int* out) {
-    if (threadIdx.x == 7) return;
+    if (threadIdx.x == 7 && last_block()) return;
     out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, (int)threadIdx.x, 1);
 }
 
 // Aborts: writes one int past the end of the dynamic shared memory (n ints).
 extern "C" __global__ void emu_selftest_smem_overrun(int n) {
     KILN_DYNAMIC_SMEM(int, buf);
-    if (threadIdx.x == 0) buf[n] = 1;
+    if (threadIdx.x == 0) buf[last_block() ? n : 0] = 1;
 }

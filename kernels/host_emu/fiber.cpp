@@ -52,7 +52,7 @@ void stack_release(char* stack) {
     g_pool.push_back(stack);
 }
 
-#if defined(__x86_64__)
+#if !defined(KILN_EMU_FIBER_UCONTEXT)
 
 // void kiln_emu_switch(void** save_sp, void* new_sp)  (System V AMD64)
 // Saved frame, from the stack pointer up: mxcsr (4 bytes), x87 control word
@@ -90,9 +90,9 @@ kiln_emu_switch:
     .text
 )");
 
-void fiber_init(FiberContext& f, char* stack, void (*entry)()) {
+void fiber_init(FiberContext& f, char* stack, void (*entry)(), unsigned color) {
     // top is 16-byte aligned; `entry` starts as if called (rsp = top - 8).
-    uintptr_t top = (reinterpret_cast<uintptr_t>(stack) + kStackBytes) & ~(uintptr_t)15;
+    uintptr_t top = (reinterpret_cast<uintptr_t>(stack) + kStackBytes - 64 * (color % 64)) & ~(uintptr_t)15;
     uint64_t* sp = reinterpret_cast<uint64_t*>(top);
     *--sp = 0;                                      // entry's return address: it never returns
     *--sp = reinterpret_cast<uint64_t>(entry);      // popped by kiln_emu_switch's ret
@@ -108,13 +108,13 @@ void fiber_switch(FiberContext& from, FiberContext& to) { kiln_emu_switch(&from.
 
 #else
 
-void fiber_init(FiberContext& f, char* stack, void (*entry)()) {
+void fiber_init(FiberContext& f, char* stack, void (*entry)(), unsigned color) {
     if (getcontext(&f.uc) != 0) {
         perror("kiln emulator: getcontext");
         abort();
     }
     f.uc.uc_stack.ss_sp = stack;
-    f.uc.uc_stack.ss_size = kStackBytes;
+    f.uc.uc_stack.ss_size = kStackBytes - 64 * (color % 64);
     f.uc.uc_link = nullptr;
     makecontext(&f.uc, entry, 0);
 }

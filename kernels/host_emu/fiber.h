@@ -5,7 +5,7 @@
 // registers and the SSE/x87 control words, store the stack pointer, load the
 // other one, pop. Elsewhere it falls back
 // to ucontext (swapcontext), which also saves the signal mask with a system
-// call per switch and is several times slower.
+// call per switch and is several times slower (KILN_EMU_UCONTEXT forces it).
 //
 // Stacks come from a process-wide pool (mmap with a PROT_NONE guard page
 // below each, so an overflow faults instead of corrupting a neighbour) and
@@ -14,7 +14,8 @@
 
 #include <stddef.h>
 
-#if !defined(__x86_64__)
+#if !defined(__x86_64__) || defined(KILN_EMU_UCONTEXT)
+#define KILN_EMU_FIBER_UCONTEXT 1
 #include <ucontext.h>
 #endif
 
@@ -25,7 +26,7 @@ namespace kiln_emu {
 constexpr size_t kStackBytes = 256 * 1024;
 
 struct FiberContext {
-#if defined(__x86_64__)
+#if !defined(KILN_EMU_FIBER_UCONTEXT)
     void* sp = nullptr;
 #else
     ucontext_t uc;
@@ -38,8 +39,10 @@ char* stack_acquire();
 void stack_release(char* stack);
 
 // Prepares `f` to run `entry()` on `stack` (kStackBytes) when first switched to.
-// `entry` must never return.
-void fiber_init(FiberContext& f, char* stack, void (*entry)());
+// `entry` must never return. `color` (any number, e.g. the thread index)
+// staggers the top of the stack by a multiple of 64 bytes within 4 KiB, so
+// that the hot top frames of many fibers do not all fall in the same cache sets.
+void fiber_init(FiberContext& f, char* stack, void (*entry)(), unsigned color);
 
 // Saves the current context in `from` and resumes `to`.
 void fiber_switch(FiberContext& from, FiberContext& to);

@@ -6,10 +6,14 @@
 // never see it; the GPU code is unchanged, except for the few spots marked
 // `#ifdef KILN_HOST_EMU` (exact C++ twins of inline PTX).
 //
+// Blocks run on up to KILN_EMU_THREADS OS threads (default: the machine's
+// cores, at most 8). The self-test kernels of the emulator itself are in
+// kernels/host_emu/emu_selftest.cu (tests/emu_kernels.rs).
+//
 // What it models:
-//   - every CUDA thread of a block is a fiber (its own stack, a context switch
-//     in kernels/host_emu/runtime.cpp); a block's fibers run on one OS thread,
-//     in thread-index order, each until it reaches a synchronisation point;
+//   - every CUDA thread of a block is a fiber (its own stack and context,
+//     fiber.cpp); a block's fibers run on one OS thread, in thread-index
+//     order, each until it reaches a synchronisation point (runtime.cpp);
 //   - __syncthreads() is a real barrier of the block; __syncwarp() and the
 //     warp intrinsics (__shfl_*_sync, __ballot_sync, __any_sync, __all_sync)
 //     wait for the lanes named in the mask and exchange values there, with
@@ -327,6 +331,7 @@ struct RawLaunch {
     uint32_t nargs;
     const uint64_t* args;
 };
+static_assert(sizeof(RawLaunch) == 40, "RawLaunch must match the Rust struct");
 
 // Runs `body(ctx)` as every thread of every block of the grid (runtime.cpp).
 void run_grid(const char* kernel, const RawLaunch& l, void (*body)(void*), void* ctx);

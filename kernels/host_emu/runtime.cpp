@@ -173,7 +173,7 @@ void Worker::run_block(uint64_t b) {
     exited_ = 0;
     for (Fiber& f : fibers_) {
         f.state = State::Runnable;
-        fiber_init(f.ctx, f.stack, &Worker::fiber_entry);
+        fiber_init(f.ctx, f.stack, &Worker::fiber_entry, f.linear);
     }
     for (;;) {
         for (Fiber& f : fibers_) {

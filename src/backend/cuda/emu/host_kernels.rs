@@ -23,6 +23,7 @@ struct RawLaunch {
     nargs: u32,
     args: *const u64,
 }
+const _: () = assert!(std::mem::size_of::<RawLaunch>() == 40, "RawLaunch must match kiln_host_emu.h");
 
 /// A generated trampoline: 0 on success, 1 with `*expected` set to the
 /// kernel's parameter count when `nargs` differs from it.
