@@ -1,12 +1,25 @@
-//! Build script: with `--features cuda` and nvcc on the PATH (or $KILN_NVCC),
-//! compiles every kernels/*.cu to a fatbin (sm_80, sm_86, sm_89, sm_90 code
-//! plus compute_90 PTX) and embeds them (src/backend/cuda/embedded.rs).
-//! Without nvcc nothing happens and the kernels are compiled by NVRTC at
-//! start-up. KILN_NVCC=0 disables the nvcc path. A kernel that nvcc rejects
-//! fails the build with nvcc's output.
+//! Build script, with `--features cuda` (both steps embed kernel modules in
+//! the binary through src/backend/cuda/embedded.rs):
+//! - with NVRTC at build time (`$KILN_NVRTC_LIB`, see build/cubins.rs):
+//!   every kernels/*.cu compiled to cubins for sm_80, sm_86, sm_89, sm_90;
+//! - with nvcc on the PATH (or $KILN_NVCC): every kernels/*.cu compiled to a
+//!   fatbin (sm_80, sm_86, sm_89, sm_90 code plus compute_90 PTX).
+//! With neither the kernels are compiled by NVRTC at start-up.
+//! KILN_NVCC=0 disables the nvcc path, KILN_BUILD_CUBINS=0 the NVRTC one. A
+//! kernel that either compiler rejects fails the build with its output.
+//!
+//! With `--features emu` it also compiles every kernel for the host, for the
+//! emulated device (build/host_emu.rs).
+
+#[path = "build/cubins.rs"]
+mod cubins;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+#[cfg(feature = "emu")]
+#[path = "build/host_emu.rs"]
+mod host_emu;
 
 const GENCODE: &[&str] = &[
     "-gencode=arch=compute_80,code=sm_80",
@@ -17,11 +30,16 @@ const GENCODE: &[&str] = &[
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(kiln_nvcc_fatbins)");
+    println!("cargo::rustc-check-cfg=cfg(kiln_nvrtc_cubins)");
     println!("cargo::rerun-if-changed=kernels");
+    println!("cargo::rerun-if-changed=build");
     println!("cargo::rerun-if-env-changed=KILN_NVCC");
+    #[cfg(feature = "emu")]
+    host_emu::build(&PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR")));
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
         return;
     }
+    cubins::embed(&PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR")));
     let nvcc = std::env::var("KILN_NVCC").unwrap_or_else(|_| "nvcc".into());
     if nvcc == "0" || Command::new(&nvcc).arg("--version").output().map_or(true, |o| !o.status.success()) {
         return;

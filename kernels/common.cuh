@@ -19,6 +19,13 @@
 
 #define KILN_DEVICE __device__ __forceinline__
 
+// Dynamic shared memory of a kernel, declared inside its body. Host builds
+// (kernels/host_emu/kiln_host_emu.h, KILN_HOST_EMU) define it as the emulated
+// block's buffer.
+#ifndef KILN_HOST_EMU
+#define KILN_DYNAMIC_SMEM(T, name) extern __shared__ __align__(16) T name[]
+#endif
+
 // A bf16 value as stored: the top 16 bits of an IEEE f32.
 struct __align__(2) bf16 {
     unsigned short bits;
@@ -29,15 +36,23 @@ KILN_DEVICE float bf16_to_f32(bf16 x) { return __uint_as_float(((unsigned)x.bits
 // Round-to-nearest-even f32 -> bf16 (NaN stays NaN), one PTX instruction.
 KILN_DEVICE bf16 f32_to_bf16(float f) {
     bf16 r;
+#ifdef KILN_HOST_EMU
+    r.bits = kiln_emu::f32_to_bf16_bits(f);
+#else
     asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r.bits) : "f"(f));
+#endif
     return r;
 }
 
 // Two f32 -> packed bf16x2: `lo` in bits 0..15, `hi` in bits 16..31.
 KILN_DEVICE unsigned pack_bf16x2(float lo, float hi) {
+#ifdef KILN_HOST_EMU
+    return kiln_emu::pack_bf16x2(lo, hi);
+#else
     unsigned r;
     asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
     return r;
+#endif
 }
 
 KILN_DEVICE float bf16x2_lo(unsigned w) { return __uint_as_float(w << 16); }

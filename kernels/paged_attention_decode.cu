@@ -35,7 +35,7 @@ KILN_DEVICE void decode_partition(bf16* __restrict__ out, float* __restrict__ pa
                                   int block_size, int part_size, int num_parts, float scale) {
     constexpr int TPT = HD / 8;         // lanes per token (one 16-byte vector each)
     constexpr int TPW = 32 / TPT;       // tokens per warp per step
-    extern __shared__ float smem[];     // see header comment
+    KILN_DYNAMIC_SMEM(float, smem);     // see header comment
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int sub = lane / TPT, vec = lane % TPT;
 
@@ -60,7 +60,9 @@ KILN_DEVICE void decode_partition(bf16* __restrict__ out, float* __restrict__ pa
         return;
     }
 
-    // q of this lane's 8 dims for each head, pre-scaled.
+    // q of this lane's 8 dims for each head, pre-scaled; heads g >= ng (the
+    // last chunk of a group that GMAX does not divide) are zero: the score
+    // loop below runs over all GMAX lanes and must not read garbage.
     float qv[GMAX][8];
 #pragma unroll
     for (int g = 0; g < GMAX; g++) {
@@ -68,6 +70,9 @@ KILN_DEVICE void decode_partition(bf16* __restrict__ out, float* __restrict__ pa
             load8(q + (qrow * num_heads + head0 + g) * HD + vec * 8, qv[g]);
 #pragma unroll
             for (int e = 0; e < 8; e++) qv[g][e] *= scale;
+        } else {
+#pragma unroll
+            for (int e = 0; e < 8; e++) qv[g][e] = 0.f;
         }
     }
     const int* table = block_tables + (long long)s * max_blocks;

@@ -90,7 +90,7 @@ KILN_DEVICE void prefill_tile(bf16* __restrict__ out, const bf16* __restrict__ q
                               const int* __restrict__ tile_q0, int num_heads, int num_kv_heads, int heads_per_block,
                               int max_blocks, int block_size, float scale) {
     constexpr int E = HD >= 32 ? HD / 32 : 1;  // output dims per lane (lanes >= HD idle when HD < 32)
-    extern __shared__ __align__(16) unsigned char smem_raw[];
+    KILN_DYNAMIC_SMEM(unsigned char, smem_raw);
     PrefillSmem<HD>& sm = *reinterpret_cast<PrefillSmem<HD>*>(smem_raw);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 

@@ -3,7 +3,10 @@
 // What: for every token t of the step and every head of the fused QKV
 // projection output:
 //   - add the projection bias (Qwen2) and apply the per-head RMSNorm of q and k
-//     (Qwen3), when their pointers are non-null;
+//     (Qwen3), when their pointers are non-null. With a bias, `qkv` is the
+//     GEMM's f32 output and the bias is added before the one rounding to bf16,
+//     as transformers' Linear adds it inside the matmul's f32 accumulation
+//     (rounding the GEMM output to bf16 first would round twice);
 //   - rotate q and k with Hugging Face's half-rotation layout: for i < d/2,
 //       a = x[i], b = x[i + d/2], f = pos * inv_freq[i]
 //       x'[i]       = a cos f - b sin f
@@ -48,7 +51,8 @@ KILN_DEVICE void head_rms_norm(float (&a)[ROPE_MAX_PAIRS_PER_LANE], float (&b)[R
 // q_out:     [num_tokens, num_heads, head_dim] bf16
 // k_cache:   [num_blocks, block_size, num_kv_heads, head_dim] bf16
 // v_cache:   [num_blocks, block_size, num_kv_heads, head_dim] bf16
-// qkv:       [num_tokens, (num_heads + 2 * num_kv_heads) * head_dim] bf16 (q heads, k heads, v heads)
+// qkv:       [num_tokens, (num_heads + 2 * num_kv_heads) * head_dim] (q heads, k heads, v heads):
+//            bf16 when qkv_bias is null, f32 when it is not
 // qkv_bias:  [(num_heads + 2 * num_kv_heads) * head_dim] bf16, or null
 // q_norm:    [head_dim] bf16, or null;  k_norm: [head_dim] bf16, or null
 // inv_freq:  [head_dim / 2] f32
@@ -56,7 +60,7 @@ KILN_DEVICE void head_rms_norm(float (&a)[ROPE_MAX_PAIRS_PER_LANE], float (&b)[R
 // slots:     [num_tokens] i32 (-1: skip the cache write)
 // head_dim even and <= 256.
 extern "C" __global__ void rotary_qkv_cache_bf16(bf16* __restrict__ q_out, bf16* __restrict__ k_cache,
-                                                 bf16* __restrict__ v_cache, const bf16* __restrict__ qkv,
+                                                 bf16* __restrict__ v_cache, const void* __restrict__ qkv,
                                                  const bf16* __restrict__ qkv_bias, const bf16* __restrict__ q_norm,
                                                  const bf16* __restrict__ k_norm, const float* __restrict__ inv_freq,
                                                  const int* __restrict__ positions, const int* __restrict__ slots,
@@ -71,7 +75,7 @@ extern "C" __global__ void rotary_qkv_cache_bf16(bf16* __restrict__ q_out, bf16*
     const int half = head_dim / 2;
     const bool is_q = h < num_heads, is_k = !is_q && h < num_heads + num_kv_heads;
 
-    const bf16* src = qkv + ((long long)t * heads_total + h) * head_dim;
+    const long long row = ((long long)t * heads_total + h) * head_dim;
     const bf16* bias = qkv_bias ? qkv_bias + (long long)h * head_dim : nullptr;
     float a[ROPE_MAX_PAIRS_PER_LANE], b[ROPE_MAX_PAIRS_PER_LANE];
 #pragma unroll
@@ -79,11 +83,14 @@ extern "C" __global__ void rotary_qkv_cache_bf16(bf16* __restrict__ q_out, bf16*
         const int i = lane + 32 * j;
         a[j] = b[j] = 0.f;
         if (i < half) {
-            a[j] = bf16_to_f32(src[i]);
-            b[j] = bf16_to_f32(src[i + half]);
-            if (bias) {
-                a[j] = round_bf16(a[j] + bf16_to_f32(bias[i]));
-                b[j] = round_bf16(b[j] + bf16_to_f32(bias[i + half]));
+            if (bias) {  // f32 projection + bias, rounded once
+                const float* src = static_cast<const float*>(qkv) + row;
+                a[j] = round_bf16(src[i] + bf16_to_f32(bias[i]));
+                b[j] = round_bf16(src[i + half] + bf16_to_f32(bias[i + half]));
+            } else {
+                const bf16* src = static_cast<const bf16*>(qkv) + row;
+                a[j] = bf16_to_f32(src[i]);
+                b[j] = bf16_to_f32(src[i + half]);
             }
         }
     }

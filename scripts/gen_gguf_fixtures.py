@@ -16,6 +16,14 @@ Files:
   metadata.json     what the reader must see in metadata.gguf
   config_*.gguf     model-metadata fixtures for config_from_gguf
   config_*.json     the expected Hugging Face-style config for each
+  tiny_q8_0.gguf    the tests/fixtures/models/mistral model (2 layers, hidden
+  tiny_q4_1.gguf    64, vocab 320) as a llama-architecture GGUF, its matrices
+                    quantized to Q8_0 / Q4_1 (down_proj, whose rows of 112 are
+                    not whole 32-value blocks, stays F16, as llama.cpp's
+                    converter would keep it), q/k permuted like llama.cpp's
+                    converter; for the CUDA runner's quantized-weight tests
+
+`python3 scripts/gen_gguf_fixtures.py models` writes only the tiny models.
 """
 import json
 import math
@@ -25,7 +33,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-VENV = Path("/work/main/.venv-gguf")
+VENV = Path(os.environ.get("KILN_GGUF_VENV", ROOT / ".venv-gguf"))
 OUT = ROOT / "tests" / "fixtures" / "gguf"
 
 
@@ -333,12 +341,94 @@ def write_names():
     (OUT / "names.json").write_text(json.dumps(mapping, indent=1, sort_keys=True) + "\n")
 
 
+def read_safetensors(path):
+    """name -> float32 array of a safetensors file (F32 / BF16 only)."""
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    out = {}
+    for name, t in header.items():
+        if name == "__metadata__":
+            continue
+        a, b = t["data_offsets"]
+        buf = raw[8 + n + a:8 + n + b]
+        if t["dtype"] == "F32":
+            arr = np.frombuffer(buf, dtype="<f4")
+        elif t["dtype"] == "BF16":
+            arr = (np.frombuffer(buf, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
+        else:
+            raise ValueError(f"{name}: dtype {t['dtype']}")
+        out[name] = arr.reshape(t["shape"]).astype(np.float32)
+    return out
+
+
+def write_tiny_model(qtype, name):
+    """The mistral fixture as a quantized llama GGUF (see the module comment)."""
+    src = ROOT / "tests" / "fixtures" / "models" / "mistral"
+    cfg = json.loads((src / "config.json").read_text())
+    t = read_safetensors(src / "model.safetensors")
+    nh, nkv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    w = gguf.GGUFWriter(str(OUT / name), arch="llama")
+    w.add_name(f"kiln tiny mistral {qtype.name}")
+    for key, vt, val in [
+        ("llama.embedding_length", V.UINT32, cfg["hidden_size"]),
+        ("llama.feed_forward_length", V.UINT32, cfg["intermediate_size"]),
+        ("llama.block_count", V.UINT32, cfg["num_hidden_layers"]),
+        ("llama.attention.head_count", V.UINT32, nh),
+        ("llama.attention.head_count_kv", V.UINT32, nkv),
+        ("llama.attention.key_length", V.UINT32, cfg["head_dim"]),
+        ("llama.attention.value_length", V.UINT32, cfg["head_dim"]),
+        ("llama.attention.layer_norm_rms_epsilon", V.FLOAT32, cfg["rms_norm_eps"]),
+        ("llama.rope.freq_base", V.FLOAT32, cfg["rope_theta"]),
+        ("llama.rope.dimension_count", V.UINT32, cfg["head_dim"]),
+        ("llama.context_length", V.UINT32, cfg["max_position_embeddings"]),
+        ("llama.vocab_size", V.UINT32, cfg["vocab_size"]),
+        ("tokenizer.ggml.bos_token_id", V.UINT32, 0),
+        ("tokenizer.ggml.eos_token_id", V.UINT32, 2),
+    ]:
+        w.add_key_value(key, val, vt)
+
+    def add(gname, arr):
+        if arr.ndim == 2 and arr.shape[1] % 32 == 0:
+            w.add_tensor(gname, gguf.quants.quantize(arr, qtype), raw_dtype=qtype)
+        elif arr.ndim == 2:
+            w.add_tensor(gname, arr.astype(np.float16))
+        else:
+            w.add_tensor(gname, arr)
+
+    add("token_embd.weight", t["model.embed_tokens.weight"])
+    add("output_norm.weight", t["model.norm.weight"])
+    add("output.weight", t["lm_head.weight"])
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        add(f"blk.{i}.attn_norm.weight", t[p + "input_layernorm.weight"])
+        add(f"blk.{i}.attn_q.weight", llama_permute(t[p + "self_attn.q_proj.weight"], nh))
+        add(f"blk.{i}.attn_k.weight", llama_permute(t[p + "self_attn.k_proj.weight"], nkv))
+        add(f"blk.{i}.attn_v.weight", t[p + "self_attn.v_proj.weight"])
+        add(f"blk.{i}.attn_output.weight", t[p + "self_attn.o_proj.weight"])
+        add(f"blk.{i}.ffn_norm.weight", t[p + "post_attention_layernorm.weight"])
+        add(f"blk.{i}.ffn_gate.weight", t[p + "mlp.gate_proj.weight"])
+        add(f"blk.{i}.ffn_up.weight", t[p + "mlp.up_proj.weight"])
+        add(f"blk.{i}.ffn_down.weight", t[p + "mlp.down_proj.weight"])
+    finish(w)
+
+
+def write_tiny_models():
+    write_tiny_model(Q.Q8_0, "tiny_q8_0.gguf")
+    write_tiny_model(Q.Q4_1, "tiny_q4_1.gguf")
+
+
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
+    if sys.argv[1:] == ["models"]:
+        write_tiny_models()
+        print(f"wrote the tiny models to {OUT}")
+        return
     write_names()
     write_types()
     write_metadata()
     write_configs()
+    write_tiny_models()
     total = sum(p.stat().st_size for p in OUT.iterdir())
     print(f"wrote {len(list(OUT.iterdir()))} files, {total} bytes, to {OUT}")
 

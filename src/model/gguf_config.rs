@@ -4,7 +4,7 @@
 //! `{arch}.embedding_length`, `.feed_forward_length`, `.block_count`,
 //! `.attention.head_count`, `.attention.head_count_kv`, `.attention.key_length`,
 //! `.attention.layer_norm_rms_epsilon`, `.rope.freq_base`, `.rope.scaling.*`,
-//! `.context_length`, `.vocab_size`; `tokenizer.ggml.{tokens,bos_token_id,
+//! `.context_length`, `.vocab_size`, `.attention.sliding_window`; `tokenizer.ggml.{tokens,bos_token_id,
 //! eos_token_id,eot_token_id}`. Facts that GGUF keeps in the tensor table:
 //! tied embeddings (no `output.weight`), q/k/v bias (`blk.0.attn_q.bias`),
 //! q/k norms (`blk.0.attn_q_norm.weight`), Llama 3 rope scaling
@@ -69,6 +69,7 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig, ModelError> {
         tie_word_embeddings: g.tensor("output.weight").is_none(),
         attention_bias: g.tensor("blk.0.attn_q.bias").is_some(),
         qk_norm: arch == Arch::Qwen3 || g.tensor("blk.0.attn_q_norm.weight").is_some(),
+        sliding_window: opt_usize(g, &k("attention.sliding_window")),
         bos_token_id: g.get_u64("tokenizer.ggml.bos_token_id").map(|v| v as u32),
         eos_token_ids,
     };

@@ -4,6 +4,7 @@
 pub mod batch;
 pub mod bert;
 pub mod config;
+pub mod context;
 pub mod dequant;
 pub mod gguf;
 pub mod gguf_config;

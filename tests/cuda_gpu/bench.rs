@@ -44,10 +44,11 @@ fn time_ms(dev: &Device, warm: usize, reps: usize, mut f: impl FnMut()) -> f64 {
     }
     let mut t = Vec::with_capacity(reps);
     for _ in 0..reps {
-        let (a, b) = (dev.ctx.new_event(None).unwrap(), dev.ctx.new_event(None).unwrap());
-        a.record(&dev.stream).unwrap();
+        let g = dev.gpu().expect("timings run on a GPU");
+        let (a, b) = (g.ctx.new_event(None).unwrap(), g.ctx.new_event(None).unwrap());
+        a.record(&g.stream).unwrap();
         f();
-        b.record(&dev.stream).unwrap();
+        b.record(&g.stream).unwrap();
         b.synchronize().unwrap();
         t.push(a.elapsed_ms(&b).unwrap() as f64);
     }
@@ -60,7 +61,7 @@ fn copy_bandwidth(dev: &Device) -> f64 {
     let (a, b) = (dev.alloc(n).unwrap(), dev.alloc(n).unwrap());
     dev.memset(a.ptr, 1, n).unwrap();
     let ms = time_ms(dev, 3, 20, || unsafe {
-        cudarc::driver::result::memcpy_dtod_async(b.ptr, a.ptr, n, dev.stream.cu_stream()).unwrap();
+        cudarc::driver::result::memcpy_dtod_async(b.ptr, a.ptr, n, dev.gpu().unwrap().stream.cu_stream()).unwrap();
     });
     let bw = 2.0 * n as f64 / (ms / 1e3);
     record(serde_json::json!({"bench": "copy_bandwidth", "device": dev.name, "bytes_per_s": bw}));
@@ -104,7 +105,7 @@ fn decode_speed() {
         println!("SKIPPED decode_speed: KILN_BENCH_MODELS not set");
         return;
     }
-    let Some(dev) = device_or_skip("decode_speed") else { return };
+    let Some(dev) = gpu_or_skip("decode_speed") else { return };
     let bw = copy_bandwidth(&dev);
     drop(dev);
     for d in dirs.split(':').filter(|s| !s.is_empty()) {
@@ -119,7 +120,7 @@ fn kernel_timings() {
         println!("SKIPPED kernel_timings: KILN_BENCH_KERNELS not set");
         return;
     }
-    let Some(dev) = device_or_skip("kernel_timings") else { return };
+    let Some(dev) = gpu_or_skip("kernel_timings") else { return };
     let bw = copy_bandwidth(&dev);
     let mut r = rng("kernel_timings");
     let (h, inter, nh, nkv, hd) = (4096usize, 14336usize, 32usize, 8usize, 128usize);
@@ -197,7 +198,7 @@ fn offline_throughput() {
         println!("SKIPPED offline_throughput: KILN_THROUGHPUT_MODEL not set");
         return;
     };
-    if device_or_skip("offline_throughput").is_none() {
+    if gpu_or_skip("offline_throughput").is_none() {
         return;
     }
     let n: usize = std::env::var("KILN_THROUGHPUT_REQUESTS").ok().and_then(|s| s.parse().ok()).unwrap_or(1000);

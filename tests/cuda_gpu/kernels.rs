@@ -89,14 +89,14 @@ fn gather_rows_copies_the_named_rows() {
     }
 }
 
-/// Q8_0 / Q4_0 / Q4_1 blocks with random scales, expanded on the GPU, against
-/// the CPU's block decoders (Q4_0 decoded here from its definition).
+/// Q8_0 / Q4_1 blocks with random scales, expanded on the GPU, against the
+/// CPU's block decoders.
 #[test]
 fn dequant_matches_the_block_definitions() {
     let Some(dev) = device_or_skip("dequant") else { return };
     let mut r = rng("dequant");
     let nblocks = 4096;
-    for q in [ops::Quant::Q8_0, ops::Quant::Q4_0, ops::Quant::Q4_1] {
+    for q in [ops::Quant::Q8_0, ops::Quant::Q4_1] {
         let bb = q.block_bytes();
         let mut blocks = vec![0u8; nblocks * bb];
         r.fill(&mut blocks[..]);
@@ -124,13 +124,6 @@ fn decode_block(q: ops::Quant, b: &[u8]) -> Vec<f32> {
     match q {
         ops::Quant::Q8_0 => kiln::backend::cpu::quant::row_q8_0(b, &mut out),
         ops::Quant::Q4_1 => kiln::backend::cpu::quant::row_q4_1(b, &mut out),
-        ops::Quant::Q4_0 => {
-            let d = half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
-            for j in 0..16 {
-                out[j] = d * ((b[2 + j] & 15) as i32 - 8) as f32;
-                out[j + 16] = d * ((b[2 + j] >> 4) as i32 - 8) as f32;
-            }
-        }
     }
     out
 }

@@ -22,22 +22,65 @@ pub fn repo_root() -> std::path::PathBuf {
     }
 }
 
-/// The GPU, or None after printing why the test skips. With
-/// KILN_REQUIRE_GPU=1 (set by scripts/gpu-check.sh) a missing GPU fails.
+/// GPU 0, or why it cannot be used.
+fn open_gpu() -> Result<Device, String> {
+    #[cfg(feature = "cuda")]
+    {
+        match kiln::backend::cuda::select::cuda_device_count() {
+            Ok(n) if n > 0 => Device::open(0).map_err(|e| e.to_string()),
+            Ok(_) => Err("no CUDA device".to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        Err("built without the `cuda` feature".to_string())
+    }
+}
+
+/// Whether KILN_REQUIRE_GPU=1 (set by scripts/gpu-check.sh on the device machine).
+fn gpu_required() -> bool {
+    std::env::var("KILN_REQUIRE_GPU").is_ok_and(|v| v == "1")
+}
+
+/// The device a test runs on: the GPU when one is usable; else, in a build
+/// with the `emu` feature, the emulated device; else None after printing
+/// why the test skips. With KILN_REQUIRE_GPU=1 anything but a GPU fails.
 pub fn device_or_skip(test: &str) -> Option<Device> {
-    let err = match kiln::backend::cuda::select::cuda_device_count() {
-        Ok(n) if n > 0 => match Device::open(0) {
-            Ok(d) => return Some(d),
-            Err(e) => e.to_string(),
-        },
-        Ok(_) => "no CUDA device".to_string(),
-        Err(e) => e.to_string(),
+    let err = match open_gpu() {
+        Ok(d) => return Some(d),
+        Err(e) => e,
     };
-    if std::env::var("KILN_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+    if gpu_required() {
         panic!("{test}: KILN_REQUIRE_GPU=1 but {err}");
     }
-    println!("SKIPPED {test}: {err}");
-    None
+    #[cfg(feature = "emu")]
+    {
+        println!("{test}: on the emulated device ({err})");
+        Some(Device::emulated())
+    }
+    #[cfg(not(feature = "emu"))]
+    {
+        println!("SKIPPED {test}: {err}");
+        None
+    }
+}
+
+/// A real GPU only (timings): None after printing why the test skips.
+pub fn gpu_or_skip(test: &str) -> Option<Device> {
+    match open_gpu() {
+        Ok(d) => Some(d),
+        Err(e) if gpu_required() => panic!("{test}: KILN_REQUIRE_GPU=1 but {e}"),
+        Err(e) => {
+            println!("SKIPPED {test}: timings need a real GPU ({e}); the emulated device is not timed");
+            None
+        }
+    }
+}
+
+/// Whether `dev` is the emulated device (tests then use smaller shapes).
+pub fn emulated(dev: &Device) -> bool {
+    dev.is_emulated()
 }
 
 pub fn rng(test: &str) -> StdRng {

@@ -24,17 +24,35 @@ pub struct DecodeSplit {
 /// model's maximum length).
 pub fn decode_split(blocks_per_part: usize, max_ctx: usize, num_sms: usize) -> DecodeSplit {
     let max_ctx = max_ctx.max(1);
-    let wanted = (2 * num_sms.max(1)).div_ceil(blocks_per_part.max(1)).max(1);
+    let wanted = wanted_parts(blocks_per_part, num_sms);
     let part = max_ctx.div_ceil(wanted).div_ceil(64) * 64;
     let part_size = part.clamp(MIN_PART_SIZE, MAX_PART_SIZE);
     DecodeSplit { part_size, num_parts: max_ctx.div_ceil(part_size) }
+}
+
+/// Partitions per sequence that would give about two blocks per SM.
+fn wanted_parts(blocks_per_part: usize, num_sms: usize) -> usize {
+    (2 * num_sms.max(1)).div_ceil(blocks_per_part.max(1)).max(1)
+}
+
+/// The most partitions `decode_split(blocks_per_part, ctx, num_sms)` gives
+/// for any ctx in 1..=max_ctx. Not the count at max_ctx: rounding the
+/// partition up to a multiple of 64 can leave a shorter context with one
+/// more partition (Llama-3-8B, batch 1, 132 SMs: 4,097 tokens take 33
+/// partitions of 128, 8,192 take 32 of 256). Bound: a partition is at least
+/// ceil(ctx / wanted) tokens unless it is clamped to MAX_PART_SIZE, and at
+/// least MIN_PART_SIZE, so num_parts <= min(max(wanted, ceil(max_ctx /
+/// MAX_PART_SIZE)), ceil(max_ctx / MIN_PART_SIZE)).
+pub fn max_parts(blocks_per_part: usize, max_ctx: usize, num_sms: usize) -> usize {
+    let max_ctx = max_ctx.max(1);
+    wanted_parts(blocks_per_part, num_sms).max(max_ctx.div_ceil(MAX_PART_SIZE)).min(max_ctx.div_ceil(MIN_PART_SIZE))
 }
 
 /// The most (sequence, partition) pairs any decode launch of up to
 /// `max_seqs` sequences over contexts of up to `max_ctx` tokens can use:
 /// sizes the partial-result buffers. `kv_chunks` is the decode grid's x.
 pub fn max_partial_rows(kv_chunks: usize, max_seqs: usize, max_ctx: usize, num_sms: usize) -> usize {
-    (1..=max_seqs.max(1)).map(|s| s * decode_split(kv_chunks * s, max_ctx, num_sms).num_parts).max().unwrap_or(1)
+    (1..=max_seqs.max(1)).map(|s| s * max_parts(kv_chunks * s, max_ctx, num_sms)).max().unwrap_or(1)
 }
 
 /// Decode and prefill sequences of a batch, and the per-sequence arrays each
@@ -142,6 +160,35 @@ mod tests {
         }
         // 256 sequences x 8 partitions of 1024 at most.
         assert!(bound <= 256 * 8, "{bound}");
+    }
+
+    /// Every (sequences, context) pair a launch can have -- eager steps use the
+    /// step's longest context, graphs the model's maximum -- fits the partial
+    /// buffers. A shorter context can need more partitions than the longest
+    /// (Llama-3-8B, batch 1, 4,097 tokens: 33 partitions of 128 against 32 of
+    /// 256 at 8,192), so the bound cannot be taken at the maximum context alone.
+    #[test]
+    fn partial_rows_bound_every_context_and_batch() {
+        use crate::backend::cuda::capacity::{Limits, RunnerCaps};
+        use crate::backend::cuda::tests_support::{llama_8b_config, qwen3_0_6b_config, smollm2_135m_config};
+        let shapes = [
+            (llama_8b_config(), 8192, &[1, 2, 5, 16, 64, 256][..]),
+            (qwen3_0_6b_config(), 40_960, &[1, 2, 5, 16, 48][..]),
+            (smollm2_135m_config(), 8192, &[1, 2, 5, 16, 64, 256][..]),
+        ];
+        for (cfg, max_model_len, seq_limits) in shapes {
+            for (&max_num_seqs, sms) in seq_limits.iter().flat_map(|m| [46, 108, 132].map(|s| (m, s))) {
+                let l = Limits { block_size: 16, max_model_len, max_num_seqs, max_num_batched_tokens: 2048, max_top_logprobs: 0 };
+                let caps = RunnerCaps::new(&cfg, l, sms);
+                let bound = caps.step.max_partial_rows;
+                for s in 1..=max_num_seqs {
+                    for ctx in 1..=caps.table_width * l.block_size {
+                        let n = s * decode_split(caps.kv_chunks * s, ctx, sms).num_parts;
+                        assert!(n <= bound, "{}: {s} seqs, ctx {ctx}, {sms} SMs: {n} rows > {bound}", cfg.arch_name);
+                    }
+                }
+            }
+        }
     }
 
     #[test]

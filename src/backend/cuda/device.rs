@@ -1,45 +1,73 @@
-//! The GPU: context, the one stream, device memory, kernel modules and raw
-//! launches. Everything else in the backend goes through this file to reach
-//! the driver.
+//! The one narrow interface between the CUDA backend and a device: allocate,
+//! copy host<->device, memset, launch a kernel by name with its argument list
+//! and grid, GEMM, synchronise, capture and replay a graph. Everything above
+//! (ops, forward pass, weights, runner) talks only to `Device`.
+//!
+//! Two implementations, chosen when the device is opened:
+//! - `gpu.rs` (feature `cuda`): cudarc + cuBLAS on a real GPU;
+//! - `emu/` (feature `emu`): the emulated device: host memory (device
+//!   addresses are host addresses), the kernels compiled for the host, a
+//!   reference GEMM, graphs that record their launch list, and guard bytes
+//!   around every allocation and every named workspace region, checked after
+//!   each launch and GEMM (slow; for tests and for changing kernels without
+//!   a GPU).
 //!
 //! Device memory is handled as raw addresses (`u64`) owned by `DeviceMem`;
-//! kernels take them as pointer arguments. cudarc's per-slice event tracking
-//! is switched off: kiln uses a single stream, so stream order is the only
-//! synchronisation needed, and CUDA graph capture must not see stray events.
+//! kernels take them as pointer arguments.
 
-use super::error::{check_arch, check_driver_version, CudaError};
-use super::kernels::{KernelFile, FILES};
-use super::launch::Dims;
-use super::module_cache::{self, Origin};
-use super::nvrtc::{self, Arch};
-use cudarc::driver::{result, sys, CudaContext, CudaFunction, CudaStream};
-use std::collections::HashMap;
-use std::ffi::c_void;
-use std::sync::Arc;
+use super::error::CudaError;
+pub use super::launch::Dims;
 
-pub(crate) fn drv(call: &'static str) -> impl Fn(result::DriverError) -> CudaError {
-    move |e| CudaError::Driver { call, msg: format!("{e:?}") }
+/// A kernel argument: device address or scalar.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Arg {
+    Ptr(u64),
+    I32(i32),
+    F32(f32),
+    I64(i64),
 }
 
-/// Devices the driver sees; probes libcuda first so a machine without a
-/// driver gets an error, not a panic.
-pub fn device_count() -> Result<usize, CudaError> {
-    // SAFETY: only opens and closes the library.
-    if !unsafe { sys::is_culib_present() } {
-        return Err(CudaError::NoDriver);
+impl Arg {
+    /// The argument as one 8-byte little-endian slot, as cuLaunchKernel
+    /// reads it (a 4-byte argument sits in the low half).
+    pub fn slot(self) -> u64 {
+        match self {
+            Arg::Ptr(p) => p,
+            Arg::I32(v) => v as u32 as u64,
+            Arg::F32(v) => v.to_bits() as u64,
+            Arg::I64(v) => v as u64,
+        }
     }
-    result::init().map_err(drv("cuInit"))?;
-    Ok(result::device::get_count().map_err(drv("cuDeviceGetCount"))? as usize)
 }
 
-/// An owned device allocation.
+/// Output type of a GEMM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Out {
+    Bf16,
+    F32,
+}
+
+/// Who frees a `DeviceMem`.
+pub(crate) enum Owner {
+    #[cfg(feature = "cuda")]
+    Gpu(std::sync::Arc<cudarc::driver::CudaContext>),
+    #[cfg(feature = "emu")]
+    Emu(std::sync::Arc<super::emu::heap::Heap>),
+}
+
+/// An owned device allocation of `bytes` bytes at address `ptr`.
 pub struct DeviceMem {
     pub ptr: u64,
     pub bytes: usize,
-    ctx: Arc<CudaContext>,
+    owner: Owner,
 }
 
 impl DeviceMem {
+    pub(crate) fn new(ptr: u64, bytes: usize, owner: Owner) -> DeviceMem {
+        DeviceMem { ptr, bytes, owner }
+    }
+
+    /// The address `offset` bytes into the allocation.
     pub fn at(&self, offset: usize) -> u64 {
         debug_assert!(offset <= self.bytes);
         self.ptr + offset as u64
@@ -48,28 +76,52 @@ impl DeviceMem {
 
 impl Drop for DeviceMem {
     fn drop(&mut self) {
-        if self.ptr != 0 && self.ctx.bind_to_thread().is_ok() {
-            // SAFETY: allocated by Device::alloc, freed once, its context current.
-            let _ = unsafe { result::free_sync(self.ptr) };
+        match &self.owner {
+            #[cfg(feature = "cuda")]
+            Owner::Gpu(ctx) => super::gpu::free(ctx, self.ptr),
+            #[cfg(feature = "emu")]
+            Owner::Emu(heap) => heap.free(self.ptr),
         }
     }
 }
 
-/// Page-locked host memory, so host<->device copies are truly asynchronous.
+/// Who frees a `PinnedMem`.
+pub(crate) enum PinnedOwner {
+    #[cfg(feature = "cuda")]
+    Gpu(std::sync::Arc<cudarc::driver::CudaContext>),
+    /// Plain host memory (the emulated device): the boxed slice `ptr`
+    /// points into, held only to keep it alive.
+    #[cfg(feature = "emu")]
+    Host(#[allow(dead_code)] Box<[u8]>),
+}
+
+/// Host memory the device copies from and to: page-locked on a GPU (so
+/// copies are truly asynchronous), plain memory on the emulated device.
 pub struct PinnedMem {
     ptr: *mut u8,
     pub bytes: usize,
-    ctx: Arc<CudaContext>,
+    owner: PinnedOwner,
 }
 
 // SAFETY: plain host memory; access is serialised by the owning runner.
 unsafe impl Send for PinnedMem {}
 
 impl PinnedMem {
+    /// Takes `bytes` bytes at `ptr` (owned through `owner`) and zeroes them.
+    ///
+    /// # Safety
+    /// `ptr` must point at `bytes` writable bytes that live as long as `owner`.
+    pub(crate) unsafe fn new(ptr: *mut u8, bytes: usize, owner: PinnedOwner) -> PinnedMem {
+        let mut m = PinnedMem { ptr, bytes, owner };
+        m.as_mut_slice().fill(0);
+        m
+    }
+
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: `bytes` bytes were allocated at `ptr` and are owned by self.
         unsafe { std::slice::from_raw_parts_mut(self.ptr, self.bytes) }
     }
+
     pub fn as_slice(&self) -> &[u8] {
         // SAFETY: as above.
         unsafe { std::slice::from_raw_parts(self.ptr, self.bytes) }
@@ -78,183 +130,191 @@ impl PinnedMem {
 
 impl Drop for PinnedMem {
     fn drop(&mut self) {
-        if self.ctx.bind_to_thread().is_ok() {
-            // SAFETY: allocated by cuMemHostAlloc, freed once.
-            let _ = unsafe { result::free_host(self.ptr.cast()) };
+        match &self.owner {
+            #[cfg(feature = "cuda")]
+            PinnedOwner::Gpu(ctx) => super::gpu::free_pinned(ctx, self.ptr),
+            #[cfg(feature = "emu")]
+            PinnedOwner::Host(_) => {}
         }
     }
 }
 
-/// A kernel argument: device address or scalar.
-#[derive(Clone, Copy, Debug)]
-pub enum Arg {
-    Ptr(u64),
-    I32(i32),
-    F32(f32),
-    I64(i64),
+/// A captured sequence of launches and GEMMs, replayed with `Device::replay`.
+pub struct Graph(GraphImp);
+
+enum GraphImp {
+    #[cfg(feature = "cuda")]
+    Gpu(cudarc::driver::CudaGraph),
+    #[cfg(feature = "emu")]
+    Emu(super::emu::Recorded),
 }
 
+// SAFETY: a graph exec may be launched from any thread; the runner that owns
+// it is used by one thread at a time (ModelRunner takes &mut self).
+unsafe impl Send for Graph {}
+
+enum Imp {
+    #[cfg(feature = "cuda")]
+    Gpu(super::gpu::Gpu),
+    #[cfg(feature = "emu")]
+    Emu(super::emu::Emu),
+}
+
+/// A device: a GPU or the emulator. See the module comment.
 pub struct Device {
-    pub ctx: Arc<CudaContext>,
-    pub stream: Arc<CudaStream>,
-    pub arch: Arch,
+    /// What the device is ("NVIDIA H100 80GB HBM3", "emulated device").
     pub name: String,
+    /// Streaming multiprocessors (sizes grids and the decode split).
     pub num_sms: usize,
-    funcs: HashMap<&'static str, CudaFunction>,
+    imp: Imp,
+}
+
+/// Runs `$call` on whichever implementation `$dev` holds.
+macro_rules! dispatch {
+    ($dev:expr, $d:ident => $call:expr) => {
+        match &$dev.imp {
+            #[cfg(feature = "cuda")]
+            Imp::Gpu($d) => $call,
+            #[cfg(feature = "emu")]
+            Imp::Emu($d) => $call,
+        }
+    };
 }
 
 impl Device {
-    /// Opens GPU `ordinal`, checks driver and architecture, and loads every
-    /// kernel module (embedded nvcc fatbin when built with one, else NVRTC
-    /// for this GPU's architecture through the on-disk cache).
+    /// Opens GPU `ordinal` (see gpu.rs).
+    #[cfg(feature = "cuda")]
     pub fn open(ordinal: usize) -> Result<Device, CudaError> {
-        let count = device_count()?;
-        if ordinal >= count {
-            return Err(CudaError::NoDevice { ordinal, count });
-        }
-        let mut v = 0;
-        // SAFETY: plain out-parameter.
-        unsafe { sys::cuDriverGetVersion(&mut v) }.result().map_err(drv("cuDriverGetVersion"))?;
-        check_driver_version(v)?;
-        let ctx = CudaContext::new(ordinal).map_err(drv("cuCtxCreate"))?;
-        // SAFETY: kiln uses one stream; see the module comment.
-        unsafe { ctx.disable_event_tracking() };
-        let (major, minor) = ctx.compute_capability().map_err(drv("cuDeviceGetAttribute"))?;
-        let name = ctx.name().map_err(drv("cuDeviceGetName"))?;
-        check_arch(&name, major as u32, minor as u32)?;
-        let num_sms = ctx
-            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
-            .map_err(drv("cuDeviceGetAttribute"))? as usize;
-        let stream = ctx.new_stream().map_err(drv("cuStreamCreate"))?;
-        let mut dev = Device { ctx, stream, arch: Arch::new(major as u32, minor as u32), name, num_sms, funcs: HashMap::new() };
-        for f in FILES {
-            dev.load_file(f)?;
-        }
-        tracing::info!("CUDA device {ordinal}: {} ({}, {} SMs, driver {}.{})", dev.name, dev.arch, num_sms, v / 1000, (v % 1000) / 10);
-        Ok(dev)
+        let g = super::gpu::Gpu::open(ordinal)?;
+        Ok(Device { name: g.name.clone(), num_sms: g.num_sms, imp: Imp::Gpu(g) })
     }
 
-    fn load_file(&mut self, file: &'static KernelFile) -> Result<(), CudaError> {
-        let image = match super::embedded::fatbin(file.name) {
-            Some(fatbin) => fatbin.to_vec(),
-            None => self.nvrtc_image(file)?,
-        };
-        let module = self
-            .ctx
-            .load_module(cudarc::nvrtc::Ptx::from_binary(image))
-            .map_err(drv("cuModuleLoadData"))?;
-        for &name in file.functions {
-            let f = module.load_function(name).map_err(drv("cuModuleGetFunction"))?;
-            if let Some(bytes) = super::launch::smem_opt_in(name) {
-                f.set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes as i32)
-                    .map_err(drv("cuFuncSetAttribute"))?;
-            }
-            self.funcs.insert(name, f);
+    /// Opens the emulated device (see emu/mod.rs).
+    #[cfg(feature = "emu")]
+    pub fn emulated() -> Device {
+        let e = super::emu::Emu::new(super::emu::MEMORY_BYTES);
+        Device { name: "emulated device".into(), num_sms: super::emu::NUM_SMS, imp: Imp::Emu(e) }
+    }
+
+    /// Whether this is the emulated device.
+    pub fn is_emulated(&self) -> bool {
+        match &self.imp {
+            #[cfg(feature = "cuda")]
+            Imp::Gpu(_) => false,
+            #[cfg(feature = "emu")]
+            Imp::Emu(_) => true,
         }
-        Ok(())
     }
 
-    fn nvrtc_image(&self, file: &KernelFile) -> Result<Vec<u8>, CudaError> {
-        let version = nvrtc::version()?;
-        let opts = nvrtc::options(self.arch, false);
-        let key = module_cache::cache_key(&file.expanded(), self.arch, version, &opts);
-        let path = module_cache::default_dir().map(|d| module_cache::cache_file(&d, file.name, self.arch, &key));
-        let (image, origin) = module_cache::load_or_compile(path.as_deref(), || {
-            nvrtc::compile(file, self.arch, false).map(|c| c.cubin)
-        })?;
-        if origin == Origin::Compiled {
-            tracing::info!("compiled kernels/{}.cu for {} with NVRTC {}.{}", file.name, self.arch, version.0, version.1);
+    /// The GPU behind this device (its context and stream, for event timing
+    /// in the benchmarks); None on the emulator.
+    #[cfg(feature = "cuda")]
+    pub fn gpu(&self) -> Option<&super::gpu::Gpu> {
+        match &self.imp {
+            Imp::Gpu(g) => Some(g),
+            #[cfg(feature = "emu")]
+            Imp::Emu(_) => None,
         }
-        Ok(image)
     }
 
-    pub fn func(&self, name: &str) -> Result<&CudaFunction, CudaError> {
-        self.funcs.get(name).ok_or_else(|| CudaError::MissingKernel(name.into()))
-    }
-
-    /// Launches kernel `name` on the stream.
+    /// Launches kernel `name` over `dims` with `args` in the kernel's order.
     pub fn launch(&self, name: &str, dims: Dims, args: &[Arg]) -> Result<(), CudaError> {
-        let f = self.func(name)?;
-        let mut slots: Vec<u64> = args
-            .iter()
-            .map(|a| match *a {
-                Arg::Ptr(p) => p,
-                Arg::I32(v) => v as u32 as u64,
-                Arg::F32(v) => v.to_bits() as u64,
-                Arg::I64(v) => v as u64,
-            })
-            .collect();
-        // Each slot is 8 bytes, little-endian: a 4-byte argument is read from its low half.
-        let mut params: Vec<*mut c_void> = slots.iter_mut().map(|s| (s as *mut u64).cast()).collect();
-        // SAFETY: the function handle lives as long as self; `params` points at
-        // `slots`, alive until the call returns (the driver copies arguments).
-        unsafe { result::launch_kernel(f.cu_function(), dims.grid, dims.block, dims.smem, self.stream.cu_stream(), &mut params) }
-            .map_err(|e| CudaError::Driver { call: "cuLaunchKernel", msg: format!("{name}: {e:?}") })
+        dispatch!(self, d => d.launch(name, dims, args))
     }
 
+    /// y[m, n] = x[m, k] · w[n, k]ᵀ, bf16 operands, f32 accumulation, y in
+    /// bf16 (round to nearest even) or f32; `mnk` = [m, n, k], all row-major
+    /// as in Hugging Face. m = 0 is a no-op.
+    pub fn linear(&self, y: u64, out: Out, x: u64, w: u64, mnk: [usize; 3]) -> Result<(), CudaError> {
+        dispatch!(self, d => d.linear(y, out, x, w, mnk))
+    }
+
+    /// A device allocation of `bytes` bytes (contents undefined).
     pub fn alloc(&self, bytes: usize) -> Result<DeviceMem, CudaError> {
-        self.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
-        if bytes == 0 {
-            return Ok(DeviceMem { ptr: 0, bytes: 0, ctx: self.ctx.clone() });
-        }
-        // SAFETY: plain allocation; freed by DeviceMem::drop.
-        let ptr = unsafe { result::malloc_sync(bytes) }.map_err(|e| {
-            let (free, total) = self.mem_info().unwrap_or((0, 0));
-            CudaError::Driver {
-                call: "cuMemAlloc",
-                msg: format!("{e:?} allocating {} ({} free of {})", super::memory::gib(bytes as u64), super::memory::gib(free as u64), super::memory::gib(total as u64)),
-            }
-        })?;
-        Ok(DeviceMem { ptr, bytes, ctx: self.ctx.clone() })
+        dispatch!(self, d => d.alloc(bytes))
     }
 
+    /// Zeroed host memory for staging copies.
     pub fn alloc_pinned(&self, bytes: usize) -> Result<PinnedMem, CudaError> {
-        self.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
-        // SAFETY: freed by PinnedMem::drop; zeroed below before any read.
-        let ptr = unsafe { result::malloc_host(bytes.max(1), 0) }.map_err(drv("cuMemHostAlloc"))? as *mut u8;
-        let mut m = PinnedMem { ptr, bytes, ctx: self.ctx.clone() };
-        m.as_mut_slice().fill(0);
-        Ok(m)
+        dispatch!(self, d => d.alloc_pinned(bytes))
     }
 
     /// (free, total) device memory in bytes.
     pub fn mem_info(&self) -> Result<(usize, usize), CudaError> {
-        self.ctx.mem_get_info().map_err(drv("cuMemGetInfo"))
+        dispatch!(self, d => d.mem_info())
     }
 
     /// Asynchronous host-to-device copy. `src` must stay untouched until the
     /// stream passes this point (pinned staging buffers are only rewritten
     /// after the step's synchronisation).
     pub fn upload(&self, dst: u64, src: &[u8]) -> Result<(), CudaError> {
-        if src.is_empty() {
-            return Ok(());
-        }
-        // SAFETY: `dst` has room for src.len() bytes (callers slice by layout).
-        unsafe { result::memcpy_htod_async(dst, src, self.stream.cu_stream()) }.map_err(drv("cuMemcpyHtoDAsync"))
+        dispatch!(self, d => d.upload(dst, src))
     }
 
-    /// Asynchronous device-to-host copy into pinned memory.
+    /// Asynchronous device-to-host copy.
     pub fn download(&self, dst: &mut [u8], src: u64) -> Result<(), CudaError> {
-        if dst.is_empty() {
-            return Ok(());
-        }
-        // SAFETY: `src` holds dst.len() readable bytes.
-        unsafe { result::memcpy_dtoh_async(dst, src, self.stream.cu_stream()) }.map_err(drv("cuMemcpyDtoHAsync"))
+        dispatch!(self, d => d.download(dst, src))
     }
 
     /// Fills `bytes` at `dst` with `byte` (poisoning buffers in tests, zeroing the KV pool).
     pub fn memset(&self, dst: u64, byte: u8, bytes: usize) -> Result<(), CudaError> {
-        // SAFETY: `dst` holds `bytes` writable bytes.
-        unsafe { result::memset_d8_async(dst, byte, bytes, self.stream.cu_stream()) }.map_err(drv("cuMemsetD8Async"))
+        dispatch!(self, d => d.memset(dst, byte, bytes))
     }
 
-    /// Makes this device's context current on the calling thread (the runner
-    /// may be built on one thread and stepped on another).
+    /// Makes this device current on the calling thread (the runner may be
+    /// built on one thread and stepped on another).
     pub fn bind(&self) -> Result<(), CudaError> {
-        self.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))
+        dispatch!(self, d => d.bind())
     }
 
+    /// Waits until every queued operation has finished.
     pub fn synchronize(&self) -> Result<(), CudaError> {
-        self.stream.synchronize().map_err(drv("cuStreamSynchronize"))
+        dispatch!(self, d => d.synchronize())
+    }
+
+    /// Starts recording launches and GEMMs into a graph instead of running
+    /// them (nothing else may be queued until `end_capture`).
+    pub fn begin_capture(&self) -> Result<(), CudaError> {
+        dispatch!(self, d => d.begin_capture())
+    }
+
+    /// Ends the capture begun by `begin_capture` and returns the graph.
+    pub fn end_capture(&self) -> Result<Graph, CudaError> {
+        match &self.imp {
+            #[cfg(feature = "cuda")]
+            Imp::Gpu(g) => g.end_capture().map(|g| Graph(GraphImp::Gpu(g))),
+            #[cfg(feature = "emu")]
+            Imp::Emu(e) => e.end_capture().map(|r| Graph(GraphImp::Emu(r))),
+        }
+    }
+
+    /// Queues every launch of `graph` again, with the argument values it was
+    /// captured with.
+    pub fn replay(&self, graph: &Graph) -> Result<(), CudaError> {
+        match (&self.imp, &graph.0) {
+            #[cfg(feature = "cuda")]
+            (Imp::Gpu(_), GraphImp::Gpu(g)) => g.launch().map_err(super::gpu::drv("cuGraphLaunch")),
+            #[cfg(feature = "emu")]
+            (Imp::Emu(e), GraphImp::Emu(r)) => e.replay(r),
+            #[allow(unreachable_patterns)]
+            _ => Err(CudaError::Emulated("a graph captured on another device".into())),
+        }
+    }
+
+    /// Declares the named regions of the allocation at `base` (byte offset
+    /// and size each; `what` names the allocation in errors). The emulator
+    /// fills the gap after each region with guard bytes and checks them
+    /// after every launch and GEMM; a new declaration for the same `base`
+    /// replaces the old. A no-op on a GPU.
+    pub fn guard_regions(&self, base: u64, what: &'static str, regions: &[(&'static str, usize, usize)]) -> Result<(), CudaError> {
+        match &self.imp {
+            #[cfg(feature = "cuda")]
+            Imp::Gpu(_) => {
+                let _ = (base, what, regions);
+                Ok(())
+            }
+            #[cfg(feature = "emu")]
+            Imp::Emu(e) => e.guard_regions(base, what, regions),
+        }
     }
 }

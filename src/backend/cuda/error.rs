@@ -1,5 +1,6 @@
 //! Errors of the CUDA backend: each says what failed and what to do.
 
+use super::cublas_lib::BlasLibError;
 use super::memory::MemoryError;
 use super::nvrtc::NvrtcError;
 
@@ -20,6 +21,8 @@ pub enum CudaError {
     #[error("cuBLAS call {call} failed: {msg}")]
     Blas { call: &'static str, msg: String },
     #[error(transparent)]
+    BlasLib(#[from] BlasLibError),
+    #[error(transparent)]
     Nvrtc(#[from] NvrtcError),
     #[error(transparent)]
     Memory(#[from] MemoryError),
@@ -29,6 +32,16 @@ pub enum CudaError {
     BadBatch(String),
     #[error("kernel function {0} not found in the loaded modules")]
     MissingKernel(String),
+    #[error(
+        "kiln was built without the emulated device; rebuild with `cargo build --release --features emu` \
+         (it runs the CUDA backend on the CPU, slowly: for tests and for changing kernels without a GPU)"
+    )]
+    EmuNotBuilt,
+    #[error("emulated device: {0}")]
+    Emulated(String),
+    /// A guard byte of the emulated device changed: `op` wrote out of bounds.
+    #[error("emulated device: {op} wrote out of bounds, {region} (guard byte {offset} changed)")]
+    GuardOverwritten { op: String, region: String, offset: usize },
 }
 
 /// The CUDA version kiln's bindings target (cudarc feature cuda-13000); a

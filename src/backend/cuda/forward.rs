@@ -7,7 +7,7 @@
 //! ```text
 //! residual = embed[tokens]
 //! per layer:  normed = rms(residual)            (+= previous MLP out, fused)
-//!             qkv = normed·Wqkvᵀ ; q, cache[slots] = rope(norm(qkv + b))
+//!             qkv = normed·Wqkvᵀ (f32 with a bias) ; q, cache[slots] = rope(norm(bf16(qkv + b)))
 //!             attn = decode_attention | prefill_attention (per sequence kind)
 //!             proj = attn·Woᵀ ; normed = rms(residual += proj)
 //!             proj = silu_and_mul(normed·Wguᵀ)·Wdᵀ
@@ -15,9 +15,8 @@
 //! ```
 
 use super::attention_plan::DecodeSplit;
-use super::device::{Device, DeviceMem};
+use super::device::{Device, DeviceMem, Out};
 use super::error::CudaError;
-use super::gemm::{Gemm, Out};
 use super::memory::Activations;
 use super::ops;
 use super::step_inputs::InputLayout;
@@ -45,7 +44,6 @@ impl KvPool {
 /// Borrowed state of one forward pass.
 pub struct Forward<'a> {
     pub dev: &'a Device,
-    pub gemm: &'a Gemm,
     pub cfg: &'a ModelConfig,
     pub w: &'a CudaWeights,
     pub kv: &'a KvPool,
@@ -79,14 +77,14 @@ impl Forward<'_> {
             self.attention(li, l, split)?;
             ops::fused_add_rms_norm(d, self.a(a.normed), self.a(a.residual), self.a(a.proj_out), lw.post_norm.ptr, t, h, eps)?;
             let inter = c.intermediate_size;
-            self.gemm.linear(self.a(a.gate_up), Out::Bf16, self.a(a.normed), lw.gate_up.ptr, [t, 2 * inter, h])?;
+            self.dev.linear(self.a(a.gate_up), Out::Bf16, self.a(a.normed), lw.gate_up.ptr, [t, 2 * inter, h])?;
             ops::silu_and_mul(d, self.a(a.act), self.a(a.gate_up), t, inter)?;
-            self.gemm.linear(self.a(a.proj_out), Out::Bf16, self.a(a.act), lw.down.ptr, [t, h, inter])?;
+            self.dev.linear(self.a(a.proj_out), Out::Bf16, self.a(a.act), lw.down.ptr, [t, h, inter])?;
         }
         ops::fused_add_rms_norm(d, self.a(a.normed), self.a(a.residual), self.a(a.proj_out), self.w.norm.ptr, t, h, eps)?;
         let rows = l.sizes.rows;
         ops::gather_rows(d, self.a(a.last), self.a(a.normed), self.i(l.last_rows), rows, h)?;
-        self.gemm.linear(self.a(a.logits), Out::F32, self.a(a.last), self.w.lm_head(), [rows, c.vocab_size, h])
+        self.dev.linear(self.a(a.logits), Out::F32, self.a(a.last), self.w.lm_head(), [rows, c.vocab_size, h])
     }
 
     /// One layer's attention block, from `normed` to `proj_out` (o_proj output).
@@ -95,7 +93,9 @@ impl Forward<'_> {
         let lw = &self.w.layers[li];
         let t = l.sizes.tokens;
         let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
-        self.gemm.linear(self.a(a.qkv), Out::Bf16, self.a(a.normed), lw.qkv.ptr, [t, (nh + 2 * nkv) * hd, c.hidden_size])?;
+        // With a bias the GEMM keeps f32 so the bias joins before the one rounding.
+        let qkv_out = if lw.qkv_bias.is_some() { Out::F32 } else { Out::Bf16 };
+        self.dev.linear(self.a(a.qkv), qkv_out, self.a(a.normed), lw.qkv.ptr, [t, (nh + 2 * nkv) * hd, c.hidden_size])?;
         let opt = |m: &Option<DeviceMem>| m.as_ref().map_or(0, |m| m.ptr);
         ops::rotary_qkv_cache(
             d,
@@ -160,7 +160,7 @@ impl Forward<'_> {
                 block_size: self.kv.block_size,
             },
         )?;
-        self.gemm.linear(self.a(a.proj_out), Out::Bf16, self.a(a.attn), lw.o.ptr, [t, c.hidden_size, nh * hd])
+        self.dev.linear(self.a(a.proj_out), Out::Bf16, self.a(a.attn), lw.o.ptr, [t, c.hidden_size, nh * hd])
     }
 
     /// Logits processors, the draw and (when asked) the top logprobs of the

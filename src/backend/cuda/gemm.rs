@@ -10,8 +10,9 @@
 //! The handle owns a fixed 32 MiB workspace so that no GEMM allocates during
 //! CUDA graph capture.
 
-use super::device::{Device, DeviceMem};
+use super::device::{DeviceMem, Out};
 use super::error::CudaError;
+use super::gpu::Gpu;
 use cudarc::cublas::{result, sys, CudaBlas};
 use std::ffi::c_void;
 
@@ -21,21 +22,20 @@ fn blas_err(call: &'static str) -> impl Fn(result::CublasError) -> CudaError {
     move |e| CudaError::Blas { call, msg: format!("{e:?}") }
 }
 
+/// The cuBLAS handle of a GPU and its fixed workspace.
 pub struct Gemm {
     blas: CudaBlas,
     _workspace: DeviceMem,
 }
 
-/// Output type of a GEMM.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Out {
-    Bf16,
-    F32,
-}
-
 impl Gemm {
-    pub fn new(dev: &Device) -> Result<Gemm, CudaError> {
-        let blas = CudaBlas::new(dev.stream.clone()).map_err(blas_err("cublasCreate"))?;
+    pub fn new(dev: &Gpu) -> Result<Gemm, CudaError> {
+        super::cublas_lib::ensure_loaded()?;
+        // cudarc panics on a library it cannot resolve; ensure_loaded checked it
+        // can, and a panic that still happens (a missing symbol) becomes an error.
+        let blas = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| CudaBlas::new(dev.stream.clone())))
+            .map_err(|p| CudaError::Blas { call: "cublasCreate", msg: super::panic_message(p.as_ref()) })?
+            .map_err(blas_err("cublasCreate"))?;
         let workspace = dev.alloc(WORKSPACE_BYTES)?;
         // SAFETY: the handle is live; the workspace outlives it (field order: blas drops first).
         unsafe {

@@ -75,7 +75,7 @@ pub const FILES: &[KernelFile] = &[
     ),
     kernel_file!("gather_last", ["gather_rows_bf16"]),
     kernel_file!("sampling", ["apply_penalties_f32", "sample_f32", "top_logprobs_f32"]),
-    kernel_file!("dequant", ["dequant_q8_0_bf16", "dequant_q4_0_bf16", "dequant_q4_1_bf16"]),
+    kernel_file!("dequant", ["dequant_q8_0_bf16", "dequant_q4_1_bf16"]),
 ];
 
 /// The file exporting `function`, if any.
@@ -120,6 +120,18 @@ mod tests {
                 let stem = p.file_stem().unwrap().to_str().unwrap().to_string();
                 assert!(FILES.iter().any(|f| f.name == stem), "kernels/{stem}.cu is not in kernels::FILES");
             }
+        }
+    }
+
+    /// Every dequant kernel expands a GGUF type the weight uploader hands to
+    /// it (weights.rs names each `Quant` it passes to ops::dequant): a kernel
+    /// nothing launches is untested code in every module load.
+    #[test]
+    fn every_dequant_kernel_is_used_by_the_weight_uploader() {
+        let uploader = include_str!("weights.rs");
+        for f in file_of("dequant_q8_0_bf16").unwrap().functions {
+            let ty = f.strip_prefix("dequant_").and_then(|s| s.strip_suffix("_bf16")).unwrap().to_ascii_uppercase();
+            assert!(uploader.contains(&format!("Quant::{ty}")), "{f} is never launched: weights.rs uploads no {ty} blocks");
         }
     }
 

@@ -73,22 +73,26 @@ pub fn kv_pool_blocks(total: u64, free_now: u64, utilization: f64, block_bytes: 
     Ok(blocks)
 }
 
-/// Byte offsets of named regions inside one allocation, each aligned to 256
-/// bytes (what cudaMalloc guarantees, enough for 16-byte vector access).
+/// Byte offsets of named regions (name, offset, bytes) inside one
+/// allocation, each aligned to 256 bytes (what cudaMalloc guarantees, enough
+/// for 16-byte vector access) and followed by a gap of at least ALIGN bytes:
+/// unused on a GPU, guard bytes on the emulated device (an overrun of a
+/// region fails the launch that made it, naming the region).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Layout {
     pub regions: Vec<(&'static str, usize, usize)>,
+    /// Bytes the allocation needs, the last region's gap included.
     pub total: usize,
 }
 
 pub const ALIGN: usize = 256;
 
 impl Layout {
-    /// Appends a region of `bytes` and returns its offset.
+    /// Appends a region of `bytes` (and its gap) and returns its offset.
     pub fn push(&mut self, name: &'static str, bytes: usize) -> usize {
         let off = self.total.div_ceil(ALIGN) * ALIGN;
         self.regions.push((name, off, bytes));
-        self.total = off + bytes;
+        self.total = off + bytes + ALIGN;
         off
     }
 
@@ -134,18 +138,35 @@ pub struct Activations {
     pub total: usize,
 }
 
+/// Bytes per element of the q/k/v GEMM output: f32 when the projections
+/// carry a bias (added to the f32 output and rounded once by the rotary
+/// kernel, as transformers does), else bf16.
+pub fn qkv_bytes(cfg: &ModelConfig) -> usize {
+    if cfg.attention_bias {
+        4
+    } else {
+        2
+    }
+}
+
 /// Lays out every activation of a step of `caps` for model `cfg`.
 pub fn activation_layout(cfg: &ModelConfig, caps: StepCaps) -> Activations {
+    activation_regions(cfg, caps).0
+}
+
+/// `activation_layout` and the named regions behind it (for the emulated
+/// device's guard bytes).
+pub fn activation_regions(cfg: &ModelConfig, caps: StepCaps) -> (Activations, Layout) {
     let (t, s) = (caps.max_tokens, caps.max_seqs);
     let (h, hd) = (cfg.hidden_size, cfg.head_dim);
     let (nh, nkv) = (cfg.num_heads, cfg.num_kv_heads);
     let bf = 2;
     let mut l = Layout::default();
-    Activations {
+    let a = Activations {
         residual: l.push("residual", t * h * bf),
         normed: l.push("normed", t * h * bf),
         proj_out: l.push("proj_out", t * h * bf),
-        qkv: l.push("qkv", t * (nh + 2 * nkv) * hd * bf),
+        qkv: l.push("qkv", t * (nh + 2 * nkv) * hd * qkv_bytes(cfg)),
         q: l.push("q", t * nh * hd * bf),
         attn: l.push("attn", t * nh * hd * bf),
         gate_up: l.push("gate_up", t * 2 * cfg.intermediate_size * bf),
@@ -160,7 +181,8 @@ pub fn activation_layout(cfg: &ModelConfig, caps: StepCaps) -> Activations {
         top_ids: l.push("top_ids", s * caps.max_top_logprobs.max(1) * 4),
         top_logprobs: l.push("top_logprobs", s * caps.max_top_logprobs.max(1) * 4),
         total: l.total,
-    }
+    };
+    (a, l)
 }
 
 #[cfg(test)]
@@ -220,9 +242,24 @@ mod tests {
         let a = l.push("a", 10);
         let b = l.push("b", 300);
         let c = l.push("c", 0);
-        assert_eq!((a, b, c), (0, 256, 768));
-        assert_eq!(l.total, 768);
-        assert_eq!(l.offset("b"), Some(256));
+        // Every region is followed by at least ALIGN bytes of gap (guard bytes on the emulator).
+        assert_eq!((a, b, c), (0, 512, 1280));
+        assert_eq!(l.total, 1280 + ALIGN);
+        assert_eq!(l.offset("b"), Some(512));
+    }
+
+    /// A biased model's q/k/v GEMM writes f32 (the bias joins before the one
+    /// rounding), so its region holds 4 bytes per element; others 2.
+    #[test]
+    fn qkv_region_holds_f32_when_the_projections_have_a_bias() {
+        let caps = StepCaps { max_tokens: 100, max_seqs: 4, max_partial_rows: 8, max_top_logprobs: 0 };
+        let qwen2 = ModelConfig { attention_bias: true, ..crate::backend::cuda::tests_support::qwen3_0_6b_config() };
+        let width = (16 + 2 * 8) * 128;
+        for (cfg, bytes) in [(qwen2.clone(), 4), (ModelConfig { attention_bias: false, ..qwen2 }, 2)] {
+            let a = activation_layout(&cfg, caps);
+            assert!(a.q - a.qkv >= 100 * width * bytes, "{} bytes per element", bytes);
+            assert!(a.q - a.qkv < 100 * width * bytes + 2 * ALIGN); // the region, its guard gap, alignment
+        }
     }
 
     #[test]
@@ -234,7 +271,7 @@ mod tests {
         assert!(offs.windows(2).all(|w| w[0] < w[1]));
         assert!(offs.iter().all(|o| o % ALIGN == 0));
         // gate_up of the 8B shape at 8192 tokens: 8192 * 28672 * 2 bytes.
-        assert_eq!(a.act - a.gate_up, 8192 * 28672 * 2);
+        assert_eq!(a.act - a.gate_up, 8192 * 28672 * 2 + ALIGN);
         assert!(a.total > a.top_logprobs);
     }
 }

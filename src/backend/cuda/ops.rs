@@ -33,6 +33,8 @@ pub fn fused_add_rms_norm(dev: &Device, out: u64, residual: u64, x: u64, w: u64,
 }
 
 /// Arguments of rotary_qkv_cache_bf16 (bias / q_norm / k_norm: 0 when absent).
+/// `qkv` is bf16 without a bias and the GEMM's f32 output with one (the bias
+/// is added before the single rounding; see kernels/rotary_cache.cu).
 pub struct Rotary {
     pub q_out: u64,
     pub k_cache: u64,
@@ -206,7 +208,6 @@ pub fn top_logprobs(dev: &Device, out_ids: u64, out_logprobs: u64, logits: u64, 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Quant {
     Q8_0,
-    Q4_0,
     Q4_1,
 }
 
@@ -214,7 +215,6 @@ impl Quant {
     pub fn block_bytes(self) -> usize {
         match self {
             Quant::Q8_0 => 34,
-            Quant::Q4_0 => 18,
             Quant::Q4_1 => 20,
         }
     }
@@ -224,7 +224,6 @@ impl Quant {
 pub fn dequant(dev: &Device, q: Quant, out: u64, blocks: u64, num_blocks: usize) -> R {
     let name = match q {
         Quant::Q8_0 => "dequant_q8_0_bf16",
-        Quant::Q4_0 => "dequant_q4_0_bf16",
         Quant::Q4_1 => "dequant_q4_1_bf16",
     };
     let d = launch::Dims { grid: (num_blocks.div_ceil(256).max(1) as u32, 1, 1), block: (256, 1, 1), smem: 0 };

@@ -12,28 +12,25 @@
 //! step, warm cuBLAS up, size the KV pool from what is left under
 //! `--gpu-memory-utilization`, capture the decode graphs.
 
-use super::attention_plan::{decode_split, max_partial_rows, AttentionPlan};
-use super::device::{Device, DeviceMem, PinnedMem};
+use super::attention_plan::{decode_split, AttentionPlan};
+use super::capacity::{Limits, RunnerCaps};
+use super::device::{Device, DeviceMem, Graph, Out, PinnedMem};
 use super::error::CudaError;
 use super::forward::{Forward, KvPool};
-use super::gemm::{Gemm, Out};
-use super::graph_buckets::{bucket_for, buckets};
+use super::graph_buckets::bucket_for;
 use super::launch;
-use super::memory::{self, activation_layout, Activations, StepCaps};
+use super::memory::{self, activation_regions, Activations};
 use super::sampling_plan::SamplingBatch;
-use super::step_inputs::{HostStep, InputLayout, InputSizes};
+use super::step_inputs::{HostStep, InputLayout};
 use super::weights::CudaWeights;
 use crate::engine::TokenLogprob;
 use crate::model::weights::WeightSource;
 use crate::model::{BatchInput, ModelConfig};
 use crate::runner::{ModelRunner, SampleRequest, Sampled};
-use cudarc::driver::{sys, CudaGraph};
 use std::collections::BTreeMap;
 
 /// Memory left aside for CUDA graphs and the driver when sizing the KV pool.
 const GRAPH_RESERVE: u64 = 512 << 20;
-/// Logit-bias entries a step may carry per sequence.
-const MAX_BIAS_PER_SEQ: usize = 1024;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct CudaRunnerOptions {
@@ -82,13 +79,9 @@ pub fn check_model(cfg: &ModelConfig) -> Result<(), CudaError> {
 }
 
 struct Captured {
-    graph: CudaGraph,
+    graph: Graph,
     layout: InputLayout,
 }
-
-// SAFETY: a graph exec may be launched from any thread; the runner that owns
-// it is used by one thread at a time (ModelRunner takes &mut self).
-unsafe impl Send for Captured {}
 
 /// Fields drop in declaration order: graphs and buffers before the device.
 pub struct CudaRunner {
@@ -101,7 +94,6 @@ pub struct CudaRunner {
     act: Activations,
     kv: KvPool,
     weights: CudaWeights,
-    gemm: Gemm,
     cfg: ModelConfig,
     opts: CudaRunnerOptions,
     table_width: usize,
@@ -111,44 +103,44 @@ pub struct CudaRunner {
 
 impl CudaRunner {
     /// Loads the model onto GPU `opts.device` and prepares every buffer.
+    #[cfg(feature = "cuda")]
     pub fn load(cfg: &ModelConfig, src: &dyn WeightSource, opts: CudaRunnerOptions, progress: impl FnMut(usize)) -> anyhow::Result<CudaRunner> {
+        check_model(cfg)?; // before the GPU is opened
+        CudaRunner::load_on(Device::open(opts.device)?, cfg, src, opts, progress)
+    }
+
+    /// Loads the model onto `dev` (a GPU or the emulated device; `opts.device`
+    /// is not used) and prepares every buffer.
+    pub fn load_on(dev: Device, cfg: &ModelConfig, src: &dyn WeightSource, opts: CudaRunnerOptions, progress: impl FnMut(usize)) -> anyhow::Result<CudaRunner> {
         check_model(cfg)?;
-        let dev = Device::open(opts.device)?;
         let (free, total) = dev.mem_info()?;
         memory::check_weights_fit(memory::weight_bytes(cfg), free as u64, total as u64)?;
-        let gemm = Gemm::new(&dev)?;
         let weights = CudaWeights::load(&dev, cfg, src, progress)?;
-        let table_width = opts.max_model_len.div_ceil(opts.block_size);
-        let group = cfg.num_heads / cfg.num_kv_heads;
-        let kv_chunks = cfg.num_kv_heads * group.div_ceil(launch::decode_gmax(group, cfg.head_dim));
-        let max_tokens = opts.max_num_batched_tokens.max(opts.max_num_seqs);
-        let caps = StepCaps {
-            max_tokens,
-            max_seqs: opts.max_num_seqs,
-            max_partial_rows: max_partial_rows(kv_chunks, opts.max_num_seqs, table_width * opts.block_size, dev.num_sms),
+        if !cfg.attention_bias && weights.layers.iter().any(|l| l.qkv_bias.is_some()) {
+            // The workspace sizes the f32 q/k/v output of biased layers by the config.
+            return Err(CudaError::Unsupported("q/k/v bias tensors in a model whose config says attention_bias: false".into()).into());
+        }
+        let limits = Limits {
+            block_size: opts.block_size,
+            max_model_len: opts.max_model_len,
+            max_num_seqs: opts.max_num_seqs,
+            max_num_batched_tokens: opts.max_num_batched_tokens,
             max_top_logprobs: opts.max_top_logprobs,
         };
-        let act = activation_layout(cfg, caps);
+        let caps = RunnerCaps::new(cfg, limits, dev.num_sms);
+        let (table_width, kv_chunks, max_tokens) = (caps.table_width, caps.kv_chunks, caps.max_tokens);
+        let (act, regions) = activation_regions(cfg, caps.step);
         let ws = dev.alloc(act.total)?;
-        let cap = InputLayout::new(InputSizes {
-            tokens: max_tokens,
-            decode_seqs: opts.max_num_seqs,
-            prefill_seqs: opts.max_num_seqs,
-            table_width,
-            tiles: max_tokens,
-            rows: opts.max_num_seqs,
-            pen_entries: opts.max_num_seqs * opts.max_model_len,
-            bias_entries: opts.max_num_seqs * MAX_BIAS_PER_SEQ,
-        })
-        .total;
+        dev.guard_regions(ws.ptr, "the workspace", &regions.regions)?;
+        let cap = InputLayout::new(caps.inputs).total;
         let inputs_host = dev.alloc_pinned(cap)?;
         let inputs_dev = dev.alloc(cap)?;
-        let out_host = dev.alloc_pinned(opts.max_num_seqs * 8 * (1 + opts.max_top_logprobs))?;
-        warm_up_gemms(&dev, &gemm, cfg, &weights, &ws, &act, max_tokens)?;
+        let out_host = dev.alloc_pinned(caps.out_host_bytes)?;
+        warm_up_gemms(&dev, cfg, &weights, &ws, &act, max_tokens)?;
         let kv = alloc_kv(&dev, cfg, &opts)?;
         let mut r = CudaRunner {
             graphs: BTreeMap::new(),
-            buckets: buckets(opts.max_num_seqs.min(max_tokens)),
+            buckets: caps.buckets,
             inputs_host,
             inputs_dev,
             out_host,
@@ -156,7 +148,6 @@ impl CudaRunner {
             act,
             kv,
             weights,
-            gemm,
             cfg: cfg.clone(),
             opts,
             table_width,
@@ -176,7 +167,6 @@ impl CudaRunner {
     fn forward(&self) -> Forward<'_> {
         Forward {
             dev: &self.dev,
-            gemm: &self.gemm,
             cfg: &self.cfg,
             w: &self.weights,
             kv: &self.kv,
@@ -194,6 +184,9 @@ impl CudaRunner {
         }
         step.write(&l, self.inputs_host.as_mut_slice());
         self.dev.upload(self.inputs_dev.ptr, &self.inputs_host.as_slice()[..l.total])?;
+        if self.dev.is_emulated() {
+            self.dev.guard_regions(self.inputs_dev.ptr, "the step inputs", &l.regions())?;
+        }
         Ok(l)
     }
 
@@ -205,12 +198,10 @@ impl CudaRunner {
             let split = decode_split(self.kv_chunks * b, self.table_width * self.opts.block_size, self.dev.num_sms);
             self.forward().run(&layout, split)?; // warm-up outside the capture
             self.dev.synchronize()?;
-            let stream = self.dev.stream.clone();
-            stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).map_err(super::device::drv("cuStreamBeginCapture"))?;
+            self.dev.begin_capture()?;
             let ran = self.forward().run(&layout, split);
-            let graph = stream.end_capture(sys::CUgraphInstantiate_flags(0)).map_err(super::device::drv("cuStreamEndCapture"))?;
+            let graph = self.dev.end_capture()?;
             ran?;
-            let graph = graph.ok_or_else(|| CudaError::Driver { call: "cuStreamEndCapture", msg: "empty graph".into() })?;
             self.graphs.insert(b, Captured { graph, layout });
         }
         tracing::info!("captured CUDA graphs for decode batch sizes {:?}", self.buckets);
@@ -313,15 +304,15 @@ impl CudaRunner {
 /// a GGUF file (the same sources the CPU loader reads).
 pub use crate::model::loader::open_weights;
 
-fn warm_up_gemms(dev: &Device, gemm: &Gemm, cfg: &ModelConfig, w: &CudaWeights, ws: &DeviceMem, a: &Activations, max_tokens: usize) -> Result<(), CudaError> {
+fn warm_up_gemms(dev: &Device, cfg: &ModelConfig, w: &CudaWeights, ws: &DeviceMem, a: &Activations, max_tokens: usize) -> Result<(), CudaError> {
     let (h, i, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
     let (nh, nkv) = (cfg.num_heads, cfg.num_kv_heads);
     let l = &w.layers[0];
     for m in [1, max_tokens] {
-        gemm.linear(ws.at(a.qkv), Out::Bf16, ws.at(a.normed), l.qkv.ptr, [m, (nh + 2 * nkv) * hd, h])?;
-        gemm.linear(ws.at(a.proj_out), Out::Bf16, ws.at(a.attn), l.o.ptr, [m, h, nh * hd])?;
-        gemm.linear(ws.at(a.gate_up), Out::Bf16, ws.at(a.normed), l.gate_up.ptr, [m, 2 * i, h])?;
-        gemm.linear(ws.at(a.proj_out), Out::Bf16, ws.at(a.act), l.down.ptr, [m, h, i])?;
+        dev.linear(ws.at(a.qkv), Out::Bf16, ws.at(a.normed), l.qkv.ptr, [m, (nh + 2 * nkv) * hd, h])?;
+        dev.linear(ws.at(a.proj_out), Out::Bf16, ws.at(a.attn), l.o.ptr, [m, h, nh * hd])?;
+        dev.linear(ws.at(a.gate_up), Out::Bf16, ws.at(a.normed), l.gate_up.ptr, [m, 2 * i, h])?;
+        dev.linear(ws.at(a.proj_out), Out::Bf16, ws.at(a.act), l.down.ptr, [m, h, i])?;
     }
     dev.synchronize()
 }
@@ -365,7 +356,7 @@ impl ModelRunner for CudaRunner {
         let layout = self.stage(&step)?;
         match bucket.and_then(|b| self.graphs.get(&b)) {
             Some(c) if same_forward_layout(&c.layout, &layout) => {
-                c.graph.launch().map_err(super::device::drv("cuGraphLaunch"))?;
+                self.dev.replay(&c.graph)?;
             }
             _ => {
                 let split = decode_split(self.kv_chunks * layout.sizes.decode_seqs, step.plan.max_decode_ctx(), self.dev.num_sms);
@@ -389,3 +380,7 @@ impl ModelRunner for CudaRunner {
         self.cfg.vocab_size
     }
 }
+
+#[cfg(all(test, feature = "emu"))]
+#[path = "runner_graph_tests.rs"]
+mod graph_tests;

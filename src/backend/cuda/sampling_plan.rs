@@ -4,10 +4,25 @@
 //!
 //! Semantics match `crate::sampling::sample` (bias, then repetition penalty
 //! over prompt and output, then frequency/presence over output counts;
-//! logprobs from the processed logits before temperature). Each sampled row
-//! draws one u64 from the sequence's own RNG as its Philox key (greedy rows
-//! draw nothing), so the RNG advances exactly when the sequence samples, as
-//! on the CPU, and the draw does not depend on the batch.
+//! logprobs from the processed logits before temperature).
+//!
+//! The draw of a row is keyed by (seed, step): the Philox key is the first
+//! u64 of the sequence's RNG (ChaCha8 seeded from the request's seed and the
+//! sequence's index, `sampling::seeded_rng`; the RNG is read from a clone and
+//! never advanced), the counter is the number of tokens the sequence has
+//! generated so far. So a token depends on the seed, its position and the
+//! logits only: not on the batch, on preemption and recomputation, or on the
+//! run.
+//!
+//! What is not guaranteed: the same tokens as the CPU backend for a seed.
+//! The CPU sampler draws its uniform from the advancing ChaCha8 stream in f64
+//! and walks the kept tokens in sorted order, the kernel draws a 24-bit
+//! Philox uniform and walks them in its thread order with 32.32 fixed-point
+//! masses, and the logits themselves differ in their last bits (bf16 GEMMs
+//! against f32). Matching the uniform alone would not make the tokens equal,
+//! so each backend keeps the draw that suits it; both are reproducible for a
+//! seed on their own, and greedy decoding (temperature 0) agrees wherever the
+//! top-two margin exceeds the numeric difference (backend::cuda::agreement).
 
 use crate::runner::SampleRequest;
 use rand::RngCore;
@@ -71,8 +86,8 @@ impl SamplingBatch {
             b.top_k.push(p.top_k);
             b.top_p.push(p.top_p);
             b.min_p.push(p.min_p);
-            b.seeds.push(if p.temperature > 0.0 { r.rng.next_u64() } else { 0 });
-            b.steps.push(0);
+            b.seeds.push(if p.temperature > 0.0 { r.rng.clone().next_u64() } else { 0 });
+            b.steps.push(r.output.len() as u64);
             b.repetition.push(p.repetition_penalty);
             b.frequency.push(p.frequency_penalty);
             b.presence.push(p.presence_penalty);
@@ -176,6 +191,8 @@ mod tests {
         assert_eq!(b.temperature, vec![0.0, 0.7]);
         assert_eq!(b.top_k, vec![0, 40]);
         assert_eq!(b.seeds, vec![0, expect_rng.next_u64()]);
+        // The counter is the step: tokens generated so far.
+        assert_eq!(b.steps, vec![0, 3]);
         assert_eq!(b.pen_offsets, vec![0, 0, 3]);
         assert_eq!(b.pen_ids, vec![3, 4, 9]);
         assert_eq!(b.pen_counts, vec![2.0, 0.0, 1.0]);
@@ -184,6 +201,27 @@ mod tests {
         assert_eq!(b.bias_values, vec![-1.0, 1.5]);
         assert_eq!(b.max_top_logprobs(), 3);
         assert!(b.any_processor());
+    }
+
+    /// One seed, one stream: the key stays the seed's at every step, the
+    /// counter moves with the step, so a sequence's draws neither repeat nor
+    /// depend on what else is in the batch or how often it was built.
+    #[test]
+    fn draws_are_keyed_by_seed_and_step() {
+        let p = SamplingParams { temperature: 1.0, ..Default::default() };
+        let uniform_at = |seed: u64, output: &[u32], neighbours: usize| {
+            let mut rngs: Vec<ChaCha8Rng> = (0..=neighbours).map(|i| crate::sampling::seeded_rng(Some(seed), i)).collect();
+            let mut reqs: Vec<SampleRequest> = rngs.iter_mut().map(|rng| SampleRequest { params: &p, rng, prompt: &[1], output, allowed_tokens: None }).collect();
+            // Build twice: packing must not consume the stream.
+            let _ = SamplingBatch::build(&mut reqs);
+            let b = SamplingBatch::build(&mut reqs);
+            philox_uniform(b.seeds[0], b.steps[0])
+        };
+        let steps: Vec<f32> = (0..8).map(|n| uniform_at(42, &vec![7; n], 0)).collect();
+        assert!(steps.windows(2).all(|w| w[0] != w[1]), "every step draws anew: {steps:?}");
+        assert_eq!(uniform_at(42, &[7, 7, 7], 0), steps[3]);
+        assert_eq!(uniform_at(42, &[7, 7, 7], 5), steps[3], "the batch does not matter");
+        assert_ne!(uniform_at(43, &[7, 7, 7], 0), steps[3]);
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! `--device auto|cuda[:N]|cpu`: parsing, and what `auto` resolves to.
+//! `--device auto|cuda[:N]|cpu|emu`: parsing, what `auto` resolves to, and
+//! opening the device a choice names.
 
 use super::error::CudaError;
 
@@ -8,6 +9,9 @@ pub enum DeviceChoice {
     Auto,
     Cuda(usize),
     Cpu,
+    /// The CUDA runner on the emulated device (feature `emu`): slow, for
+    /// tests and for changing kernels without a GPU. Never chosen by `auto`.
+    Emu,
 }
 
 impl std::str::FromStr for DeviceChoice {
@@ -17,12 +21,13 @@ impl std::str::FromStr for DeviceChoice {
         match s.trim().to_ascii_lowercase().as_str() {
             "auto" => Ok(DeviceChoice::Auto),
             "cpu" => Ok(DeviceChoice::Cpu),
+            "emu" => Ok(DeviceChoice::Emu),
             "cuda" | "gpu" => Ok(DeviceChoice::Cuda(0)),
             other => other
                 .strip_prefix("cuda:")
                 .and_then(|n| n.parse().ok())
                 .map(DeviceChoice::Cuda)
-                .ok_or_else(|| format!("invalid --device '{s}': expected auto, cpu, cuda or cuda:N")),
+                .ok_or_else(|| format!("invalid --device '{s}': expected auto, cpu, cuda, cuda:N or emu")),
         }
     }
 }
@@ -32,7 +37,7 @@ impl std::str::FromStr for DeviceChoice {
 pub fn cuda_device_count() -> Result<usize, CudaError> {
     #[cfg(feature = "cuda")]
     {
-        super::device::device_count()
+        super::gpu::device_count()
     }
     #[cfg(not(feature = "cuda"))]
     {
@@ -40,12 +45,14 @@ pub fn cuda_device_count() -> Result<usize, CudaError> {
     }
 }
 
-/// What `choice` means on this machine: Cuda(n) or Cpu, with the reason `auto`
-/// fell back to the CPU (for the start-up log). An explicit `cuda` that cannot
-/// be honoured is an error.
+/// What `choice` means on this machine: Cuda(n), Emu or Cpu, with the reason
+/// `auto` fell back to the CPU (for the start-up log). An explicit `cuda` that
+/// cannot be honoured is an error, and so is `emu` in a build without it.
 pub fn resolve(choice: DeviceChoice) -> Result<(DeviceChoice, Option<String>), CudaError> {
     match choice {
         DeviceChoice::Cpu => Ok((DeviceChoice::Cpu, None)),
+        DeviceChoice::Emu if cfg!(feature = "emu") => Ok((DeviceChoice::Emu, None)),
+        DeviceChoice::Emu => Err(CudaError::EmuNotBuilt),
         DeviceChoice::Cuda(n) => {
             let count = cuda_device_count()?;
             if n >= count {
@@ -61,6 +68,22 @@ pub fn resolve(choice: DeviceChoice) -> Result<(DeviceChoice, Option<String>), C
     }
 }
 
+/// Opens the device a resolved choice names: GPU n or the emulated device.
+#[cfg(any(feature = "cuda", feature = "emu"))]
+pub fn open(choice: DeviceChoice) -> Result<super::device::Device, CudaError> {
+    match choice {
+        #[cfg(feature = "cuda")]
+        DeviceChoice::Cuda(n) => super::device::Device::open(n),
+        #[cfg(feature = "emu")]
+        DeviceChoice::Emu => Ok(super::device::Device::emulated()),
+        #[cfg(not(feature = "emu"))]
+        DeviceChoice::Emu => Err(CudaError::EmuNotBuilt),
+        #[cfg(not(feature = "cuda"))]
+        DeviceChoice::Cuda(_) => Err(CudaError::NotBuilt),
+        other => Err(CudaError::Unsupported(format!("{other:?} is not a CUDA device"))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,7 +95,19 @@ mod tests {
         assert_eq!("cuda".parse(), Ok(DeviceChoice::Cuda(0)));
         assert_eq!("cuda:3".parse(), Ok(DeviceChoice::Cuda(3)));
         assert!("cuda:x".parse::<DeviceChoice>().unwrap_err().contains("cuda:N"));
+        assert_eq!("emu".parse(), Ok(DeviceChoice::Emu));
         assert!("tpu".parse::<DeviceChoice>().is_err());
+    }
+
+    #[test]
+    fn emu_needs_its_feature() {
+        match resolve(DeviceChoice::Emu) {
+            Ok(d) => assert!(cfg!(feature = "emu") && d == (DeviceChoice::Emu, None)),
+            Err(e) => {
+                assert!(!cfg!(feature = "emu"));
+                assert!(e.to_string().contains("--features emu"), "{e}");
+            }
+        }
     }
 
     #[test]

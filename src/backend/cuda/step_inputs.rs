@@ -25,7 +25,12 @@ pub struct InputSizes {
     pub bias_entries: usize,
 }
 
-/// Byte offset of every array; each is aligned to 16 bytes.
+/// Gap after every array: unused on a GPU, guard bytes on the emulated
+/// device (a kernel writing past an input array fails, naming it).
+pub const GAP: usize = 16;
+
+/// Byte offset of every array; each is aligned to 16 bytes and followed by
+/// a gap of GAP bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct InputLayout {
     pub sizes: InputSizes,
@@ -62,47 +67,59 @@ pub struct InputLayout {
 
 impl InputLayout {
     pub fn new(s: InputSizes) -> InputLayout {
+        Self::build(s).0
+    }
+
+    /// Every array as (name, byte offset, bytes), in order (for the emulated
+    /// device's guard bytes).
+    pub fn regions(&self) -> Vec<(&'static str, usize, usize)> {
+        Self::build(self.sizes).1
+    }
+
+    fn build(s: InputSizes) -> (InputLayout, Vec<(&'static str, usize, usize)>) {
         let mut at = 0usize;
-        let mut push = |bytes: usize| {
+        let mut regions = Vec::with_capacity(28);
+        let mut push = |name: &'static str, bytes: usize| {
             let off = at.div_ceil(16) * 16;
-            at = off + bytes;
+            at = off + bytes + GAP;
+            regions.push((name, off, bytes));
             off
         };
         let (d, p, r) = (s.decode_seqs, s.prefill_seqs, s.rows);
         let mut l = InputLayout {
             sizes: s,
-            tokens: push(4 * s.tokens),
-            positions: push(4 * s.tokens),
-            slots: push(4 * s.tokens),
-            dec_q_rows: push(4 * d),
-            dec_ctx: push(4 * d),
-            dec_tables: push(4 * d * s.table_width),
-            pf_q_start: push(4 * p),
-            pf_q_len: push(4 * p),
-            pf_ctx: push(4 * p),
-            pf_tables: push(4 * p * s.table_width),
-            tile_seq: push(4 * s.tiles),
-            tile_q0: push(4 * s.tiles),
-            last_rows: push(4 * r),
-            temperature: push(4 * r),
-            top_k: push(4 * r),
-            top_p: push(4 * r),
-            min_p: push(4 * r),
-            seeds: push(8 * r),
-            steps: push(8 * r),
-            repetition: push(4 * r),
-            frequency: push(4 * r),
-            presence: push(4 * r),
-            pen_offsets: push(4 * (r + 1)),
-            pen_ids: push(4 * s.pen_entries),
-            pen_counts: push(4 * s.pen_entries),
-            bias_offsets: push(4 * (r + 1)),
-            bias_ids: push(4 * s.bias_entries),
-            bias_values: push(4 * s.bias_entries),
+            tokens: push("tokens", 4 * s.tokens),
+            positions: push("positions", 4 * s.tokens),
+            slots: push("slots", 4 * s.tokens),
+            dec_q_rows: push("dec_q_rows", 4 * d),
+            dec_ctx: push("dec_ctx", 4 * d),
+            dec_tables: push("dec_tables", 4 * d * s.table_width),
+            pf_q_start: push("pf_q_start", 4 * p),
+            pf_q_len: push("pf_q_len", 4 * p),
+            pf_ctx: push("pf_ctx", 4 * p),
+            pf_tables: push("pf_tables", 4 * p * s.table_width),
+            tile_seq: push("tile_seq", 4 * s.tiles),
+            tile_q0: push("tile_q0", 4 * s.tiles),
+            last_rows: push("last_rows", 4 * r),
+            temperature: push("temperature", 4 * r),
+            top_k: push("top_k", 4 * r),
+            top_p: push("top_p", 4 * r),
+            min_p: push("min_p", 4 * r),
+            seeds: push("seeds", 8 * r),
+            steps: push("steps", 8 * r),
+            repetition: push("repetition", 4 * r),
+            frequency: push("frequency", 4 * r),
+            presence: push("presence", 4 * r),
+            pen_offsets: push("pen_offsets", 4 * (r + 1)),
+            pen_ids: push("pen_ids", 4 * s.pen_entries),
+            pen_counts: push("pen_counts", 4 * s.pen_entries),
+            bias_offsets: push("bias_offsets", 4 * (r + 1)),
+            bias_ids: push("bias_ids", 4 * s.bias_entries),
+            bias_values: push("bias_values", 4 * s.bias_entries),
             total: 0,
         };
         l.total = at.div_ceil(16) * 16;
-        l
+        (l, regions)
     }
 }
 
@@ -246,7 +263,11 @@ mod tests {
         let offs = [l.tokens, l.positions, l.slots, l.dec_q_rows, l.dec_ctx, l.dec_tables, l.pf_q_start, l.pf_tables, l.seeds, l.bias_values];
         assert!(offs.windows(2).all(|w| w[0] < w[1]));
         assert!(offs.iter().all(|o| o % 16 == 0));
-        assert_eq!(l.dec_tables - l.dec_ctx, 16); // 3 i32 rounded up
+        assert_eq!(l.dec_tables - l.dec_ctx, 32); // 3 i32 and the gap, rounded up
+        let r = l.regions();
+        assert_eq!(r.len(), 28);
+        assert_eq!(r[5], ("dec_tables", l.dec_tables, 4 * 3 * 7));
+        assert!(r.windows(2).all(|w| w[0].1 + w[0].2 + GAP <= w[1].1));
         assert!(l.total >= l.bias_values + 4 && l.total % 16 == 0);
     }
 

@@ -21,6 +21,7 @@ fn base(arch: Arch, name: &str) -> ModelConfig {
         tie_word_embeddings: false,
         attention_bias: false,
         qk_norm: false,
+        sliding_window: None,
         bos_token_id: None,
         eos_token_ids: vec![],
     }
@@ -62,5 +63,22 @@ pub fn qwen3_0_6b_config() -> ModelConfig {
         tie_word_embeddings: true,
         qk_norm: true,
         ..base(Arch::Qwen3, "Qwen3ForCausalLM")
+    }
+}
+
+/// HuggingFaceTB/SmolLM2-135M-Instruct (kiln's default model).
+pub fn smollm2_135m_config() -> ModelConfig {
+    ModelConfig {
+        vocab_size: 49_152,
+        hidden_size: 576,
+        intermediate_size: 1536,
+        num_layers: 30,
+        num_heads: 9,
+        num_kv_heads: 3,
+        head_dim: 64,
+        rope_theta: 100_000.0,
+        max_position_embeddings: 8192,
+        tie_word_embeddings: true,
+        ..base(Arch::Llama, "LlamaForCausalLM")
     }
 }
