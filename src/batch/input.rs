@@ -179,9 +179,9 @@ mod tests {
         let (n, why) = err_of(&format!("{a}\n{}", line("a", "/v1/completions")));
         assert_eq!(n, 2);
         assert!(why.contains("duplicate custom_id 'a'") && why.contains("line 1"), "{why}");
-        let (n, why) = err_of(&format!("{a}\n\n{}", line("b", "/v1/embeddings")));
+        let (n, why) = err_of(&format!("{a}\n\n{}", line("b", "/v1/moderations")));
         assert_eq!(n, 3);
-        assert!(why.contains("/v1/embeddings"), "{why}");
+        assert!(why.contains("/v1/moderations"), "{why}");
         let (_, why) = err_of(r#"{"custom_id": "x", "method": "GET", "url": "/v1/completions", "body": {}}"#);
         assert!(why.contains("POST"), "{why}");
         let (_, why) = err_of(r#"{"custom_id": 3, "method": "POST", "url": "/v1/completions", "body": {}}"#);

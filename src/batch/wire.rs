@@ -258,7 +258,8 @@ mod tests {
             assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
         }
         assert_eq!(Endpoint::parse("/v1/completions"), Some(Endpoint::Completions));
-        assert_eq!(Endpoint::parse("/v1/embeddings"), None);
+        assert_eq!(Endpoint::parse("/v1/embeddings"), Some(Endpoint::Embeddings));
+        assert_eq!(Endpoint::parse("/v1/moderations"), None);
     }
 
     #[test]
