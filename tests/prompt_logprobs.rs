@@ -140,3 +140,30 @@ fn qwen2_bias() {
 fn mistral() {
     check("mistral");
 }
+
+/// A runner that does not compute prompt logprobs (the fake one here; the
+/// CUDA runner likewise) makes the engine refuse such requests at submit,
+/// which the HTTP layer answers with a 400.
+#[test]
+fn runners_without_prompt_logprobs_refuse_them() {
+    use kiln::engine::fake::FakeRunner;
+    use kiln::engine::EngineError;
+    let cfg = EngineConfig { block_size: 16, max_model_len: 256, ..Default::default() };
+    let e = EngineHandle::start_with_decoder(cfg, Box::new(FakeRunner::new(32, 16, 100)), Arc::new(FakeDecoder)).unwrap();
+    let mut req = ValidRequest {
+        request_id: "plp".into(),
+        prompt_ids: vec![1, 2, 3],
+        sampling: SamplingParams { prompt_logprobs: Some(1), ..SamplingParams::greedy() },
+        stop: StopCriteria { max_tokens: 2, ..Default::default() },
+        n: 1,
+        priority: Priority::Interactive,
+        grammar: None,
+    };
+    match e.submit(req.clone()) {
+        Err(EngineError::InvalidRequest(m)) => assert!(m.contains("prompt logprobs"), "{m}"),
+        other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+    }
+    req.sampling.prompt_logprobs = None;
+    assert!(e.submit(req).is_ok());
+    e.shutdown();
+}
