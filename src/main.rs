@@ -106,6 +106,7 @@ impl SamplingArgs {
             logit_bias: vec![],
             seed: None,
             logprobs: None,
+            prompt_logprobs: None,
         }
     }
 }
@@ -210,6 +211,7 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
                 break;
             }
             EventKind::Error(e) => anyhow::bail!("generation failed: {e}"),
+            EventKind::PromptLogprobs { .. } => {}
         }
     }
     writeln!(out)?;

@@ -27,6 +27,7 @@ struct Case {
     messages: Option<Vec<HashMap<String, String>>>,
     prompt_ids: Vec<u32>,
     logits_file: String,
+    top20_ids: Vec<u32>,
     greedy_ids: Vec<u32>,
     greedy_text_until_eos: String,
 }
@@ -147,4 +148,63 @@ fn chat_answer_names_paris() {
     let eos = out.iter().position(|t| m.eos_token_ids.contains(t)).unwrap_or(out.len());
     let answer = m.tokenizer.decode(&out[..eos], true).unwrap();
     assert!(answer.contains("Paris"), "answer: {answer:?}");
+}
+
+/// Prompt logprobs through the engine (what `echo` with `logprobs` returns):
+/// each case's prompt followed by its first greedy token, so the logprob of
+/// that last prompt token, and its top 5, are the log-softmax of the stored
+/// last-position logits. The token budget of 7 splits the prompts into chunks.
+#[test]
+fn prompt_logprobs_match_transformers_log_softmax() {
+    use kiln::engine::output::TokenizerDecoder;
+    use kiln::engine::{EngineConfig, EngineHandle, EventKind, Priority, StopCriteria, ValidRequest};
+    use kiln::runner::cpu::CpuRunner;
+    use kiln::sampling::{log_softmax, SamplingParams};
+    use std::sync::Arc;
+
+    let r = reference();
+    let m = load(&model_path(), |_, _| {}).unwrap();
+    let cfg = EngineConfig { block_size: 16, max_model_len: 512, max_num_batched_tokens: 7, max_num_seqs: 2, ..Default::default() };
+    let runner = Box::new(CpuRunner::new(m.model, 16, 16));
+    let e = EngineHandle::start_with_decoder(cfg, runner, Arc::new(TokenizerDecoder(Arc::new(m.tokenizer)))).unwrap();
+    for (i, case) in r.cases.iter().enumerate() {
+        let prompt = [case.prompt_ids.clone(), vec![case.greedy_ids[0]]].concat();
+        let req = ValidRequest {
+            request_id: format!("plp{i}"),
+            prompt_ids: prompt.clone(),
+            sampling: SamplingParams { prompt_logprobs: Some(5), ..SamplingParams::greedy() },
+            stop: StopCriteria { max_tokens: 1, ignore_eos: true, ..Default::default() },
+            n: 1,
+            priority: Priority::Interactive,
+            grammar: None,
+        };
+        let mut rx = e.submit(req).unwrap();
+        let lps = loop {
+            match rx.blocking_recv().expect("the engine hung up").kind {
+                EventKind::PromptLogprobs { logprobs, .. } => break logprobs,
+                EventKind::Error(err) => panic!("case {i}: {err}"),
+                other => panic!("case {i}: {other:?} before the prompt logprobs"),
+            }
+        };
+        assert_eq!(lps.len(), prompt.len() - 1, "case {i}: one logprob per prompt token after the first");
+        for (j, lp) in lps.iter().enumerate() {
+            assert_eq!(lp.token_id, prompt[j + 1], "case {i} position {j}");
+            assert!(lp.logprob <= 0.0 && lp.top.len() == 5, "case {i} position {j}: {lp:?}");
+        }
+        let logits = read_f32(&case.logits_file);
+        let want = log_softmax(&logits);
+        // A log-softmax moves each logit's error by at most that of the log-sum-exp.
+        let tol = 2.0 * LOGIT_TOL * logits.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let last = lps.last().unwrap();
+        let t = case.greedy_ids[0] as usize;
+        assert!((last.logprob - want[t]).abs() <= tol, "case {i}: {} vs transformers {}", last.logprob, want[t]);
+        let mut best: Vec<f32> = want.clone();
+        best.sort_by(|a, b| b.total_cmp(a));
+        for (k, &(id, l)) in last.top.iter().enumerate() {
+            assert!((l - want[id as usize]).abs() <= tol, "case {i}: top {k} id {id}: {l} vs {}", want[id as usize]);
+            assert!((l - best[k]).abs() <= tol, "case {i}: top {k} is not transformers' {k}-th best");
+        }
+        assert_eq!(last.top[0].0, case.top20_ids[0], "case {i}: the most likely token");
+    }
+    e.shutdown();
 }

@@ -74,6 +74,7 @@ fn collect(mut rx: UnboundedReceiver<TokenEvent>, n: usize) -> Vec<Out> {
                 o.error = Some(e);
                 open -= 1;
             }
+            EventKind::PromptLogprobs { .. } => {}
         }
     }
     outs
@@ -352,6 +353,7 @@ async fn submit_and_receive_from_async_code() {
             EventKind::Token { token_id, .. } => ids.push(token_id),
             EventKind::Finished { .. } => break,
             EventKind::Error(e) => panic!("{e}"),
+            EventKind::PromptLogprobs { .. } => {}
         }
     }
     assert_eq!(ids, reference(&r, 0, 0));

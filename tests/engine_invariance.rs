@@ -170,6 +170,7 @@ fn ids(mut rx: UnboundedReceiver<TokenEvent>) -> Vec<u32> {
             EventKind::Token { token_id, .. } => out.push(token_id),
             EventKind::Finished { .. } => return out,
             EventKind::Error(e) => panic!("engine error: {e}"),
+            EventKind::PromptLogprobs { .. } => {}
         }
     }
 }

@@ -133,6 +133,33 @@ def test_logprobs(client):
     assert "".join(lp.tokens) == c.choices[0].text
 
 
+def test_echo_with_logprobs(client):
+    """Legacy completions' echo with logprobs: the prompt's tokens come first,
+    the first with a null logprob and null top_logprobs."""
+    prompt = "The capital of France is"
+    c = client.completions.create(model=MODEL, prompt=prompt, echo=True, logprobs=2, max_tokens=3, temperature=0)
+    choice = c.choices[0]
+    lp = choice.logprobs
+    assert choice.text.startswith(prompt)
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset)
+    assert "".join(lp.tokens) == choice.text  # prompt + generated text
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    n_prompt = c.usage.prompt_tokens
+    assert len(lp.tokens) == n_prompt + c.usage.completion_tokens
+    assert "".join(lp.tokens[:n_prompt]) == prompt
+    for i, (tok, l, top) in enumerate(zip(lp.tokens[1:], lp.token_logprobs[1:], lp.top_logprobs[1:]), 1):
+        assert l <= 0 and len(top) == 2, (i, tok, l, top)
+        assert max(top.values()) >= l - 1e-4  # the top alternatives are at least as likely
+    # greedy: each generated token is its step's most likely one
+    for l, top in zip(lp.token_logprobs[n_prompt:], lp.top_logprobs[n_prompt:]):
+        assert abs(max(top.values()) - l) < 1e-4
+    offsets = [sum(len(t) for t in lp.tokens[:i]) for i in range(len(lp.tokens))]
+    assert lp.text_offset == offsets
+    # The prompt's logprobs do not depend on what is generated after it.
+    again = client.completions.create(model=MODEL, prompt=prompt, echo=True, logprobs=2, max_tokens=1, temperature=0)
+    assert again.choices[0].logprobs.token_logprobs[:n_prompt] == lp.token_logprobs[:n_prompt]
+
+
 def test_seed_reproducibility(client):
     a = ask(client, temperature=1.0, seed=1234, max_tokens=20)
     b = ask(client, temperature=1.0, seed=1234, max_tokens=20)

@@ -123,6 +123,7 @@ fn outcome(mut rx: UnboundedReceiver<TokenEvent>) -> (String, Result<FinishReaso
             EventKind::Token { text: t, .. } => text.push_str(&t),
             EventKind::Finished { reason, text: t, .. } => return (text + &t, Ok(reason)),
             EventKind::Error(e) => return (text, Err(e)),
+            EventKind::PromptLogprobs { .. } => {}
         }
     }
 }

@@ -13,7 +13,7 @@ use super::auth::Caller;
 use super::error::{ApiError, ErrorResponse};
 use super::events::{Delta, Running, Step};
 use super::json::ApiJson;
-use super::logprobs::push_completion_logprob;
+use super::logprobs::{push_completion_logprob, push_prompt_logprobs};
 use super::port::TextCodec;
 use super::reqlog::RequestRecord;
 use super::sse::{sse_response, ChunkFormat};
@@ -77,10 +77,6 @@ fn completion_logprobs(req: &CompletionRequest, limits: &Limits) -> Result<Optio
             format!("logprobs must be between 0 and {}, got {k}", limits.max_logprobs),
             "logprobs",
         )),
-        Some(_) if req.echo == Some(true) => Err(ApiError::unsupported(
-            "echo",
-            "together with logprobs: kiln does not compute prompt logprobs",
-        )),
         Some(k) => Ok(Some(k as u32)),
     }
 }
@@ -123,6 +119,8 @@ pub async fn completions(
     let mut params = validate_common(&req.common(), "max_tokens", &state.limits)?;
     params.sampling.logprobs = completion_logprobs(&req, &state.limits)?;
     let echo = req.echo.unwrap_or(false);
+    // echo with logprobs: the prompt's tokens come first in `logprobs`.
+    params.sampling.prompt_logprobs = params.sampling.logprobs.filter(|_| echo);
     let raw = raw_prompts(&req.prompt, &state.limits)?;
     let spec = parse_response_format(req.response_format.as_ref())?;
     let pending = admit(&state, &caller, &record)?;
@@ -190,10 +188,18 @@ impl CompletionChunks {
         }
     }
 
+    /// The delta's logprobs: the prompt's (echo) when it carries them, then its token's.
     fn logprobs_of(&mut self, d: &Delta) -> Option<CompletionLogprobs> {
-        let lp = d.logprob.as_ref()?;
+        if d.logprob.is_none() && d.prompt.is_none() {
+            return None;
+        }
         let mut out = CompletionLogprobs::default();
-        push_completion_logprob(&mut out, self.codec.as_ref(), lp, self.offsets[d.choice]);
+        if let Some(p) = &d.prompt {
+            push_prompt_logprobs(&mut out, self.codec.as_ref(), p.first_token, &p.logprobs);
+        }
+        if let Some(lp) = &d.logprob {
+            push_completion_logprob(&mut out, self.codec.as_ref(), lp, self.offsets[d.choice]);
+        }
         Some(out)
     }
 

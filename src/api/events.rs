@@ -3,6 +3,7 @@
 //! prompt index * n + sequence index. Usage comes once, after every choice
 //! finished; an error ends the steps.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use futures::stream::{SelectAll, StreamExt};
@@ -25,6 +26,17 @@ pub struct Delta {
     pub logprob: Option<TokenLogprob>,
     /// "stop" or "length" on the choice's last delta.
     pub finish: Option<&'static str>,
+    /// The prompt's logprobs (echo with logprobs), on each choice's first delta.
+    pub prompt: Option<Arc<PromptLogprobs>>,
+}
+
+/// The logprobs of one prompt's tokens, as the engine reports them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromptLogprobs {
+    /// Prompt token 0, which has no logprob.
+    pub first_token: u32,
+    /// Prompt tokens 1.. with their logprobs.
+    pub logprobs: Vec<TokenLogprob>,
 }
 
 #[derive(Debug)]
@@ -50,6 +62,10 @@ pub struct Running {
     /// Token events seen per choice.
     seen: Vec<usize>,
     finished: Vec<bool>,
+    /// Per prompt: its logprobs, once the engine sent them.
+    prompt_logprobs: Vec<Option<Arc<PromptLogprobs>>>,
+    /// Per choice: whether a delta carried the prompt's logprobs yet.
+    prompt_sent: Vec<bool>,
     last_token_at: Vec<Option<Instant>>,
     pending: Option<PendingGuard>,
     record: RequestRecord,
@@ -81,6 +97,7 @@ impl Running {
             events.push(UnboundedReceiverStream::new(rx).map(move |e| (p, e)).boxed());
         }
         let choices = prompt_lens.len() * n;
+        let num_prompts = prompt_lens.len();
         Running {
             events,
             n,
@@ -89,6 +106,8 @@ impl Running {
             completion_tokens: 0,
             seen: vec![0; choices],
             finished: vec![false; choices],
+            prompt_logprobs: vec![None; num_prompts],
+            prompt_sent: vec![false; choices],
             last_token_at: vec![None; choices],
             pending: Some(pending),
             record,
@@ -134,11 +153,21 @@ impl Running {
         ApiError::Internal(detail)
     }
 
+    /// The prompt's logprobs if this choice has not carried them yet.
+    fn take_prompt(&mut self, prompt: usize, choice: usize) -> Option<Arc<PromptLogprobs>> {
+        let lps = self.prompt_logprobs[prompt].clone()?;
+        (!std::mem::replace(&mut self.prompt_sent[choice], true)).then_some(lps)
+    }
+
     fn on_event(&mut self, prompt: usize, choice: usize, kind: EventKind) -> Option<Step> {
         if let Some(p) = self.pending.as_mut() {
             p.release();
         }
         match kind {
+            EventKind::PromptLogprobs { first_token, logprobs } => {
+                self.prompt_logprobs[prompt] = Some(Arc::new(PromptLogprobs { first_token, logprobs }));
+                None
+            }
             EventKind::Token { text, logprob, .. } => {
                 let now = Instant::now();
                 if let Some(prev) = self.last_token_at[choice].replace(now) {
@@ -147,10 +176,11 @@ impl Running {
                 self.completion_tokens += 1;
                 self.seen[choice] += 1;
                 self.record.add_completion_tokens(1);
-                if text.is_empty() && logprob.is_none() {
+                let prompt = self.take_prompt(prompt, choice);
+                if text.is_empty() && logprob.is_none() && prompt.is_none() {
                     return None;
                 }
-                Some(Step::Delta(Delta { choice, text, logprob, finish: None }))
+                Some(Step::Delta(Delta { choice, text, logprob, finish: None, prompt }))
             }
             EventKind::Finished { reason, text, usage } => {
                 self.cached[prompt] = self.cached[prompt].max(usage.cached_tokens);
@@ -166,7 +196,8 @@ impl Running {
                         return Some(Step::Error(ApiError::ShuttingDown));
                     }
                 };
-                Some(Step::Delta(Delta { choice, text, logprob: None, finish: Some(finish) }))
+                let prompt = self.take_prompt(prompt, choice);
+                Some(Step::Delta(Delta { choice, text, logprob: None, finish: Some(finish), prompt }))
             }
             EventKind::Error(msg) => {
                 self.done = true;

@@ -54,3 +54,20 @@ pub fn push_completion_logprob(out: &mut CompletionLogprobs, codec: &dyn TextCod
     out.top_logprobs.push(Some(top));
     out.text_offset.push(offset);
 }
+
+/// Appends a prompt's tokens to completions logprobs (echo with logprobs):
+/// the first token with null logprob and null top, then each later token.
+/// Offsets count the tokens' texts from 0, the start of the echoed prompt.
+pub fn push_prompt_logprobs(out: &mut CompletionLogprobs, codec: &dyn TextCodec, first: u32, rest: &[TokenLogprob]) {
+    let text = token_text(codec, first);
+    let mut offset = text.chars().count();
+    out.tokens.push(text);
+    out.token_logprobs.push(None);
+    out.top_logprobs.push(None);
+    out.text_offset.push(0);
+    for lp in rest {
+        let before = out.tokens.len();
+        push_completion_logprob(out, codec, lp, offset);
+        offset += out.tokens[before].chars().count();
+    }
+}

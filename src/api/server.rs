@@ -93,7 +93,7 @@ async fn warm_up(state: Arc<AppState>) -> bool {
                 tracing::error!(model = %name, error = %e, "warm-up failed; /health stays 503");
                 return false;
             }
-            EventKind::Token { .. } => {}
+            EventKind::Token { .. } | EventKind::PromptLogprobs { .. } => {}
         }
     }
     tracing::error!(model = %name, "engine closed during warm-up; /health stays 503");

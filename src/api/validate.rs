@@ -174,6 +174,7 @@ pub fn validate_common(p: &CommonParams<'_>, max_tokens_param: &str, limits: &Li
         logit_bias,
         seed: p.seed.map(|s| s as u64),
         logprobs: None,
+        prompt_logprobs: None,
     };
     let stop = StopCriteria { max_tokens: 0, stop_token_ids, stop_strings, ignore_eos: p.ignore_eos.unwrap_or(false) };
     Ok(ValidParams { sampling, stop, max_tokens, n, stream, include_usage })

@@ -202,6 +202,9 @@ pub struct CompletionRequest {
     #[schema(minimum = 0)]
     pub logprobs: Option<i64>,
     pub logit_bias: Option<BTreeMap<String, f64>>,
+    /// Prepend the prompt to each choice's text; with `logprobs`, the
+    /// prompt's tokens and logprobs come first in `logprobs` too (the first
+    /// token's logprob is null). Such a request takes no prefix-cache hit.
     pub echo: Option<bool>,
     pub ignore_eos: Option<bool>,
     pub user: Option<String>,

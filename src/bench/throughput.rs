@@ -77,7 +77,7 @@ pub fn measure(engine: &Engine, args: &ThroughputArgs) -> Result<ThroughputResul
         let mut done = false;
         while let Some(ev) = rx.blocking_recv() {
             match ev.kind {
-                EventKind::Token { .. } => {}
+                EventKind::Token { .. } | EventKind::PromptLogprobs { .. } => {}
                 EventKind::Finished { usage, .. } => {
                     res.total_input_tokens += usage.prompt_tokens;
                     res.total_output_tokens += usage.completion_tokens;

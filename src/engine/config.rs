@@ -61,6 +61,9 @@ pub(crate) struct Limits {
     pub block_size: usize,
     /// Usable KV blocks (the null block excluded).
     pub usable_blocks: usize,
+    /// Whether the runner computes prompt logprobs
+    /// (`ModelRunner::supports_prompt_logprobs`).
+    pub prompt_logprobs: bool,
 }
 
 impl EngineConfig {
@@ -94,7 +97,13 @@ impl EngineConfig {
             return bad("max_batch_inflight must be positive (leave it unset for no cap)".into());
         }
         let limits =
-            Limits { max_model_len: c.max_model_len, vocab_size, block_size: c.block_size, usable_blocks: blocks - 1 };
+            Limits {
+            max_model_len: c.max_model_len,
+            vocab_size,
+            block_size: c.block_size,
+            usable_blocks: blocks - 1,
+            prompt_logprobs: false,
+        };
         Ok((c, limits))
     }
 }
@@ -113,6 +122,9 @@ impl Limits {
         }
         if m == 0 {
             return bad("max_tokens must be at least 1".into());
+        }
+        if req.sampling.prompt_logprobs.is_some() && !self.prompt_logprobs {
+            return bad("prompt logprobs (echo with logprobs) are not supported on this backend; use the CPU backend".into());
         }
         if let Some(&id) = req.prompt_ids.iter().find(|&&id| id as usize >= self.vocab_size) {
             return bad(format!("prompt token id {id} is out of range (vocabulary size {})", self.vocab_size));

@@ -24,7 +24,7 @@ use super::scheduler::{NewRequest, Scheduler, SchedulerOutput};
 use super::sequence::SeqId;
 use super::stats::StatsCells;
 use super::types::{EventKind, FinishReason, TokenEvent, TokenLogprob, ValidRequest};
-use crate::runner::{ModelRunner, Sampled};
+use crate::runner::{ModelRunner, PromptLogprobs, Sampled};
 use crate::sampling::TokenMask;
 
 pub(crate) enum EngineMsg {
@@ -48,6 +48,9 @@ pub(crate) struct EngineCore {
     outputs: HashMap<SeqId, SeqOutput>,
     /// Grammar states of the constrained sequences.
     constraints: Constraints,
+    /// Prompt logprobs gathered so far, for sequence 0 of each request that
+    /// asked for them and has not been sent them yet (entry i: prompt token i + 1).
+    prompt_lps: HashMap<SeqId, Vec<TokenLogprob>>,
     next_request: u64,
     stats: Arc<StatsCells>,
     /// Sequences taken from the inbox since counters were last published.
@@ -71,6 +74,7 @@ impl EngineCore {
             cfg,
             requests: HashMap::new(),
             outputs: HashMap::new(),
+            prompt_lps: HashMap::new(),
             next_request: 0,
             stats,
             drained: 0,
@@ -155,11 +159,14 @@ impl EngineCore {
         let ids = self.sched.add(NewRequest {
             request: key,
             prompt: req.prompt_ids.clone(),
-            params: Arc::new(req.sampling),
+            params: Arc::new(req.sampling.clone()),
             n: req.n,
             seed,
             priority: req.priority,
         });
+        if req.sampling.prompt_logprobs.is_some() {
+            self.prompt_lps.insert(ids[0], Vec::with_capacity(req.prompt_ids.len()));
+        }
         for &id in &ids {
             self.outputs.insert(id, SeqOutput::new(rules.clone(), self.decoder.stream(&req.prompt_ids)));
             if let Some(g) = &req.grammar {
@@ -182,6 +189,7 @@ impl EngineCore {
             for id in r.live {
                 self.sched.remove(id);
                 self.outputs.remove(&id);
+                self.prompt_lps.remove(&id);
                 self.constraints.remove(id);
             }
             self.stats.requests_finished.fetch_add(1, Relaxed);
@@ -201,6 +209,10 @@ impl EngineCore {
             return;
         }
         let result = self.execute(&out);
+        let prompt = self.runner.take_prompt_logprobs();
+        if result.is_ok() {
+            self.on_prompt_logprobs(&out, prompt);
+        }
         self.stats.steps.fetch_add(1, Relaxed);
         self.stats.computed_tokens_total.fetch_add(out.num_batched_tokens as u64, Relaxed);
         match result {
@@ -255,6 +267,31 @@ impl EngineCore {
         }
     }
 
+    /// Adds a step's prompt logprobs to each sequence's gathered ones and
+    /// sends `PromptLogprobs` for each sequence whose prompt is complete
+    /// (before its first `Token`, sent later in the same step). A sequence
+    /// recomputing after preemption overwrites what it computed before.
+    fn on_prompt_logprobs(&mut self, out: &SchedulerOutput, computed: Vec<PromptLogprobs>) {
+        let mut computed = computed.into_iter().peekable();
+        for (i, s) in out.seqs.iter().enumerate() {
+            let mine = computed.next_if(|p| p.seq == i).map(|p| p.logprobs).unwrap_or_default();
+            let Some(acc) = self.prompt_lps.get_mut(&s.id) else { continue };
+            acc.truncate(s.num_computed);
+            if acc.len() == s.num_computed {
+                acc.extend(mine);
+            }
+            let seq = self.sched.seq(s.id);
+            if acc.len() + 1 < seq.prompt_len {
+                continue;
+            }
+            let (first_token, index, key) = (seq.tokens[0], seq.index, seq.request);
+            let logprobs = self.prompt_lps.remove(&s.id).unwrap_or_default();
+            if let Some(r) = self.requests.get(&key) {
+                let _ = r.tx.send(TokenEvent { index, kind: EventKind::PromptLogprobs { first_token, logprobs } });
+            }
+        }
+    }
+
     fn on_token(&mut self, id: SeqId, tok: u32, logprob: Option<TokenLogprob>) {
         let seq = self.sched.seq(id);
         let (key, index, len) = (seq.request, seq.index, seq.num_tokens());
@@ -278,6 +315,7 @@ impl EngineCore {
     /// Ends one sequence: frees its blocks and sends `Finished`.
     fn finish_seq(&mut self, id: SeqId, f: Finish) {
         self.constraints.remove(id);
+        self.prompt_lps.remove(&id);
         let seq = self.sched.remove(id);
         let out = self.outputs.remove(&id).expect("output of a live sequence");
         let Some(r) = self.requests.get_mut(&seq.request) else { return };

@@ -55,7 +55,8 @@ impl EngineHandle {
         runner: Box<dyn ModelRunner>,
         decoder: Arc<dyn TextDecoder>,
     ) -> Result<EngineHandle, EngineError> {
-        let (config, limits) = config.resolve(runner.num_kv_blocks(), runner.block_size(), runner.vocab_size())?;
+        let (config, mut limits) = config.resolve(runner.num_kv_blocks(), runner.block_size(), runner.vocab_size())?;
+        limits.prompt_logprobs = runner.supports_prompt_logprobs();
         let kv = KvManager::new(limits.usable_blocks + 1, limits.block_size, config.enable_prefix_caching);
         let sched = Scheduler::new(
             SchedulerConfig {

@@ -264,6 +264,7 @@ async fn collect(
                 open -= 1;
             }
             EventKind::Error(msg) => return Err(OfflineError::Failed { line: p.line, msg }),
+            EventKind::PromptLogprobs { .. } => {}
         }
     }
     Ok(OfflineResult {

@@ -292,7 +292,11 @@ impl Scheduler {
         let Scheduler { kv, slots, .. } = self;
         let seq = slots[id.0 as usize].as_mut().expect("waiting sequence");
         let fresh = seq.kv.blocks.is_empty();
-        let hits = if fresh { kv.lookup_prefix(&mut seq.kv, &seq.tokens) } else { Vec::new() };
+        // A request asking for prompt logprobs needs logits at every prompt
+        // position, so it computes its whole prompt: no prefix-cache hit
+        // (vLLM skips the prefix cache for such requests the same way).
+        let lookup = fresh && seq.params.prompt_logprobs.is_none();
+        let hits = if lookup { kv.lookup_prefix(&mut seq.kv, &seq.tokens) } else { Vec::new() };
         let computed = if fresh { hits.len() * kv.block_size() } else { seq.num_computed };
         let num_new = (seq.num_tokens() - computed).min(*budget);
         if !kv.allocate_slots(&mut seq.kv, &hits, computed + num_new) {
@@ -344,7 +348,14 @@ impl Scheduler {
                 (&q.tokens[s.num_computed..s.num_computed + s.num_new], s.num_computed, q.kv.table(), s.want_logits)
             })
             .collect();
-        let batch = BatchInput::build(self.kv.block_size(), &entries);
+        let mut batch = BatchInput::build(self.kv.block_size(), &entries);
+        for (input, s) in batch.seqs.iter_mut().zip(&out.seqs) {
+            let q = self.seq(s.id);
+            if let (Some(top), 0) = (q.params.prompt_logprobs, q.index) {
+                input.prompt_targets = prompt_targets(q, s).to_vec();
+                input.prompt_top = top;
+            }
+        }
         let mut by_slot: Vec<Option<&mut Sequence>> = self.slots.iter_mut().map(|s| s.as_mut()).collect();
         let reqs = out
             .seqs
@@ -471,4 +482,13 @@ impl Scheduler {
         }
         Ok(())
     }
+}
+
+/// The prompt tokens that follow the query tokens of `s` (position p's
+/// target is token p + 1, while p + 1 is in the prompt). Only sequence 0
+/// of a request reports prompt logprobs; its siblings fork its blocks.
+fn prompt_targets<'a>(q: &'a Sequence, s: &ScheduledSeq) -> &'a [u32] {
+    let start = (s.num_computed + 1).min(q.prompt_len);
+    let end = (s.num_computed + s.num_new + 1).min(q.prompt_len);
+    &q.tokens[start..end]
 }

@@ -85,6 +85,12 @@ pub enum EventKind {
     /// A generated token. `text` is the newly decodable text (possibly empty
     /// while a UTF-8 sequence is incomplete or a stop string may be forming).
     Token { token_id: u32, text: String, logprob: Option<TokenLogprob> },
+    /// The logprobs of the prompt, for a request with
+    /// `SamplingParams::prompt_logprobs`: sent once, on sequence 0, before
+    /// its first `Token`. `first_token` is prompt token 0 (which has no
+    /// logprob); `logprobs[i]` is that of prompt token i + 1 given tokens
+    /// 0..=i.
+    PromptLogprobs { first_token: u32, logprobs: Vec<TokenLogprob> },
     /// The sequence ended; carries what usage needs. Sent once per sequence;
     /// `text` is any text held back that is now safe to emit.
     Finished { reason: FinishReason, text: String, usage: SeqUsage },

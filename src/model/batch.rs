@@ -34,6 +34,13 @@ pub struct SeqInput {
     /// Whether the logits of the last query token are wanted (false for a
     /// chunk of a prompt that is not its last).
     pub want_logits: bool,
+    /// Prompt logprobs wanted this step: `prompt_targets[j]` is the prompt
+    /// token that follows query token j, for the first
+    /// `prompt_targets.len()` query tokens (empty: none wanted). The runner
+    /// returns the logprob of each target with the `prompt_top` most likely
+    /// tokens (see `ModelRunner::take_prompt_logprobs`).
+    pub prompt_targets: Vec<u32>,
+    pub prompt_top: u32,
 }
 
 impl BatchInput {
@@ -61,6 +68,7 @@ impl BatchInput {
                 ctx_len: computed + new_tokens.len(),
                 block_table: block_table.to_vec(),
                 want_logits,
+                ..Default::default()
             });
         }
         b

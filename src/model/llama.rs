@@ -162,6 +162,16 @@ impl LlamaModel {
         self.logits(batch, &hs)
     }
 
+    /// `forward`, plus the logits `[rows, vocab]` of the query tokens whose
+    /// next prompt token is wanted (`SeqInput::prompt_targets`): for each
+    /// sequence in batch order, its first `prompt_targets.len()` query rows.
+    pub fn forward_with_prompt(&self, batch: &BatchInput, cache: &mut KvCache) -> (Vec<f32>, Vec<f32>) {
+        let hs = self.residual_stream(batch, cache);
+        let rows: Vec<usize> =
+            batch.seqs.iter().flat_map(|s| s.q_start..s.q_start + s.prompt_targets.len()).collect();
+        (self.logits(batch, &hs), self.logits_of_rows(&hs, &rows))
+    }
+
     /// The final-normed hidden state `[tokens, hidden]` of every query token
     /// of `batch` (transformers' `last_hidden_state`; decoder embedding
     /// models pool it), writing K/V into `cache` as `forward` does.
@@ -218,10 +228,18 @@ impl LlamaModel {
     }
 
     fn logits(&self, batch: &BatchInput, hs: &[f32]) -> Vec<f32> {
-        let h = self.cfg.hidden_size;
         let rows: Vec<usize> = batch.seqs.iter().filter(|s| s.want_logits).map(|s| s.q_start + s.q_len - 1).collect();
+        self.logits_of_rows(hs, &rows)
+    }
+
+    /// Final norm and lm_head of the given rows of the residual stream `hs`.
+    fn logits_of_rows(&self, hs: &[f32], rows: &[usize]) -> Vec<f32> {
+        let h = self.cfg.hidden_size;
+        if rows.is_empty() {
+            return Vec::new();
+        }
         let mut x = vec![0.0f32; rows.len() * h];
-        for (o, &r) in x.chunks_mut(h).zip(&rows) {
+        for (o, &r) in x.chunks_mut(h).zip(rows) {
             rms_norm_row(&hs[r * h..(r + 1) * h], &self.norm, self.cfg.rms_norm_eps, o);
         }
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);

@@ -1,17 +1,19 @@
 //! The CPU model runner: the Llama-family forward pass on the rayon backend,
 //! then the sampler on each row of logits.
 
-use super::{ModelRunner, SampleRequest, Sampled};
+use super::{ModelRunner, PromptLogprobs, SampleRequest, Sampled};
 use crate::backend::cpu::KvCache;
 use crate::model::config::ModelConfig;
 use crate::model::llama::LlamaModel;
 use crate::model::BatchInput;
-use crate::sampling::sample_masked;
+use crate::sampling::{logprob_of, sample_masked};
 use rayon::prelude::*;
 
 pub struct CpuRunner {
     model: LlamaModel,
     cache: KvCache,
+    /// Prompt logprobs of the last step, until taken.
+    prompt_logprobs: Vec<PromptLogprobs>,
 }
 
 /// KV blocks that fit `budget_bytes` (at least 2: the null block and one more).
@@ -23,7 +25,7 @@ pub fn kv_blocks_for_budget(cfg: &ModelConfig, budget_bytes: usize, block_size: 
 impl CpuRunner {
     pub fn new(model: LlamaModel, num_blocks: usize, block_size: usize) -> CpuRunner {
         let cache = model.new_kv_cache(num_blocks, block_size);
-        CpuRunner { model, cache }
+        CpuRunner { model, cache, prompt_logprobs: Vec::new() }
     }
 
     pub fn model(&self) -> &LlamaModel {
@@ -41,7 +43,8 @@ impl ModelRunner for CpuRunner {
         let want = batch.seqs.iter().filter(|s| s.want_logits).count();
         anyhow::ensure!(want == reqs.len(), "{} sequences want logits but {} sample requests", want, reqs.len());
         let vocab = self.model.cfg.vocab_size;
-        let mut logits = self.forward(batch);
+        let (mut logits, prompt_logits) = self.model.forward_with_prompt(batch, &mut self.cache);
+        self.prompt_logprobs = prompt_logprobs(batch, &prompt_logits, vocab);
         Ok(logits
             .par_chunks_mut(vocab)
             .zip(reqs.par_iter_mut())
@@ -53,6 +56,12 @@ impl ModelRunner for CpuRunner {
             })
             .collect())
     }
+    fn supports_prompt_logprobs(&self) -> bool {
+        true
+    }
+    fn take_prompt_logprobs(&mut self) -> Vec<PromptLogprobs> {
+        std::mem::take(&mut self.prompt_logprobs)
+    }
     fn num_kv_blocks(&self) -> usize {
         self.cache.num_blocks
     }
@@ -62,4 +71,23 @@ impl ModelRunner for CpuRunner {
     fn vocab_size(&self) -> usize {
         self.model.cfg.vocab_size
     }
+}
+
+/// The log-softmax of each prompt row of `logits` (`[rows, vocab]`, laid
+/// out as `LlamaModel::forward_with_prompt` returns them) at its target
+/// token, with the sequence's top alternatives; no sampling processor
+/// applies (vLLM reports prompt logprobs of the raw distribution too).
+fn prompt_logprobs(batch: &BatchInput, logits: &[f32], vocab: usize) -> Vec<PromptLogprobs> {
+    let mut rows = logits.chunks(vocab);
+    let mut out = Vec::new();
+    for (i, s) in batch.seqs.iter().enumerate() {
+        if s.prompt_targets.is_empty() {
+            continue;
+        }
+        let mine: Vec<&[f32]> = rows.by_ref().take(s.prompt_targets.len()).collect();
+        let logprobs =
+            mine.par_iter().zip(&s.prompt_targets).map(|(row, &t)| logprob_of(row, t, s.prompt_top)).collect();
+        out.push(PromptLogprobs { seq: i, logprobs });
+    }
+    out
 }

@@ -33,6 +33,15 @@ pub struct Sampled {
     pub logprob: Option<TokenLogprob>,
 }
 
+/// The prompt logprobs one step computed for one sequence of its batch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PromptLogprobs {
+    /// Index of the sequence in `BatchInput::seqs`.
+    pub seq: usize,
+    /// One entry per `SeqInput::prompt_targets` entry, in order.
+    pub logprobs: Vec<TokenLogprob>,
+}
+
 /// A backend able to run steps. The CPU runner (rayon) and the CUDA runner
 /// implement it; scheduler tests use a fake.
 pub trait ModelRunner: Send {
@@ -41,6 +50,16 @@ pub trait ModelRunner: Send {
     /// with `want_logits`, in order; `sample` has one entry per such sequence.
     fn execute(&mut self, batch: &BatchInput, sample: &mut [SampleRequest<'_>]) -> anyhow::Result<Vec<Sampled>>;
     /// Number of KV blocks the runner's pool holds (block 0 included, never used).
+    /// Whether the runner computes prompt logprobs (`SeqInput::prompt_targets`);
+    /// the engine refuses requests asking for them otherwise.
+    fn supports_prompt_logprobs(&self) -> bool {
+        false
+    }
+    /// The prompt logprobs of the last `execute`, one entry per sequence of
+    /// its batch with `prompt_targets` (taken: a second call returns none).
+    fn take_prompt_logprobs(&mut self) -> Vec<PromptLogprobs> {
+        Vec::new()
+    }
     fn num_kv_blocks(&self) -> usize;
     fn block_size(&self) -> usize;
     fn vocab_size(&self) -> usize;

@@ -26,6 +26,11 @@ pub struct SamplingParams {
     pub seed: Option<u64>,
     /// Some(k): return the chosen token's logprob and the top k alternatives.
     pub logprobs: Option<u32>,
+    /// Some(k): also return the logprob of every prompt token after the
+    /// first (given the tokens before it), with the top k alternatives
+    /// (vLLM's `prompt_logprobs`; the legacy completions API's `echo` with
+    /// `logprobs`). Such a request never takes prefix-cache hits.
+    pub prompt_logprobs: Option<u32>,
 }
 
 impl Default for SamplingParams {
@@ -41,6 +46,7 @@ impl Default for SamplingParams {
             logit_bias: Vec::new(),
             seed: None,
             logprobs: None,
+            prompt_logprobs: None,
         }
     }
 }
@@ -54,4 +60,4 @@ impl SamplingParams {
 pub mod mask;
 mod sampler;
 pub use mask::TokenMask;
-pub use sampler::{apply_processors, log_softmax, sample, sample_masked, seeded_rng};
+pub use sampler::{apply_processors, log_softmax, logprob_of, sample, sample_masked, seeded_rng};

@@ -71,7 +71,9 @@ fn argmax(v: &[f32]) -> usize {
     best
 }
 
-fn logprob_of(logits: &[f32], chosen: u32, top: u32) -> TokenLogprob {
+/// The log-softmax of `logits` at `chosen`, with the `top` most likely
+/// tokens, best first (ties by lower id). Also used for prompt logprobs.
+pub fn logprob_of(logits: &[f32], chosen: u32, top: u32) -> TokenLogprob {
     let lp = log_softmax(logits);
     let mut idx: Vec<u32> = (0..lp.len() as u32).collect();
     let k = (top as usize).min(idx.len());

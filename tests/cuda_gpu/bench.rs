@@ -232,6 +232,7 @@ fn offline_throughput() {
                 kiln::engine::EventKind::Token { .. } => out_tokens += 1,
                 kiln::engine::EventKind::Finished { .. } => break,
                 kiln::engine::EventKind::Error(e) => panic!("{e}"),
+                kiln::engine::EventKind::PromptLogprobs { .. } => {}
             }
         }
     }

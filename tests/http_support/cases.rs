@@ -86,7 +86,6 @@ pub fn completion_errors(model: &str, ctx: usize) -> Vec<(Value, &'static str, O
         (json!({"model": model, "prompt": {"x": 1}}), "prompt", None),
         (json!({"model": model}), "prompt", None),
         (json!({"model": model, "prompt": "x", "logprobs": 99}), "logprobs", None),
-        (json!({"model": model, "prompt": "x", "logprobs": 1, "echo": true}), "echo", Some("unsupported_parameter")),
         (json!({"model": model, "prompt": "x", "suffix": "y"}), "suffix", Some("unsupported_parameter")),
         (json!({"model": model, "prompt": "x", "best_of": 2}), "best_of", Some("unsupported_parameter")),
         (json!({"model": model, "prompt": "x", "max_tokens": ctx}), "max_tokens", Some("context_length_exceeded")),
