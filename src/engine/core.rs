@@ -13,7 +13,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use crossbeam_channel::{Receiver, TryRecvError};
+use crossbeam_channel::Receiver;
 use rand::RngCore;
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -111,27 +111,8 @@ impl EngineCore {
     /// Takes every queued message, blocking for one when there is nothing to
     /// do. Returns false on shutdown (or when every handle is gone).
     fn drain(&mut self, rx: &Receiver<EngineMsg>) -> bool {
-        if !self.sched.has_work() {
-            match rx.recv() {
-                Ok(msg) => {
-                    if !self.handle(msg) {
-                        return false;
-                    }
-                }
-                Err(_) => return false,
-            }
-        }
-        loop {
-            match rx.try_recv() {
-                Ok(msg) => {
-                    if !self.handle(msg) {
-                        return false;
-                    }
-                }
-                Err(TryRecvError::Empty) => return true,
-                Err(TryRecvError::Disconnected) => return false,
-            }
-        }
+        let idle = !self.sched.has_work();
+        super::inbox::drain(rx, idle, |msg| self.handle(msg))
     }
 
     fn handle(&mut self, msg: EngineMsg) -> bool {

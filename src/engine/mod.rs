@@ -12,6 +12,7 @@ pub mod config;
 mod constrain;
 pub mod embed;
 mod core;
+mod inbox;
 pub mod fake;
 pub mod handle;
 pub mod kv_cache;

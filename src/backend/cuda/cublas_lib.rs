@@ -51,22 +51,7 @@ pub enum BlasLibError {
 
 /// The candidate directories, in search order (see the module comment).
 pub fn candidate_dirs() -> Vec<PathBuf> {
-    let mut envs: Vec<PathBuf> = Vec::new();
-    if let Some(v) = std::env::var_os("VIRTUAL_ENV") {
-        envs.push(v.into());
-    }
-    envs.push(Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-nvrtc"));
-    envs.push("/opt/torch/.venv".into());
-    let mut dirs = Vec::new();
-    for env in envs {
-        let Ok(rd) = std::fs::read_dir(env.join("lib")) else { continue };
-        let mut pys: Vec<PathBuf> = rd.flatten().map(|e| e.path()).filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("python3"))).collect();
-        pys.sort();
-        for py in pys {
-            dirs.push(py.join("site-packages/nvidia/cu13/lib"));
-            dirs.push(py.join("site-packages/nvidia/cublas/lib"));
-        }
-    }
+    let mut dirs = super::nvrtc::wheel_lib_dirs(&["nvidia/cu13/lib", "nvidia/cublas/lib"]);
     dirs.push("/usr/local/cuda/lib64".into());
     if let Ok(rd) = std::fs::read_dir("/usr/local") {
         let mut cudas: Vec<PathBuf> = rd.flatten().map(|e| e.path()).filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("cuda-"))).collect();

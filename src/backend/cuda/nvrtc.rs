@@ -96,6 +96,16 @@ fn locate_and_preload() -> Result<Option<PathBuf>, String> {
 }
 
 fn candidate_dirs() -> Vec<PathBuf> {
+    let mut dirs = wheel_lib_dirs(&["nvidia/cu13/lib"]);
+    dirs.push("/usr/local/cuda/lib64".into());
+    dirs
+}
+
+/// `site-packages/<sub>` for every `sub`, in every Python of the virtual
+/// environments kiln looks in, in search order: `$VIRTUAL_ENV`, the
+/// repository's `.venv-nvrtc` (scripts/install-nvrtc.sh), `/opt/torch/.venv`
+/// (the GPU machine's PyTorch). Shared with the cuBLAS locator (cublas_lib.rs).
+pub(crate) fn wheel_lib_dirs(subs: &[&str]) -> Vec<PathBuf> {
     let mut envs: Vec<PathBuf> = Vec::new();
     if let Some(v) = std::env::var_os("VIRTUAL_ENV") {
         envs.push(v.into());
@@ -105,13 +115,13 @@ fn candidate_dirs() -> Vec<PathBuf> {
     let mut dirs = Vec::new();
     for env in envs {
         let Ok(rd) = std::fs::read_dir(env.join("lib")) else { continue };
-        for e in rd.flatten() {
-            if e.file_name().to_string_lossy().starts_with("python3") {
-                dirs.push(e.path().join("site-packages/nvidia/cu13/lib"));
-            }
+        let mut pys: Vec<PathBuf> =
+            rd.flatten().map(|e| e.path()).filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("python3"))).collect();
+        pys.sort();
+        for py in pys {
+            dirs.extend(subs.iter().map(|sub| py.join("site-packages").join(sub)));
         }
     }
-    dirs.push("/usr/local/cuda/lib64".into());
     dirs
 }
 

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, Sender};
 use tokio::sync::oneshot;
 
 use super::stats::{EngineStats, StatsCells};
@@ -212,27 +212,8 @@ impl Worker {
 
     /// Takes every queued message, blocking for one when idle. False on shutdown.
     fn drain(&mut self, rx: &Receiver<Msg>) -> bool {
-        if self.queue.is_empty() {
-            match rx.recv() {
-                Ok(msg) => {
-                    if !self.handle(msg) {
-                        return false;
-                    }
-                }
-                Err(_) => return false,
-            }
-        }
-        loop {
-            match rx.try_recv() {
-                Ok(msg) => {
-                    if !self.handle(msg) {
-                        return false;
-                    }
-                }
-                Err(TryRecvError::Disconnected) => return false,
-                Err(TryRecvError::Empty) => return true,
-            }
-        }
+        let idle = self.queue.is_empty();
+        super::inbox::drain(rx, idle, |msg| self.handle(msg))
     }
 
     fn handle(&mut self, msg: Msg) -> bool {
