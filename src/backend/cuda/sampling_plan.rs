@@ -1,10 +1,11 @@
 //! Host side of GPU sampling: packs the step's sampling requests into the
-//! flat arrays sample_f32 / apply_penalties_f32 read, and the Rust twin of
-//! the kernels' Philox4x32-10.
+//! flat arrays apply_penalties_f32 / apply_token_mask_f32 / sample_f32 read,
+//! and the Rust twin of the kernels' Philox4x32-10.
 //!
-//! Semantics match `crate::sampling::sample` (bias, then repetition penalty
-//! over prompt and output, then frequency/presence over output counts;
-//! logprobs from the processed logits before temperature).
+//! Semantics match `crate::sampling::sample_masked` (bias, then repetition
+//! penalty over prompt and output, then frequency/presence over output
+//! counts, then the allowed-token mask of constrained rows; logprobs from
+//! the processed logits before temperature).
 //!
 //! The draw of a row is keyed by (seed, step): the Philox key is the first
 //! u64 of the sequence's RNG (ChaCha8 seeded from the request's seed and the

@@ -333,6 +333,30 @@ mod tests {
         assert_eq!(read::<i32>(&buf, l.last_rows, 2), vec![0, 3]);
     }
 
+    /// The two halves of a constrained step's staging touch only their own
+    /// bytes: the sampling copy cannot clobber what the forward pass reads.
+    #[test]
+    fn forward_and_sampling_parts_are_disjoint() {
+        let mut s = step();
+        s.sampling.mask_index = vec![-1, 0];
+        s.sampling.masks = (0..10).collect();
+        s.sampling.temperature = vec![0.5, 1.0];
+        let l = InputLayout::new(s.sizes());
+        assert_eq!((l.sizes.mask_rows, l.sizes.mask_width), (1, 10));
+        let mut fwd = vec![0xAAu8; l.total];
+        s.write_forward(&l, &mut fwd);
+        assert!(fwd[l.sampling_start()..].iter().all(|&b| b == 0xAA));
+        let mut smp = vec![0xAAu8; l.total];
+        s.write_sampling(&l, &mut smp);
+        assert!(smp[..l.sampling_start()].iter().all(|&b| b == 0xAA));
+        assert_eq!(read::<i32>(&smp, l.mask_index, 2), vec![-1, 0]);
+        assert_eq!(read::<u32>(&smp, l.masks, 10), (0..10).collect::<Vec<u32>>());
+        let mut both = vec![0xAAu8; l.total];
+        s.write(&l, &mut both);
+        let merged: Vec<u8> = fwd[..l.sampling_start()].iter().chain(&smp[l.sampling_start()..]).copied().collect();
+        assert_eq!(both, merged);
+    }
+
     #[test]
     fn decode_steps_pad_to_their_bucket() {
         let b = BatchInput::build(16, &[(&[5], 20, &[2, 3], true), (&[6], 3, &[4], true)]);
