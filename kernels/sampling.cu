@@ -5,7 +5,16 @@
 //      positive logit / multiply a negative one, for every token seen in the
 //      prompt or the output), then frequency and presence penalties
 //      (x -= count * frequency + presence, for tokens of the output).
-//   2. sample_f32: greedy (temperature 0: argmax, the lowest id on ties), or
+//   2. apply_token_mask_f32 (constrained decoding, only when a row has a
+//      mask): x = -inf for every token the row's packed allowed-token bitmask
+//      does not allow (bit i % 32 of word i / 32; bits past V ignored). A
+//      mask allowing none of the V tokens leaves its row as it is (the engine
+//      fails such a sequence; sampling must not fail first). As the CPU
+//      sampler does it (sampling::mask::apply_mask): after bias and
+//      penalties, before logprobs, temperature and truncation, so masked
+//      tokens are never drawn and logprobs are those of the constrained
+//      distribution.
+//   3. sample_f32: greedy (temperature 0: argmax, the lowest id on ties), or
 //      y = x / temperature restricted to
 //        top-k:  the k largest y (ties at the k-th value kept),
 //        top-p:  then the fewest largest y whose probability mass >= top_p,
@@ -13,8 +22,9 @@
 //      and one draw from the renormalised distribution. Also returns the
 //      log-probability of the chosen token under log_softmax(x) (after bias
 //      and penalties, before temperature and truncation).
-//   3. top_logprobs_f32 (only when a request asks): the n most likely ids of
-//      log_softmax(x) with their log-probabilities, best first.
+//   4. top_logprobs_f32 (only when a request asks): the n most likely ids of
+//      log_softmax(x) with their log-probabilities, best first, ties (e.g.
+//      the -inf of masked tokens) broken by the lower id.
 // Why: only ids (and a few logprobs) cross to the host, not [rows, vocab]
 // logits; the step's one synchronisation is reading them.
 //
@@ -189,6 +199,32 @@ extern "C" __global__ void apply_penalties_f32(float* __restrict__ logits, const
     }
 }
 
+// logits:     [rows, V] f32, updated in place
+// mask_index: [rows] i32, the row of `masks` holding this row's mask; < 0: unconstrained
+// masks:      [masked rows, ceil(V / 32)] u32, packed allowed-token bitmasks
+extern "C" __global__ void apply_token_mask_f32(float* __restrict__ logits, const int* __restrict__ mask_index,
+                                                const unsigned* __restrict__ masks, int rows, int V) {
+    __shared__ int any_allowed;
+    const int row = blockIdx.x;
+    if (row >= rows) return;
+    const int k = mask_index[row];
+    if (k < 0) return;
+    const int W = (V + 31) / 32;
+    const unsigned* m = masks + (long long)k * W;
+    if (threadIdx.x == 0) any_allowed = 0;
+    __syncthreads();
+    for (int w = threadIdx.x; w < W; w += blockDim.x) {
+        const int live = V - 32 * w;  // tokens of this word inside the vocabulary
+        const unsigned keep = live >= 32 ? 0xffffffffu : (1u << live) - 1u;
+        if (m[w] & keep) any_allowed = 1;  // every writer stores the same value
+    }
+    __syncthreads();
+    if (!any_allowed) return;
+    float* x = logits + (long long)row * V;
+    for (int i = threadIdx.x; i < V; i += blockDim.x)
+        if (!((m[i >> 5] >> (i & 31)) & 1u)) x[i] = -kiln_inf();
+}
+
 // out_ids:      [rows] u32
 // out_logprobs: [rows] f32, log_softmax(x)[chosen]
 // logits:       [rows, V] f32 (after apply_penalties_f32)
@@ -272,6 +308,28 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
     }
 }
 
+// Appends the tokens whose key is `kth` to cand_v / cand_i after the *count
+// already there, lowest id first, until n are there: a block-wide scan over
+// tiles of blockDim ids, stopping at the first tile that fills them.
+KILN_DEVICE void take_ties_in_id_order(const float* __restrict__ x, int V, unsigned kth, int n, float* cand_v,
+                                       int* cand_i, int* count, unsigned long long* scratch) {
+    for (int base = 0; base < V; base += blockDim.x) {
+        __syncthreads();
+        const int have = *count;  // the same in every thread: written before the barrier
+        if (have >= n) break;
+        const int i = base + threadIdx.x;
+        const bool tie = i < V && float_order_key(sane(x[i])) == kth;
+        unsigned long long total = 0ull;
+        const unsigned long long before = block_exclusive_scan_u64(tie ? 1ull : 0ull, scratch, &total);
+        if (tie && have + (long long)before < n) {
+            cand_v[have + before] = sane(x[i]);
+            cand_i[have + before] = i;
+        }
+        __syncthreads();
+        if (threadIdx.x == 0) *count = min(n, have + (int)total);
+    }
+}
+
 // out_ids:      [rows, n] u32, best first (ties: lower id first)
 // out_logprobs: [rows, n] f32, log_softmax(x) of those ids
 // logits:       [rows, V] f32 (after apply_penalties_f32); 1 <= n <= 64
@@ -298,15 +356,30 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
     const float lz = mx + logf(zx);
 
     const unsigned kth = radix_select<false>(x, V, 1.f, mx, 0u, (unsigned long long)min(n, V), sm);
+    unsigned long long above = 0ull, ties = 0ull;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) {
+        const unsigned key = float_order_key(sane(x[i]));
+        above += key > kth;
+        ties += key == kth;
+    }
+    above = block_sum_u64(above, sm.scratch);
+    ties = block_sum_u64(ties, sm.scratch);
+    // Everything at or above the n-th value fits the candidates (the usual
+    // case), or only the tokens above it do (< n) and the tied ones (the
+    // -inf of a masked row, say) are taken lowest id first, as the CPU does.
+    const bool all_fit = above + ties <= TOPN_CAP;
     if (threadIdx.x == 0) count = 0;
     __syncthreads();
     for (int i = threadIdx.x; i < V; i += blockDim.x) {
         const float v = sane(x[i]);
-        if (float_order_key(v) >= kth) {
+        const unsigned key = float_order_key(v);
+        if (key > kth || (all_fit && key == kth)) {
             const int slot = atomicAdd(&count, 1);
-            if (slot < TOPN_CAP) { cand_v[slot] = v; cand_i[slot] = i; }
+            cand_v[slot] = v;
+            cand_i[slot] = i;
         }
     }
+    if (!all_fit) take_ties_in_id_order(x, V, kth, n, cand_v, cand_i, &count, sm.scratch);
     __syncthreads();
     if (threadIdx.x == 0) {
         const int c = min(count, TOPN_CAP);
@@ -329,5 +402,5 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
 }
 
 // Launch (launch.rs: sampling_dims): one block per row.
-//   apply_penalties_f32: block 256; sample_f32 and top_logprobs_f32: block
+//   apply_penalties_f32 and apply_token_mask_f32: block 256; sample_f32 and top_logprobs_f32: block
 //   SAMPLE_THREADS (1024); static shared memory only (~2.5 KB).

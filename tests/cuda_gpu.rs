@@ -11,6 +11,7 @@
 //! - sampling:  GPU sampling vs the CPU sampler's semantics
 //! - model:     whole models: fixtures, random-weight shapes, transformers
 //! - runner:    quantized GGUF fixtures, every --max-num-seqs 1..40, long contexts
+//! - structured: constrained decoding (a JSON schema) through the engine, vs the CPU
 //! - bench:     timings against the memory floor (env-gated; a real GPU only)
 
 #[cfg(any(feature = "cuda", feature = "emu"))]
@@ -26,6 +27,7 @@ mod gpu {
     mod model;
     mod runner;
     mod sampling;
+    mod structured;
 }
 
 #[cfg(not(any(feature = "cuda", feature = "emu")))]

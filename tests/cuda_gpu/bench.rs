@@ -169,7 +169,7 @@ fn kernel_timings() {
         let s = ops::SamplingArrays {
             temperature: temp.ptr, top_k: tk.ptr, top_p: tp.ptr, min_p: mp.ptr, seeds: seeds.ptr, steps: steps.ptr,
             repetition: 0, frequency: 0, presence: 0, pen_offsets: z.ptr, pen_ids: 0, pen_counts: 0, bias_offsets: z.ptr,
-            bias_ids: 0, bias_values: 0,
+            bias_ids: 0, bias_values: 0, mask_index: 0, masks: 0,
         };
         let (ids, lps) = (poisoned::<u32>(&dev, rows), poisoned::<f32>(&dev, rows));
         let ms = time_ms(&dev, 5, 50, || ops::sample(&dev, ids.ptr, lps.ptr, logits.ptr, &s, rows, vocab).unwrap());

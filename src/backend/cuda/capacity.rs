@@ -5,7 +5,8 @@
 //! runner can launch fits what it allocated" is tested without a GPU.
 //!
 //! Per-row regions (`last`, `logits`, output ids and logprobs, the sampling
-//! arrays) hold `max_num_seqs` rows, and the largest graph bucket is
+//! arrays, the allowed-token masks of constrained rows) hold `max_num_seqs`
+//! rows, and the largest graph bucket is
 //! `max_num_seqs` itself (graph_buckets::buckets), so a padded decode step
 //! never has more rows than the workspace.
 
@@ -69,6 +70,8 @@ impl RunnerCaps {
             rows: l.max_num_seqs,
             pen_entries: l.max_num_seqs * l.max_model_len,
             bias_entries: l.max_num_seqs * MAX_BIAS_PER_SEQ,
+            mask_rows: l.max_num_seqs,
+            mask_width: crate::sampling::mask::mask_words(cfg.vocab_size),
         };
         RunnerCaps {
             table_width,
@@ -102,6 +105,8 @@ mod tests {
             && s.rows <= cap.rows
             && s.pen_entries <= cap.pen_entries
             && s.bias_entries <= cap.bias_entries
+            && s.mask_rows <= cap.mask_rows
+            && s.mask_width == cap.mask_width
     }
 
     /// Every decode step of 1..=max_num_seqs sequences, padded to its graph
@@ -120,7 +125,7 @@ mod tests {
             assert_eq!(caps.buckets.last(), Some(&max_num_seqs));
             for n in 1..=max_num_seqs {
                 let b = bucket_for(n, &caps.buckets).unwrap_or_else(|| panic!("max {max_num_seqs}: no bucket for {n}"));
-                let mut step = HostStep::new(&BatchInput::default(), AttentionPlan { max_blocks: 1, ..Default::default() }, SamplingBatch::default(), caps.table_width);
+                let mut step = HostStep::new(&BatchInput::default(), AttentionPlan { max_blocks: 1, ..Default::default() }, SamplingBatch::default(), caps.table_width, caps.inputs.mask_width);
                 step.pad_decode_to(b);
                 let sizes = step.sizes();
                 assert!(fits(sizes, caps.inputs), "max {max_num_seqs}, bucket {b}: {sizes:?} > {:?}", caps.inputs);

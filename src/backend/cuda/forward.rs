@@ -163,10 +163,10 @@ impl Forward<'_> {
         self.dev.linear(self.a(a.proj_out), Out::Bf16, self.a(a.attn), lw.o.ptr, [t, c.hidden_size, nh * hd])
     }
 
-    /// Logits processors, the draw and (when asked) the top logprobs of the
-    /// first `rows` logits rows. Never captured in a graph: the arrays'
-    /// sizes change every step.
-    pub fn sample(&self, l: &InputLayout, rows: usize, any_processor: bool, top_n: usize) -> Result<(), CudaError> {
+    /// Logits processors, the allowed-token masks (when `any_mask`), the
+    /// draw and (when asked) the top logprobs of the first `rows` logits
+    /// rows. Never captured in a graph: the arrays' sizes change every step.
+    pub fn sample(&self, l: &InputLayout, rows: usize, any_processor: bool, any_mask: bool, top_n: usize) -> Result<(), CudaError> {
         let (d, a, v) = (self.dev, self.act, self.cfg.vocab_size);
         let s = ops::SamplingArrays {
             temperature: self.i(l.temperature),
@@ -184,9 +184,14 @@ impl Forward<'_> {
             bias_offsets: self.i(l.bias_offsets),
             bias_ids: self.i(l.bias_ids),
             bias_values: self.i(l.bias_values),
+            mask_index: self.i(l.mask_index),
+            masks: self.i(l.masks),
         };
         if any_processor {
             ops::apply_penalties(d, self.a(a.logits), &s, rows, v)?;
+        }
+        if any_mask {
+            ops::apply_token_mask(d, self.a(a.logits), &s, rows, v)?;
         }
         ops::sample(d, self.a(a.out_ids), self.a(a.out_logprobs), self.a(a.logits), &s, rows, v)?;
         ops::top_logprobs(d, self.a(a.top_ids), self.a(a.top_logprobs), self.a(a.logits), rows, top_n, v)

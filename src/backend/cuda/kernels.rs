@@ -74,7 +74,7 @@ pub const FILES: &[KernelFile] = &[
         ]
     ),
     kernel_file!("gather_last", ["gather_rows_bf16"]),
-    kernel_file!("sampling", ["apply_penalties_f32", "sample_f32", "top_logprobs_f32"]),
+    kernel_file!("sampling", ["apply_penalties_f32", "apply_token_mask_f32", "sample_f32", "top_logprobs_f32"]),
     kernel_file!("dequant", ["dequant_q8_0_bf16", "dequant_q4_1_bf16"]),
 ];
 

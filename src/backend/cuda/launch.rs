@@ -133,6 +133,11 @@ pub fn penalties_dims(rows: usize) -> Dims {
     Dims::new((rows.max(1), 1, 1), 256, 0)
 }
 
+/// apply_token_mask_f32: a block of 256 per row.
+pub fn token_mask_dims(rows: usize) -> Dims {
+    Dims::new((rows.max(1), 1, 1), 256, 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -173,6 +173,10 @@ pub struct SamplingArrays {
     pub bias_offsets: u64,
     pub bias_ids: u64,
     pub bias_values: u64,
+    /// [rows] i32: the row of `masks` of each row, or -1 (unconstrained).
+    pub mask_index: u64,
+    /// [masked rows, ceil(vocab / 32)] u32 packed allowed-token masks.
+    pub masks: u64,
 }
 
 pub fn apply_penalties(dev: &Device, logits: u64, s: &SamplingArrays, rows: usize, vocab: usize) -> R {
@@ -182,6 +186,17 @@ pub fn apply_penalties(dev: &Device, logits: u64, s: &SamplingArrays, rows: usiz
         p(s.bias_offsets), p(s.bias_ids), p(s.bias_values), i(rows), i(vocab),
     ];
     dev.launch("apply_penalties_f32", launch::penalties_dims(rows), &args)
+}
+
+/// Constrained decoding: logits of tokens a row's mask does not allow become
+/// -inf (rows with mask index -1, and rows whose mask allows nothing, are
+/// left as they are).
+pub fn apply_token_mask(dev: &Device, logits: u64, s: &SamplingArrays, rows: usize, vocab: usize) -> R {
+    if rows == 0 {
+        return Ok(());
+    }
+    let args = [Arg::Ptr(logits), Arg::Ptr(s.mask_index), Arg::Ptr(s.masks), i(rows), i(vocab)];
+    dev.launch("apply_token_mask_f32", launch::token_mask_dims(rows), &args)
 }
 
 pub fn sample(dev: &Device, out_ids: u64, out_logprobs: u64, logits: u64, s: &SamplingArrays, rows: usize, vocab: usize) -> R {

@@ -1,11 +1,16 @@
 //! `CudaRunner`: the `ModelRunner` of the GPU. One step:
 //!
 //! 1. validate the batch, plan attention (decode vs prefill), pack sampling;
-//! 2. write every input into the pinned staging buffer, one copy to the GPU;
+//! 2. write every input into the pinned staging buffer, one copy to the GPU
+//!    (with constrained rows: the forward-pass inputs only);
 //! 3. pure-decode steps of up to the largest bucket replay the bucket's CUDA
 //!    graph (padded rows are inert); other steps launch the pass eagerly;
-//! 4. penalties, the draw and top logprobs run on the GPU; only ids and
-//!    logprobs come back, and reading them is the step's one synchronisation.
+//! 4. constrained rows: while the pass runs, wait for their allowed-token
+//!    masks (the grammar worker fills them meanwhile) and copy the sampling
+//!    inputs, masks included, in a second small transfer;
+//! 5. penalties, the masks, the draw and top logprobs run on the GPU; only
+//!    ids and logprobs come back, and reading them is the step's one
+//!    synchronisation.
 //!
 //! Start-up: open the GPU (kernels from the embedded fatbin or NVRTC),
 //! check the weights fit, upload them, allocate the workspace of the largest
@@ -176,23 +181,41 @@ impl CudaRunner {
         }
     }
 
-    /// Packs `step` into the staging buffer and copies it to the GPU.
-    fn stage(&mut self, step: &HostStep) -> Result<InputLayout, CudaError> {
+    /// Words of one allowed-token mask over the model's vocabulary.
+    pub(super) fn mask_width(&self) -> usize {
+        crate::sampling::mask::mask_words(self.cfg.vocab_size)
+    }
+
+    /// The layout of `step`, checked against the staging buffer.
+    fn layout_of(&self, step: &HostStep) -> Result<InputLayout, CudaError> {
         let l = InputLayout::new(step.sizes());
         if l.total > self.inputs_host.bytes {
             return Err(CudaError::BadBatch(format!("step inputs of {} bytes exceed the {}-byte staging buffer", l.total, self.inputs_host.bytes)));
         }
+        Ok(l)
+    }
+
+    /// Packs `step` into the staging buffer and copies it to the GPU.
+    fn stage(&mut self, step: &HostStep) -> Result<InputLayout, CudaError> {
+        let l = self.layout_of(step)?;
         step.write(&l, self.inputs_host.as_mut_slice());
-        self.dev.upload(self.inputs_dev.ptr, &self.inputs_host.as_slice()[..l.total])?;
+        self.upload_inputs(&l, 0..l.total)?;
+        Ok(l)
+    }
+
+    /// Copies `bytes` of the staging buffer (laid out as `l`) to the GPU.
+    fn upload_inputs(&mut self, l: &InputLayout, bytes: std::ops::Range<usize>) -> Result<(), CudaError> {
+        self.dev.upload(self.inputs_dev.ptr + bytes.start as u64, &self.inputs_host.as_slice()[bytes])?;
         if self.dev.is_emulated() {
+            // Every copy carries the gaps too: lay the guard bytes again.
             self.dev.guard_regions(self.inputs_dev.ptr, "the step inputs", &l.regions())?;
         }
-        Ok(l)
+        Ok(())
     }
 
     fn capture_graphs(&mut self) -> Result<(), CudaError> {
         for &b in &self.buckets.clone() {
-            let mut step = HostStep::new(&BatchInput::default(), AttentionPlan { max_blocks: 1, ..Default::default() }, SamplingBatch::default(), self.table_width);
+            let mut step = HostStep::new(&BatchInput::default(), AttentionPlan { max_blocks: 1, ..Default::default() }, SamplingBatch::default(), self.table_width, self.mask_width());
             step.pad_decode_to(b);
             let layout = self.stage(&step)?;
             let split = decode_split(self.kv_chunks * b, self.table_width * self.opts.block_size, self.dev.num_sms);
@@ -259,7 +282,7 @@ impl CudaRunner {
         self.validate_batch(batch)?;
         let group = self.cfg.num_heads / self.cfg.num_kv_heads;
         let plan = AttentionPlan::build(batch, launch::prefill_tokens_per_tile(group));
-        let step = HostStep::new(batch, plan, SamplingBatch::default(), self.table_width);
+        let step = HostStep::new(batch, plan, SamplingBatch::default(), self.table_width, self.mask_width());
         let layout = self.stage(&step)?;
         let split = decode_split(self.kv_chunks * layout.sizes.decode_seqs, step.plan.max_decode_ctx(), self.dev.num_sms);
         self.forward().run(&layout, split)?;
@@ -348,12 +371,21 @@ impl ModelRunner for CudaRunner {
         let plan = AttentionPlan::build(batch, launch::prefill_tokens_per_tile(group));
         let sampling = SamplingBatch::build(reqs);
         let rows = sampling.rows();
-        let mut step = HostStep::new(batch, plan, sampling, self.table_width);
+        let mut step = HostStep::new(batch, plan, sampling, self.table_width, self.mask_width());
         let bucket = if self.opts.enforce_eager || !step.is_pure_decode() { None } else { bucket_for(rows, &self.buckets) };
         if let Some(b) = bucket {
             step.pad_decode_to(b);
         }
-        let layout = self.stage(&step)?;
+        let constrained = step.sampling.masked_rows() > 0;
+        let layout = self.layout_of(&step)?;
+        if constrained {
+            // The masks are not there yet: the forward pass must not wait for them.
+            step.write_forward(&layout, self.inputs_host.as_mut_slice());
+            self.upload_inputs(&layout, 0..layout.sampling_start())?;
+        } else {
+            step.write(&layout, self.inputs_host.as_mut_slice());
+            self.upload_inputs(&layout, 0..layout.total)?;
+        }
         match bucket.and_then(|b| self.graphs.get(&b)) {
             Some(c) if same_forward_layout(&c.layout, &layout) => {
                 self.dev.replay(&c.graph)?;
@@ -363,8 +395,15 @@ impl ModelRunner for CudaRunner {
                 self.forward().run(&layout, split)?;
             }
         }
+        if constrained {
+            // The pass is queued on the stream; the grammar worker has had
+            // its time. Only constrained rows wait (sampling::TokenMask).
+            step.sampling.wait_masks(reqs, self.mask_width());
+            step.write_sampling(&layout, self.inputs_host.as_mut_slice());
+            self.upload_inputs(&layout, layout.sampling_start()..layout.total)?;
+        }
         let top_n = step.sampling.max_top_logprobs();
-        self.forward().sample(&layout, rows, step.sampling.any_processor(), top_n)?;
+        self.forward().sample(&layout, rows, step.sampling.any_processor(), constrained, top_n)?;
         Ok(self.collect(rows, top_n, &step.sampling)?)
     }
 

@@ -42,7 +42,7 @@ fn graph_replay_equals_the_eager_pass_bit_for_bit() {
         let dec: Vec<(&[u32], usize, &[u32], bool)> = next.iter().zip(&prompts).zip(&tables).map(|((n, p), t)| (&n[..], p.len(), &t[..], true)).collect();
         let batch = BatchInput::build(16, &dec);
         let plan = AttentionPlan::build(&batch, launch::prefill_tokens_per_tile(r.cfg.num_heads / r.cfg.num_kv_heads));
-        let step = HostStep::new(&batch, plan, SamplingBatch::default(), r.table_width);
+        let step = HostStep::new(&batch, plan, SamplingBatch::default(), r.table_width, r.mask_width());
         assert!(step.is_pure_decode());
         let layout = r.stage(&step).unwrap();
         assert!(same_forward_layout(&layout, &r.graphs[&b].layout), "bucket {b}");

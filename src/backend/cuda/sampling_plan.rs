@@ -1,10 +1,11 @@
 //! Host side of GPU sampling: packs the step's sampling requests into the
-//! flat arrays sample_f32 / apply_penalties_f32 read, and the Rust twin of
-//! the kernels' Philox4x32-10.
+//! flat arrays apply_penalties_f32 / apply_token_mask_f32 / sample_f32 read,
+//! and the Rust twin of the kernels' Philox4x32-10.
 //!
-//! Semantics match `crate::sampling::sample` (bias, then repetition penalty
-//! over prompt and output, then frequency/presence over output counts;
-//! logprobs from the processed logits before temperature).
+//! Semantics match `crate::sampling::sample_masked` (bias, then repetition
+//! penalty over prompt and output, then frequency/presence over output
+//! counts, then the allowed-token mask of constrained rows; logprobs from
+//! the processed logits before temperature).
 //!
 //! The draw of a row is keyed by (seed, step): the Philox key is the first
 //! u64 of the sequence's RNG (ChaCha8 seeded from the request's seed and the
@@ -75,6 +76,12 @@ pub struct SamplingBatch {
     pub bias_values: Vec<f32>,
     /// Per row: Some(n) when the request wants logprobs (n alternatives).
     pub logprobs: Vec<Option<u32>>,
+    /// Per row: the row of `masks` holding its allowed-token mask
+    /// (constrained decoding), or -1 (unconstrained).
+    pub mask_index: Vec<i32>,
+    /// [masked rows, width] packed allowed-token masks (`sampling::mask`),
+    /// empty until `wait_masks`.
+    pub masks: Vec<u32>,
 }
 
 impl SamplingBatch {
@@ -104,8 +111,28 @@ impl SamplingBatch {
             b.bias_ids.extend(bias.keys());
             b.bias_values.extend(bias.values());
             b.bias_offsets.push(b.bias_ids.len() as i32);
+            let masked = b.masked_rows() as i32;
+            b.mask_index.push(if r.allowed_tokens.is_some() { masked } else { -1 });
         }
         b
+    }
+
+    /// Rows with an allowed-token mask.
+    pub fn masked_rows(&self) -> usize {
+        self.mask_index.iter().filter(|&&k| k >= 0).count()
+    }
+
+    /// Waits for the mask of every constrained request of `reqs` (the rows
+    /// `build` saw, in order) and packs them into `masks`, each `width`
+    /// words: a shorter mask is padded with zeros (tokens it does not name
+    /// are not allowed), a longer one cut. Unconstrained rows never wait.
+    pub fn wait_masks(&mut self, reqs: &[SampleRequest<'_>], width: usize) {
+        self.masks.clear();
+        for mask in reqs.iter().filter_map(|r| r.allowed_tokens) {
+            let mut words = mask.wait();
+            words.resize(width, 0);
+            self.masks.extend_from_slice(&words);
+        }
     }
 
     pub fn rows(&self) -> usize {
@@ -222,6 +249,24 @@ mod tests {
         assert_eq!(uniform_at(42, &[7, 7, 7], 0), steps[3]);
         assert_eq!(uniform_at(42, &[7, 7, 7], 5), steps[3], "the batch does not matter");
         assert_ne!(uniform_at(43, &[7, 7, 7], 0), steps[3]);
+    }
+
+    #[test]
+    fn masks_are_indexed_per_row_and_padded_to_the_width() {
+        let p = SamplingParams::greedy();
+        let (m0, m2) = (crate::sampling::TokenMask::filled(vec![5]), crate::sampling::TokenMask::filled(vec![1, 2, 3]));
+        let mut rngs: Vec<ChaCha8Rng> = (0..3).map(ChaCha8Rng::seed_from_u64).collect();
+        let masks = [Some(&m0), None, Some(&m2)];
+        let mut reqs: Vec<SampleRequest> = rngs
+            .iter_mut()
+            .zip(masks)
+            .map(|(rng, m)| SampleRequest { params: &p, rng, prompt: &[], output: &[], allowed_tokens: m })
+            .collect();
+        let mut b = SamplingBatch::build(&mut reqs);
+        assert_eq!((b.mask_index.clone(), b.masked_rows()), (vec![0, -1, 1], 2));
+        assert!(b.masks.is_empty());
+        b.wait_masks(&reqs, 2);
+        assert_eq!(b.masks, vec![5, 0, 1, 2]);
     }
 
     #[test]

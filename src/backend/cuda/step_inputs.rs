@@ -1,5 +1,10 @@
 //! Everything the GPU needs to know about one step, packed on the host into
-//! one byte buffer (pinned) that is copied to the device in one transfer.
+//! one byte buffer (pinned) and copied to the device: the forward-pass
+//! arrays first, then the sampling arrays. Both go in one transfer, unless
+//! some row is constrained: then the forward part is copied and launched
+//! before the runner waits for the grammar masks, and the sampling part
+//! (masks included) follows in a second copy (`InputLayout::sampling_start`),
+//! so the masks never delay the forward pass.
 //!
 //! The layout is compact and computed from the step's sizes; a CUDA graph is
 //! captured with the layout of its bucket and replayed with inputs packed in
@@ -23,6 +28,10 @@ pub struct InputSizes {
     pub rows: usize,
     pub pen_entries: usize,
     pub bias_entries: usize,
+    /// Rows with an allowed-token mask (constrained decoding).
+    pub mask_rows: usize,
+    /// u32 words of one mask: ceil(vocab_size / 32).
+    pub mask_width: usize,
 }
 
 /// Gap after every array: unused on a GPU, guard bytes on the emulated
@@ -62,6 +71,8 @@ pub struct InputLayout {
     pub bias_offsets: usize,
     pub bias_ids: usize,
     pub bias_values: usize,
+    pub mask_index: usize,
+    pub masks: usize,
     pub total: usize,
 }
 
@@ -76,9 +87,15 @@ impl InputLayout {
         Self::build(self.sizes).1
     }
 
+    /// Byte offset where the sampling arrays begin: everything before it is
+    /// what the forward pass reads, everything from it on only sampling.
+    pub fn sampling_start(&self) -> usize {
+        self.temperature
+    }
+
     fn build(s: InputSizes) -> (InputLayout, Vec<(&'static str, usize, usize)>) {
         let mut at = 0usize;
-        let mut regions = Vec::with_capacity(28);
+        let mut regions = Vec::with_capacity(30);
         let mut push = |name: &'static str, bytes: usize| {
             let off = at.div_ceil(16) * 16;
             at = off + bytes + GAP;
@@ -116,6 +133,8 @@ impl InputLayout {
             bias_offsets: push("bias_offsets", 4 * (r + 1)),
             bias_ids: push("bias_ids", 4 * s.bias_entries),
             bias_values: push("bias_values", 4 * s.bias_entries),
+            mask_index: push("mask_index", 4 * r),
+            masks: push("masks", 4 * s.mask_rows * s.mask_width),
             total: 0,
         };
         l.total = at.div_ceil(16) * 16;
@@ -134,11 +153,14 @@ pub struct HostStep {
     pub last_rows: Vec<i32>,
     pub sampling: SamplingBatch,
     pub table_width: usize,
+    /// u32 words of one allowed-token mask: ceil(vocab_size / 32).
+    pub mask_width: usize,
 }
 
 impl HostStep {
-    /// `table_width` >= every block table's length (the pool's longest sequence).
-    pub fn new(batch: &BatchInput, plan: AttentionPlan, sampling: SamplingBatch, table_width: usize) -> HostStep {
+    /// `table_width` >= every block table's length (the pool's longest
+    /// sequence); `mask_width`: words of one allowed-token mask.
+    pub fn new(batch: &BatchInput, plan: AttentionPlan, sampling: SamplingBatch, table_width: usize, mask_width: usize) -> HostStep {
         let last_rows = batch.seqs.iter().filter(|s| s.want_logits).map(|s| (s.q_start + s.q_len - 1) as i32).collect();
         HostStep {
             tokens: batch.tokens.clone(),
@@ -148,6 +170,7 @@ impl HostStep {
             last_rows,
             sampling,
             table_width,
+            mask_width,
         }
     }
 
@@ -188,6 +211,8 @@ impl HostStep {
             rows: self.last_rows.len(),
             pen_entries: self.sampling.pen_ids.len(),
             bias_entries: self.sampling.bias_ids.len(),
+            mask_rows: self.sampling.masked_rows(),
+            mask_width: self.mask_width,
         }
     }
 
@@ -195,6 +220,12 @@ impl HostStep {
     /// Sampling arrays shorter than `l.sizes.rows` (padded decode) leave the
     /// rest of their region untouched.
     pub fn write(&self, l: &InputLayout, out: &mut [u8]) {
+        self.write_forward(l, out);
+        self.write_sampling(l, out);
+    }
+
+    /// Writes the forward-pass arrays (before `l.sampling_start()`).
+    pub fn write_forward(&self, l: &InputLayout, out: &mut [u8]) {
         assert!(out.len() >= l.total, "staging buffer of {} bytes for a {}-byte layout", out.len(), l.total);
         assert!(self.plan.max_blocks <= self.table_width, "block table wider than the pool allows");
         put(out, l.tokens, &self.tokens);
@@ -210,7 +241,14 @@ impl HostStep {
         put(out, l.tile_seq, &self.plan.tile_seq);
         put(out, l.tile_q0, &self.plan.tile_q0);
         put(out, l.last_rows, &self.last_rows);
+    }
+
+    /// Writes the sampling arrays (from `l.sampling_start()`), the masks
+    /// included: for constrained rows, after `SamplingBatch::wait_masks`.
+    pub fn write_sampling(&self, l: &InputLayout, out: &mut [u8]) {
+        assert!(out.len() >= l.total, "staging buffer of {} bytes for a {}-byte layout", out.len(), l.total);
         let s = &self.sampling;
+        assert!(s.masks.len() <= l.sizes.mask_rows * l.sizes.mask_width, "more mask words than the layout holds");
         put(out, l.temperature, &s.temperature);
         put(out, l.top_k, &s.top_k);
         put(out, l.top_p, &s.top_p);
@@ -226,6 +264,8 @@ impl HostStep {
         put(out, l.bias_offsets, &s.bias_offsets);
         put(out, l.bias_ids, &s.bias_ids);
         put(out, l.bias_values, &s.bias_values);
+        put(out, l.mask_index, &s.mask_index);
+        put(out, l.masks, &s.masks);
     }
 }
 
@@ -254,21 +294,23 @@ mod tests {
     fn step() -> HostStep {
         let b = BatchInput::build(16, &[(&[5], 20, &[2, 3], true), (&[6, 7, 8], 0, &[4], true), (&[9], 7, &[1], false)]);
         let plan = AttentionPlan::build(&b, 8);
-        HostStep::new(&b, plan, SamplingBatch::default(), 4)
+        HostStep::new(&b, plan, SamplingBatch::default(), 4, 10)
     }
 
     #[test]
     fn layout_regions_are_aligned_and_disjoint() {
-        let l = InputLayout::new(InputSizes { tokens: 5, decode_seqs: 3, prefill_seqs: 1, table_width: 7, tiles: 2, rows: 3, pen_entries: 9, bias_entries: 1 });
+        let l = InputLayout::new(InputSizes { tokens: 5, decode_seqs: 3, prefill_seqs: 1, table_width: 7, tiles: 2, rows: 3, pen_entries: 9, bias_entries: 1, mask_rows: 2, mask_width: 10 });
         let offs = [l.tokens, l.positions, l.slots, l.dec_q_rows, l.dec_ctx, l.dec_tables, l.pf_q_start, l.pf_tables, l.seeds, l.bias_values];
         assert!(offs.windows(2).all(|w| w[0] < w[1]));
         assert!(offs.iter().all(|o| o % 16 == 0));
         assert_eq!(l.dec_tables - l.dec_ctx, 32); // 3 i32 and the gap, rounded up
         let r = l.regions();
-        assert_eq!(r.len(), 28);
+        assert_eq!(r.len(), 30);
+        assert_eq!(r[29], ("masks", l.masks, 4 * 2 * 10));
+        assert!(l.sampling_start() > l.last_rows && l.sampling_start() <= l.temperature);
         assert_eq!(r[5], ("dec_tables", l.dec_tables, 4 * 3 * 7));
         assert!(r.windows(2).all(|w| w[0].1 + w[0].2 + GAP <= w[1].1));
-        assert!(l.total >= l.bias_values + 4 && l.total % 16 == 0);
+        assert!(l.total >= l.masks + 80 && l.total % 16 == 0);
     }
 
     #[test]
@@ -291,11 +333,35 @@ mod tests {
         assert_eq!(read::<i32>(&buf, l.last_rows, 2), vec![0, 3]);
     }
 
+    /// The two halves of a constrained step's staging touch only their own
+    /// bytes: the sampling copy cannot clobber what the forward pass reads.
+    #[test]
+    fn forward_and_sampling_parts_are_disjoint() {
+        let mut s = step();
+        s.sampling.mask_index = vec![-1, 0];
+        s.sampling.masks = (0..10).collect();
+        s.sampling.temperature = vec![0.5, 1.0];
+        let l = InputLayout::new(s.sizes());
+        assert_eq!((l.sizes.mask_rows, l.sizes.mask_width), (1, 10));
+        let mut fwd = vec![0xAAu8; l.total];
+        s.write_forward(&l, &mut fwd);
+        assert!(fwd[l.sampling_start()..].iter().all(|&b| b == 0xAA));
+        let mut smp = vec![0xAAu8; l.total];
+        s.write_sampling(&l, &mut smp);
+        assert!(smp[..l.sampling_start()].iter().all(|&b| b == 0xAA));
+        assert_eq!(read::<i32>(&smp, l.mask_index, 2), vec![-1, 0]);
+        assert_eq!(read::<u32>(&smp, l.masks, 10), (0..10).collect::<Vec<u32>>());
+        let mut both = vec![0xAAu8; l.total];
+        s.write(&l, &mut both);
+        let merged: Vec<u8> = fwd[..l.sampling_start()].iter().chain(&smp[l.sampling_start()..]).copied().collect();
+        assert_eq!(both, merged);
+    }
+
     #[test]
     fn decode_steps_pad_to_their_bucket() {
         let b = BatchInput::build(16, &[(&[5], 20, &[2, 3], true), (&[6], 3, &[4], true)]);
         let plan = AttentionPlan::build(&b, 8);
-        let mut s = HostStep::new(&b, plan, SamplingBatch::default(), 8);
+        let mut s = HostStep::new(&b, plan, SamplingBatch::default(), 8, 10);
         assert!(s.is_pure_decode());
         assert!(!step().is_pure_decode());
         s.pad_decode_to(4);
