@@ -10,43 +10,21 @@ exceptions for bad input, unknown ids and another key's objects.
 """
 
 import json
-import os
-import re
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
 
 import openai
+import kiln_serve
 
 MODEL = "kiln-test"
 KEY, OTHER_KEY = "sk-batch-sdk", "sk-batch-other"
 
 
 def start_server(data_dir):
-    cmd = [os.environ["KILN_BIN"], "serve", "--host", "127.0.0.1", "--port", "0", "--served-model-name", MODEL,
-           "--max-model-len", "512", "--max-num-seqs", "16", "--seed", "0", "--data-dir", data_dir,
-           "--max-batch-inflight", "4", "--api-key", KEY, "--api-key", OTHER_KEY]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
-    base, deadline = None, time.time() + 180
-    while time.time() < deadline and base is None:
-        line = proc.stderr.readline()
-        if not line:
-            break
-        m = re.search(r"listening on (http://\S+)", line)
-        if m:
-            base = m.group(1)
-    assert base, "kiln serve did not start"
-    threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
-    while time.time() < deadline:
-        try:
-            if urllib.request.urlopen(base + "/health").status == 200:
-                return proc, base
-        except Exception:
-            time.sleep(0.1)
-    raise AssertionError("/health never turned 200")
+    return kiln_serve.start(["--served-model-name", MODEL, "--max-model-len", "512", "--max-num-seqs", "16",
+                             "--seed", "0", "--data-dir", data_dir, "--max-batch-inflight", "4",
+                             "--api-key", KEY, "--api-key", OTHER_KEY])
 
 
 def line(custom_id, content, max_tokens=6, **extra):

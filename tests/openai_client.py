@@ -7,15 +7,12 @@ unlimited, one limited to 1 request per minute (for RateLimitError).
 
 import json
 import os
-import re
-import subprocess
 import tempfile
-import threading
-import time
 import urllib.request
 
 import openai
 import pytest
+import kiln_serve
 
 MODEL = "kiln-test"
 KEY = "sk-openai-client-test"
@@ -24,34 +21,13 @@ LIMITED_KEY = "sk-openai-client-limited"
 
 @pytest.fixture(scope="session")
 def server():
-    binary = os.environ["KILN_BIN"]
     keys = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
     json.dump({"keys": [{"key": KEY, "name": "sdk"}, {"key": LIMITED_KEY, "name": "limited", "rpm": 1}]}, keys)
     keys.close()
-    cmd = [binary, "serve", "--host", "127.0.0.1", "--port", "0", "--served-model-name", MODEL,
-           "--max-model-len", "512", "--max-num-seqs", "8", "--api-key-file", keys.name, "--data-dir", ""]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
-    base = None
-    deadline = time.time() + 120
-    while time.time() < deadline and base is None:
-        line = proc.stderr.readline()
-        if not line:
-            break
-        m = re.search(r"listening on (http://\S+)", line)
-        if m:
-            base = m.group(1)
-    assert base, "kiln serve did not start"
-    # Keep draining the log so the server never blocks on a full pipe.
-    threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
-    while time.time() < deadline:
-        try:
-            if urllib.request.urlopen(base + "/health").status == 200:
-                break
-        except Exception:
-            time.sleep(0.1)
+    proc, base = kiln_serve.start(["--served-model-name", MODEL, "--max-model-len", "512", "--max-num-seqs", "8",
+                                   "--api-key-file", keys.name, "--data-dir", ""], timeout=120)
     yield base
-    proc.terminate()
-    proc.wait(timeout=60)
+    kiln_serve.stop(proc)
     os.unlink(keys.name)
 
 

@@ -11,16 +11,12 @@ import base64
 import json
 import math
 import os
-import re
 import struct
-import subprocess
-import threading
-import time
-import urllib.request
 from pathlib import Path
 
 import openai
 import pytest
+import kiln_serve
 
 GOLDEN = Path(__file__).resolve().parent / "fixtures" / "embeddings" / "minilm_golden.json"
 
@@ -48,30 +44,11 @@ def golden():
 
 @pytest.fixture(scope="session")
 def server():
-    cmd = [os.environ["KILN_BIN"], "serve", "--host", "127.0.0.1", "--port", "0",
-           "--model", "chat=" + os.environ["KILN_CHAT_MODEL"], "--model", "minilm=" + os.environ["KILN_MINILM"],
-           "--max-model-len", "512", "--max-num-seqs", "8", "--data-dir", ""]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
-    base = None
-    deadline = time.time() + 180
-    while time.time() < deadline and base is None:
-        line = proc.stderr.readline()
-        if not line:
-            break
-        m = re.search(r"listening on (http://\S+)", line)
-        if m:
-            base = m.group(1)
-    assert base, "kiln serve did not start"
-    threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
-    while time.time() < deadline:
-        try:
-            if urllib.request.urlopen(base + "/health").status == 200:
-                break
-        except Exception:
-            time.sleep(0.1)
+    proc, base = kiln_serve.start(["--model", "chat=" + os.environ["KILN_CHAT_MODEL"],
+                                   "--model", "minilm=" + os.environ["KILN_MINILM"],
+                                   "--max-model-len", "512", "--max-num-seqs", "8", "--data-dir", ""])
     yield base
-    proc.terminate()
-    proc.wait(timeout=60)
+    kiln_serve.stop(proc)
 
 
 @pytest.fixture

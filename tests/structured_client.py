@@ -9,18 +9,15 @@ scripts/setup-python-clients.sh.
 
 import concurrent.futures
 import json
-import os
 import pathlib
 import re
-import subprocess
-import threading
-import time
 import urllib.request
 
 import jsonschema
 import openai
 import pydantic
 import pytest
+import kiln_serve
 
 MODEL = "kiln-test"
 KEY = "sk-structured-test"
@@ -61,29 +58,10 @@ ASK_WEATHER = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 @pytest.fixture(scope="session")
 def server():
-    cmd = [os.environ["KILN_BIN"], "serve", "--host", "127.0.0.1", "--port", "0", "--served-model-name", MODEL,
-           "--max-model-len", "1024", "--max-num-seqs", "8", "--seed", "0", "--api-key", KEY, "--data-dir", ""]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
-    base = None
-    deadline = time.time() + 120
-    while time.time() < deadline and base is None:
-        line = proc.stderr.readline()
-        if not line:
-            break
-        m = re.search(r"listening on (http://\S+)", line)
-        if m:
-            base = m.group(1)
-    assert base, "kiln serve did not start"
-    threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
-    while time.time() < deadline:
-        try:
-            if urllib.request.urlopen(base + "/health").status == 200:
-                break
-        except Exception:
-            time.sleep(0.1)
+    proc, base = kiln_serve.start(["--served-model-name", MODEL, "--max-model-len", "1024", "--max-num-seqs", "8",
+                                   "--seed", "0", "--api-key", KEY, "--data-dir", ""], timeout=120)
     yield base
-    proc.terminate()
-    proc.wait(timeout=60)
+    kiln_serve.stop(proc)
 
 
 @pytest.fixture
