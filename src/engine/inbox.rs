@@ -9,16 +9,20 @@ use crossbeam_channel::{Receiver, TryRecvError};
 /// sender is gone; true when the queue is empty and work remains.
 pub(crate) fn drain<M>(rx: &Receiver<M>, idle: bool, mut handle: impl FnMut(M) -> bool) -> bool {
     if idle {
-        match rx.recv() {
-            Ok(msg) if handle(msg) => {}
-            _ => return false,
+        let Ok(msg) = rx.recv() else { return false };
+        if !handle(msg) {
+            return false;
         }
     }
     loop {
         match rx.try_recv() {
-            Ok(msg) if handle(msg) => {}
-            Ok(_) | Err(TryRecvError::Disconnected) => return false,
+            Ok(msg) => {
+                if !handle(msg) {
+                    return false;
+                }
+            }
             Err(TryRecvError::Empty) => return true,
+            Err(TryRecvError::Disconnected) => return false,
         }
     }
 }

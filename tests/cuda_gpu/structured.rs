@@ -93,6 +93,7 @@ fn outcome(mut rx: UnboundedReceiver<TokenEvent>) -> Outcome {
             }
             EventKind::Finished { reason, text: t, .. } => return Outcome { ids, text: text + &t, end: Ok(reason) },
             EventKind::Error(e) => return Outcome { ids, text, end: Err(e) },
+            EventKind::PromptLogprobs { .. } => {}
         }
     }
 }
