@@ -223,3 +223,32 @@ fn token_bytes_rebuild_the_text() {
         }
     }
 }
+
+/// Tool parameters written the way pydantic writes nested models (`$defs`
+/// with `#/$defs/...` references, and a `#` self-reference) compile into
+/// every constrained tool grammar: the references resolve against the
+/// parameters, not against the call wrapper kiln puts around them.
+#[test]
+fn tool_parameters_with_defs_and_refs_compile() {
+    use kiln::api::tools::grammar::tool_grammar;
+    use kiln::api::tools::{ToolChoice, ToolDef, ToolFormat, ToolPlan};
+    let printable: Vec<String> = (b' '..=b'~').map(|b| (b as char).to_string()).chain(["\n".to_string()]).collect();
+    let pieces = vocab(&printable.iter().map(String::as_str).collect::<Vec<_>>());
+    let c = compiler(&pieces);
+    let params = serde_json::json!({
+        "type": "object",
+        "$defs": {"City": {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}},
+        "properties": {"city": {"$ref": "#/$defs/City"}, "next": {"anyOf": [{"$ref": "#"}, {"type": "null"}]}},
+        "required": ["city"],
+    });
+    let tool = |n: &str, p: serde_json::Value| ToolDef { name: n.into(), description: None, parameters: p };
+    for format in [ToolFormat::Hermes, ToolFormat::Llama3Json, ToolFormat::Mistral] {
+        for tools in [vec![tool("weather", params.clone())], vec![tool("plain", serde_json::json!({"type": "object"})), tool("weather", params.clone())]] {
+            let plan = ToolPlan { tools, choice: ToolChoice::Required, parallel: true, format };
+            let spec = tool_grammar(&plan, None).expect("required calls are constrained");
+            if let Err(e) = c.compile(&spec) {
+                panic!("{format:?}: {e}");
+            }
+        }
+    }
+}

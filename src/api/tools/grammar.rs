@@ -30,13 +30,65 @@ fn call_schema(name: &str, parameters: &Value, args_key: &str) -> Value {
     })
 }
 
-/// One schema matching a call to any callable tool.
+/// One schema matching a call to any callable tool. A tool whose
+/// parameters hold a `$ref` (pydantic writes `#/$defs/Model` for nested
+/// models) is moved under the root's `$defs` as `kiln_tool_<i>`, its local
+/// references rebased there, because inlined below the call wrapper they
+/// would resolve against the wrapper instead of the parameters.
 fn body_schema(plan: &ToolPlan) -> Value {
     let key = plan.format.args_key();
-    let mut calls: Vec<Value> = plan.callable().iter().map(|t| call_schema(&t.name, &t.parameters, key)).collect();
+    let mut defs = serde_json::Map::new();
+    let mut calls: Vec<Value> = Vec::new();
+    for (i, t) in plan.callable().iter().enumerate() {
+        if !has_ref(&t.parameters) {
+            calls.push(call_schema(&t.name, &t.parameters, key));
+            continue;
+        }
+        let name = format!("kiln_tool_{i}");
+        let base = format!("#/$defs/{name}");
+        let mut params = t.parameters.clone();
+        rebase_refs(&mut params, &base);
+        defs.insert(name, params);
+        calls.push(call_schema(&t.name, &json!({ "$ref": base }), key));
+    }
     let mut schema = if calls.len() == 1 { calls.remove(0) } else { json!({"anyOf": calls}) };
+    if !defs.is_empty() {
+        schema["$defs"] = Value::Object(defs);
+    }
     schema["x-guidance"] = json_layout();
     schema
+}
+
+/// Keywords whose values are data, not schemas: never rewritten.
+const DATA_KEYWORDS: &[&str] = &["const", "enum", "default", "examples"];
+
+fn has_ref(v: &Value) -> bool {
+    match v {
+        Value::Object(m) => m.iter().any(|(k, x)| k == "$ref" || (!DATA_KEYWORDS.contains(&k.as_str()) && has_ref(x))),
+        Value::Array(a) => a.iter().any(has_ref),
+        _ => false,
+    }
+}
+
+/// Rewrites every local `$ref` (`#`, `#/...`) in `v` to start at `base`.
+fn rebase_refs(v: &mut Value, base: &str) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m.iter_mut() {
+                match (k.as_str(), x) {
+                    ("$ref", Value::String(r)) => {
+                        if let Some(rest) = r.strip_prefix('#') {
+                            *r = format!("{base}{rest}");
+                        }
+                    }
+                    (k, _) if DATA_KEYWORDS.contains(&k) => {}
+                    (_, x) => rebase_refs(x, base),
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(|x| rebase_refs(x, base)),
+        _ => {}
+    }
 }
 
 /// The grammar for `plan`, or None when calls are not constrained.
@@ -61,8 +113,12 @@ pub fn tool_grammar(plan: &ToolPlan, mistral_token: Option<u32>) -> Option<Gramm
             format!("{start}\n{body}\n")
         }
         (ToolFormat::Mistral, true) => {
-            let item = body_schema(plan);
+            let mut item = body_schema(plan);
+            let defs = item.as_object_mut().and_then(|m| m.remove("$defs"));
             let mut arr = json!({"type": "array", "items": item, "minItems": 1, "x-guidance": json_layout()});
+            if let Some(defs) = defs {
+                arr["$defs"] = defs;
+            }
             if !many {
                 arr["maxItems"] = json!(1);
             }
@@ -104,5 +160,19 @@ mod tests {
             panic!()
         };
         assert!(m.starts_with("start: <[9]> calls"), "{m}");
+    }
+
+    #[test]
+    fn parameters_with_refs_move_under_the_root_defs() {
+        let params = json!({"type": "object", "$defs": {"City": {"type": "string"}},
+                            "properties": {"city": {"$ref": "#/$defs/City"}, "tag": {"const": {"$ref": "#x"}}}});
+        let mut p = plan(ToolChoice::Required, ToolFormat::Hermes);
+        p.tools[1].parameters = params;
+        let body = body_schema(&p);
+        assert_eq!(body["anyOf"][1]["properties"]["arguments"], json!({"$ref": "#/$defs/kiln_tool_1"}));
+        let moved = &body["$defs"]["kiln_tool_1"];
+        assert_eq!(moved["properties"]["city"]["$ref"], "#/$defs/kiln_tool_1/$defs/City");
+        assert_eq!(moved["properties"]["tag"]["const"], json!({"$ref": "#x"}), "data is not rewritten");
+        assert_eq!(body["anyOf"][0]["properties"]["arguments"], json!({"type": "object"}), "no refs: inlined as before");
     }
 }
