@@ -20,6 +20,14 @@ pub fn finite(lp: f32) -> f32 {
     }
 }
 
+/// The alternatives of a `top_logprobs` list that clients see: tokens the
+/// step could not produce (logprob -inf: blocked by a structured-output or
+/// tool grammar's mask) are left out, so a list may hold fewer entries than
+/// asked for, as OpenAI's does, instead of padding with MIN_LOGPROB.
+pub fn possible(top: &[(u32, f32)]) -> impl Iterator<Item = (u32, f32)> + '_ {
+    top.iter().copied().filter(|&(_, lp)| lp != f32::NEG_INFINITY)
+}
+
 /// The text of one token as clients see it (decoded, special tokens kept).
 pub fn token_text(codec: &dyn TextCodec, id: u32) -> String {
     codec.decode(&[id], false).unwrap_or_default()
@@ -34,10 +42,8 @@ pub fn token_bytes(codec: &dyn TextCodec, id: u32, text: &str) -> Vec<u8> {
 
 pub fn chat_logprob(codec: &dyn TextCodec, lp: &TokenLogprob) -> ChatTokenLogprob {
     let token = token_text(codec, lp.token_id);
-    let top_logprobs = lp
-        .top
-        .iter()
-        .map(|&(id, logprob)| {
+    let top_logprobs = possible(&lp.top)
+        .map(|(id, logprob)| {
             let token = token_text(codec, id);
             TopLogprob { bytes: Some(token_bytes(codec, id, &token)), token, logprob: finite(logprob) }
         })
@@ -50,7 +56,7 @@ pub fn chat_logprob(codec: &dyn TextCodec, lp: &TokenLogprob) -> ChatTokenLogpro
 pub fn push_completion_logprob(out: &mut CompletionLogprobs, codec: &dyn TextCodec, lp: &TokenLogprob, offset: usize) {
     out.tokens.push(token_text(codec, lp.token_id));
     out.token_logprobs.push(Some(finite(lp.logprob)));
-    let top: BTreeMap<String, f32> = lp.top.iter().map(|&(id, l)| (token_text(codec, id), finite(l))).collect();
+    let top: BTreeMap<String, f32> = possible(&lp.top).map(|(id, l)| (token_text(codec, id), finite(l))).collect();
     out.top_logprobs.push(Some(top));
     out.text_offset.push(offset);
 }
@@ -69,5 +75,19 @@ pub fn push_prompt_logprobs(out: &mut CompletionLogprobs, codec: &dyn TextCodec,
         let before = out.tokens.len();
         push_completion_logprob(out, codec, lp, offset);
         offset += out.tokens[before].chars().count();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn impossible_alternatives_are_left_out_and_the_rest_kept_finite() {
+        let top = [(7, -0.1), (3, f32::NEG_INFINITY), (9, -2.5), (4, f32::NEG_INFINITY)];
+        assert_eq!(possible(&top).collect::<Vec<_>>(), vec![(7, -0.1), (9, -2.5)]);
+        assert_eq!(finite(f32::NEG_INFINITY), MIN_LOGPROB);
+        assert_eq!(finite(-20000.0), MIN_LOGPROB);
+        assert_eq!(finite(-1.5), -1.5);
     }
 }
