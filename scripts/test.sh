@@ -8,6 +8,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# A test run builds once: cargo's incremental caches would double target/
+# (~2.6 GB more) for nothing, and CI's disk is not large. Developers who
+# iterate with plain `cargo test` keep them.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+
 echo "== default model"
 models/fetch_default.sh
 
