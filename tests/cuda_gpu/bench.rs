@@ -23,8 +23,25 @@ use rand::{Rng, SeedableRng};
 use std::io::Write;
 use std::time::Instant;
 
+/// Prints `line` and a `KEY ` line that scripts/gpu-check.sh puts in its summary, and
+/// appends `line` to $KILN_BENCH_OUT.
 fn record(line: serde_json::Value) {
     println!("{line}");
+    let f = |k: &str| line.get(k).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+    match line["bench"].as_str().unwrap_or("") {
+        "copy_bandwidth" => println!("KEY copy {:.0} GB/s", f("bytes_per_s") / 1e9),
+        "decode_batch1" => println!(
+            "KEY {} graphs={}: {:.3} ms/token, {:.0} tok/s, {:.0}% of the floor's speed",
+            line["model"].as_str().unwrap_or("?").rsplit('/').next().unwrap_or("?"),
+            line["graphs"],
+            f("ms_per_token"),
+            f("tokens_per_s"),
+            100.0 * f("fraction_of_floor_speed")
+        ),
+        "offline_throughput" => println!("KEY {:.0} output tok/s over {} requests", f("output_tokens_per_s"), line["requests"]),
+        "kernel" => println!("KEY {}: {:.0}% of the floor's speed", line["kernel"].as_str().unwrap_or("?"), 100.0 * f("fraction_of_floor_speed")),
+        _ => {}
+    }
     if let Ok(p) = std::env::var("KILN_BENCH_OUT") {
         let mut f = std::fs::OpenOptions::new().create(true).append(true).open(p).unwrap();
         writeln!(f, "{line}").unwrap();
@@ -96,6 +113,17 @@ fn decode_batch1(dir: &std::path::Path, eager: bool, bw: f64) {
         "bench": "decode_batch1", "model": dir.display().to_string(), "graphs": !eager, "ms_per_token": ms,
         "tokens_per_s": 1e3 / ms, "floor_ms": floor_ms, "fraction_of_floor_speed": floor_ms / ms,
     }));
+}
+
+/// The copy floor of this call (scripts/gpu-check.sh's probe step; KILN_BENCH_PROBE=1).
+#[test]
+fn copy_bandwidth_probe() {
+    if std::env::var("KILN_BENCH_PROBE").is_err() {
+        println!("SKIPPED copy_bandwidth_probe: KILN_BENCH_PROBE not set");
+        return;
+    }
+    let Some(dev) = gpu_or_skip("copy_bandwidth_probe") else { return };
+    copy_bandwidth(&dev);
 }
 
 #[test]
