@@ -9,14 +9,17 @@
 //! template + tokenize -> context window -> token limit -> submit -> respond.
 
 pub mod adapters;
+pub mod anthropic;
 pub mod admit;
 pub mod auth;
+pub mod blocks;
 pub mod chat;
 pub mod chat_out;
 pub mod completions;
 pub mod embeddings;
 pub mod error;
 pub mod events;
+pub mod generate;
 pub mod json;
 pub mod layers;
 pub mod logprobs;
@@ -28,7 +31,9 @@ pub mod openapi;
 pub mod port;
 pub mod ratelimit;
 pub mod reqlog;
+pub mod responses;
 pub mod sse;
+pub mod sse_named;
 pub mod structured;
 pub mod tools;
 pub mod validate;

@@ -15,7 +15,7 @@ pub mod server;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
-use axum::middleware::{from_fn_with_state, map_response};
+use axum::middleware::{from_fn, from_fn_with_state, map_response};
 use axum::response::Response;
 use axum::Router;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -31,6 +31,8 @@ pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.config.max_body_bytes;
     let app = Router::new()
         .merge(api::openai_routes())
+        .merge(api::responses::routes(&state))
+        .merge(api::anthropic::routes())
         .merge(api::operations_routes())
         .fallback(misc::not_found)
         .method_not_allowed_fallback(misc::method_not_allowed)
@@ -40,6 +42,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(crate::batch::routes(&state))
         .layer(from_fn_with_state(state.clone(), auth::require_key))
         .layer(from_fn_with_state(state.clone(), reqlog::record_request))
+        .layer(from_fn(api::anthropic::error::reshape))
         .layer(CatchPanicLayer::custom(layers::panic_response));
     let app = match layers::cors_layer(&state.config.cors_origins) {
         Some(cors) => app.layer(cors),
