@@ -108,13 +108,14 @@ def test_parse_with_a_json_schema(client):
 
 def test_stream_event_by_event(client):
     types, deltas, seqs = [], [], []
-    with client.responses.stream(model=MODEL, input="Say hello.", max_output_tokens=24, temperature=0) as stream:
+    with client.responses.stream(model=MODEL, input="Say hello.", max_output_tokens=64, temperature=0) as stream:
         for event in stream:
             types.append(event.type)
             seqs.append(event.sequence_number)
             if event.type == "response.output_text.delta":
                 deltas.append(event.delta)
-        final = stream.get_final_response()
+        # The SDK's final response exists for a completed stream; an incomplete one ends with its response.
+        final = stream.get_final_response() if types[-1] == "response.completed" else event.response
     assert seqs == list(range(len(seqs)))
     end = "response.completed" if final.status == "completed" else "response.incomplete"
     assert types[:4] == ["response.created", "response.in_progress", "response.output_item.added", "response.content_part.added"]
@@ -148,15 +149,16 @@ def test_function_tool_round_trip(client):
 
 
 def test_streamed_function_call(client):
-    with client.responses.stream(model=MODEL, input="Weather in Rome?", tools=[WEATHER], tool_choice="required",
+    with client.responses.stream(model=MODEL, input="Weather in Rome?", tools=[WEATHER], tool_choice="required", parallel_tool_calls=False,
                                  max_output_tokens=64, temperature=0) as stream:
         events = list(stream)
         final = stream.get_final_response()
     types = [e.type for e in events]
     assert "response.function_call_arguments.delta" in types and "response.function_call_arguments.done" in types
     args = "".join(e.delta for e in events if e.type == "response.function_call_arguments.delta")
-    call = next(o for o in final.output if o.type == "function_call")
-    assert args == call.arguments
+    assert final.status == "completed" and [o.type for o in final.output] == ["function_call"]
+    call = final.output[0]
+    assert args == call.arguments and call.call_id.startswith("call_")
     jsonschema.validate(json.loads(args), WEATHER["parameters"])
 
 
