@@ -70,6 +70,21 @@ def test_create_text(client):
     assert short.stop_reason == "max_tokens" and short.usage.output_tokens == 3
 
 
+def test_stop_sequences(client):
+    ask = [{"role": "user", "content": "What is the capital of France?"}]
+    full = create(client, messages=ask, max_tokens=40).content[0].text
+    words = full.split()
+    assert len(words) >= 4, full
+    stop = words[2]
+    m = create(client, messages=ask, max_tokens=40, stop_sequences=["never-generated-zz", stop])
+    assert m.stop_reason == "stop_sequence" and m.stop_sequence == stop
+    assert m.content[0].text == full[:full.index(stop)]
+    with client.messages.stream(model=MODEL, max_tokens=40, extra_body=GREEDY, messages=ask, stop_sequences=[stop]) as s:
+        final = s.get_final_message()
+    assert final.stop_reason == "stop_sequence" and final.stop_sequence == stop
+    assert final.content[0].text == m.content[0].text
+
+
 def test_count_tokens_matches_the_prompt_of_create(client):
     messages = [{"role": "user", "content": [{"type": "text", "text": "Tell me about Paris."}]}]
     counted = client.messages.count_tokens(model=MODEL, system="Be brief.", messages=messages)

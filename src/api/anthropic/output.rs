@@ -27,6 +27,7 @@ pub struct MessageRun {
     prompt_len: usize,
     blocks: Blocks,
     finish: Option<&'static str>,
+    stop_sequence: Option<String>,
     /// The final Message object, once finished.
     pub result: Option<Value>,
 }
@@ -51,13 +52,14 @@ fn block_json(b: &Block) -> Value {
 
 impl MessageRun {
     pub fn new(id: String, model: String, prompt_len: usize, tools: Option<ToolFormat>) -> MessageRun {
-        MessageRun { id, model, prompt_len, blocks: Blocks::new(tools, "toolu"), finish: None, result: None }
+        MessageRun { id, model, prompt_len, blocks: Blocks::new(tools, "toolu"), finish: None, stop_sequence: None, result: None }
     }
 
     fn stop_reason(&self) -> &'static str {
         match self.finish {
             Some("length") => "max_tokens",
             _ if self.blocks.num_calls() > 0 => "tool_use",
+            _ if self.stop_sequence.is_some() => "stop_sequence",
             _ => "end_turn",
         }
     }
@@ -113,6 +115,7 @@ impl NamedEvents for MessageRun {
     fn delta(&mut self, d: Delta) -> Vec<Named> {
         if let Some(f) = d.finish {
             self.finish = Some(f);
+            self.stop_sequence = d.stop_string.clone();
         }
         let events = self.blocks.push(&d.text);
         self.push_all(events)
@@ -123,12 +126,13 @@ impl NamedEvents for MessageRun {
         let mut out = self.push_all(events);
         let stop_reason = self.stop_reason();
         let usage = self.usage(&usage);
+        let stop_sequence = if stop_reason == "stop_sequence" { self.stop_sequence.clone() } else { None };
         self.result = Some(json!({
             "id": self.id, "type": "message", "role": "assistant", "model": self.model,
             "content": self.blocks.closed.iter().map(block_json).collect::<Vec<_>>(),
-            "stop_reason": stop_reason, "stop_sequence": null, "usage": usage,
+            "stop_reason": stop_reason, "stop_sequence": stop_sequence, "usage": usage,
         }));
-        let delta = json!({"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": null}, "usage": usage});
+        let delta = json!({"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence}, "usage": usage});
         out.push(("message_delta", delta));
         out.push(("message_stop", json!({"type": "message_stop"})));
         out
