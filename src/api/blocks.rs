@@ -5,8 +5,7 @@
 //! whitespace before a first text block is held, so a reply that is only
 //! calls has no empty text block.
 
-use rand::distributions::{Alphanumeric, DistString};
-
+use super::new_id;
 use super::tools::{ToolEvent, ToolFormat, ToolStream};
 
 /// A finished block.
@@ -100,7 +99,7 @@ impl Blocks {
             ToolEvent::Start { name, .. } => {
                 self.close(out);
                 self.held.clear();
-                let call_id = format!("{}_{}", self.call_prefix, Alphanumeric.sample_string(&mut rand::thread_rng(), 24));
+                let call_id = new_id(self.call_prefix);
                 self.open = Some(Block::Call { call_id: call_id.clone(), name: name.clone(), arguments: String::new() });
                 out.push((self.closed.len(), BlockEvent::OpenCall { call_id, name }));
             }

@@ -231,6 +231,12 @@ impl ResponseMeta {
     }
 }
 
+/// A new object id: `prefix` + `_` + 24 alphanumerics (OpenAI's `resp_`,
+/// `msg_`, `fc_`, `call_`; Anthropic's `msg_`, `toolu_`).
+pub fn new_id(prefix: &str) -> String {
+    format!("{prefix}_{}", Alphanumeric.sample_string(&mut rand::thread_rng(), 24))
+}
+
 pub fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }

@@ -73,7 +73,7 @@ pub async fn messages(
     }
     let (messages, plan) = chat_parts(&state, &req)?;
     let grammar = super::generate::grammar_for(&state, None, "tools", plan.as_ref())?;
-    let id = super::responses::wire::new_id("msg");
+    let id = super::new_id("msg");
     let job = ChatJob { messages, plan, grammar, params: params.clone(), prompt_param: "messages" };
     let Started { running, tools, prompt_len } = start_chat(&state, &caller, &record, &id, job).await?;
     let mut run = MessageRun::new(id, state.model.name.clone(), prompt_len, tools);

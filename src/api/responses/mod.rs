@@ -27,7 +27,7 @@ use serde_json::{json, Value};
 
 use self::output::{OnDone, ResponseRun};
 use self::store::{ResponseStore, StoredResponse};
-use self::wire::{chat_response_format, chat_tool_choice, chat_tools, new_id, parse_input, rename_format_error, CreateResponse};
+use self::wire::{chat_response_format, chat_tool_choice, chat_tools, parse_input, rename_format_error, CreateResponse};
 use super::auth::{owner_of, Caller};
 use super::error::ApiError;
 use super::generate::{grammar_for, start_chat, ChatJob, Started};
@@ -38,7 +38,7 @@ use super::structured::parse_response_format;
 use super::tools::parse_plan;
 use super::validate::{refuse_extra, validate_common};
 use super::wire_in::CommonParams;
-use super::{unix_now, AppState, ModelTask};
+use super::{new_id, unix_now, AppState, ModelTask};
 
 /// State of the Responses routes: the server's, and the store (or why
 /// there is none).

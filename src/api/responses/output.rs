@@ -16,9 +16,9 @@
 
 use serde_json::{json, Value};
 
-use super::wire::new_id;
 use crate::api::blocks::{Block, BlockEvent, Blocks};
 use crate::api::error::ApiError;
+use crate::api::new_id;
 use crate::api::events::Delta;
 use crate::api::sse_named::{Named, NamedEvents};
 use crate::api::tools::ToolFormat;

@@ -8,11 +8,11 @@
 //! `function_call_output` (`call_id`, `output`). Consecutive function calls
 //! become one assistant turn with several `tool_calls`.
 
-use rand::distributions::{Alphanumeric, DistString};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use crate::api::error::ApiError;
+use crate::api::new_id;
 
 /// `POST /v1/responses`.
 #[derive(Debug, Clone, Deserialize)]
@@ -38,11 +38,6 @@ pub struct CreateResponse {
     pub user: Option<String>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
-}
-
-/// A new id: `prefix` + `_` + 24 alphanumerics (OpenAI's `resp_`, `msg_`, `fc_`).
-pub fn new_id(prefix: &str) -> String {
-    format!("{prefix}_{}", Alphanumeric.sample_string(&mut rand::thread_rng(), 24))
 }
 
 fn bad(message: impl Into<String>, param: impl Into<String>) -> ApiError {
