@@ -163,9 +163,11 @@ def test_streamed_function_call(client):
 
 
 def test_previous_response_id_three_turns_hit_the_prefix_cache(client):
-    r1 = create(client, input="My name is Ada. Remember it.", instructions="You are a helpful assistant.", max_output_tokens=24)
-    r2 = create(client, input="What is my name?", previous_response_id=r1.id, max_output_tokens=24)
-    r3 = create(client, input="Spell it backwards.", previous_response_id=r2.id, max_output_tokens=24)
+    # Instructions are not carried over by previous_response_id (as at OpenAI): each turn repeats them.
+    sys = "You are a helpful assistant. Remember what the user tells you."
+    r1 = create(client, input="My name is Ada. Remember it.", instructions=sys, max_output_tokens=24)
+    r2 = create(client, input="What is my name?", instructions=sys, previous_response_id=r1.id, max_output_tokens=24)
+    r3 = create(client, input="Spell it backwards.", instructions=sys, previous_response_id=r2.id, max_output_tokens=24)
     for prev, r in ((r1, r2), (r2, r3)):
         assert r.previous_response_id == prev.id
         # The earlier turns are part of the prompt and were served from the prefix cache.
