@@ -4,9 +4,12 @@
 //! them: OpenAI chat/completions/embeddings here, `responses/` (OpenAI's
 //! Responses API) and `anthropic/` (Anthropic's Messages API). Each
 //! protocol offers its route group; `crate::serve::router` assembles them
-//! with the Batch API's and puts the layers around them (see there). Inside a generation handler: parse ->
-//! model -> validate -> admission (drain, queue cap, request limits) ->
-//! template + tokenize -> context window -> token limit -> submit -> respond.
+//! with the Batch API's and puts the layers around them (see there).
+//!
+//! Inside a generation handler: parse -> model -> validate -> admission
+//! (drain, queue cap, request limits) -> template + tokenize -> context
+//! window -> token limit -> submit -> respond. Chat, Responses and Messages
+//! share those steps in `generate::start_chat`; legacy completions has its own.
 
 pub mod adapters;
 pub mod anthropic;
