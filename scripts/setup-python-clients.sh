@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Python clients the HTTP tests drive, each in its own
-# git-ignored venv: .venv-openai (openai with pydantic, pytest, jsonschema) and .venv-schemathesis
+# git-ignored venv: .venv-openai (openai with pydantic, pytest, jsonschema; anthropic) and .venv-schemathesis
 # (schemathesis). tests/http_clients.rs runs them against `kiln serve`.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -9,5 +9,5 @@ install() { # venv, packages...
   [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$@"
 }
-install "${KILN_OPENAI_VENV:-$root/.venv-openai}" "openai>=1.40" "pytest>=8" "jsonschema>=4"
+install "${KILN_OPENAI_VENV:-$root/.venv-openai}" "openai>=1.66" "anthropic>=0.40" "pytest>=8" "jsonschema>=4"
 install "${KILN_SCHEMATHESIS_VENV:-$root/.venv-schemathesis}" "schemathesis>=4,<5"

@@ -64,7 +64,7 @@ pub struct ServerConfig {
     pub sse_keepalive: u64,
     /// Batch API (/v1/files, /v1/batches): directory of its SQLite database
     /// and files. An empty path turns the batch API off (it answers 503).
-    #[arg(long, env = "KILN_DATA_DIR", default_value_os_t = crate::batch::default_data_dir(),
+    #[arg(long, env = "KILN_DATA_DIR", default_value_os_t = default_data_dir(),
           value_parser = clap::builder::TypedValueParser::map(clap::builder::OsStringValueParser::new(), PathBuf::from))]
     pub data_dir: PathBuf,
     /// Largest file POST /v1/files accepts, in bytes; bigger uploads get 413.
@@ -242,4 +242,12 @@ mod tests {
         let empty = ServerConfig { api_keys: vec![" ".into()], ..Default::default() };
         assert!(empty.keys().is_err());
     }
+}
+
+/// Where the Batch and Responses APIs keep their databases and files by default:
+/// `$XDG_DATA_HOME/kiln`, else `~/.local/share/kiln`, else `./kiln-data`.
+pub fn default_data_dir() -> PathBuf {
+    let xdg = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()).map(PathBuf::from);
+    let home = std::env::var_os("HOME").filter(|v| !v.is_empty()).map(|h| PathBuf::from(h).join(".local/share"));
+    xdg.or(home).map_or_else(|| PathBuf::from("kiln-data"), |d| d.join("kiln"))
 }

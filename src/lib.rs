@@ -17,5 +17,6 @@ pub mod launch;
 pub mod model;
 pub mod runner;
 pub mod sampling;
+pub mod serve;
 pub mod structured;
 pub mod tokenizer;

@@ -114,7 +114,7 @@ impl SamplingArgs {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { engine, server, models_file } => kiln::api::run_serve_cli(server, engine, models_file),
+        Command::Serve { engine, server, models_file } => kiln::serve::run_serve_cli(server, engine, models_file),
         Command::Bench(args) => kiln::bench::run(args),
         Command::Batch(args) => kiln::batch::run_cli(args),
         Command::Generate(args) => {

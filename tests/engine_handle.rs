@@ -64,7 +64,7 @@ fn collect(mut rx: UnboundedReceiver<TokenEvent>, n: usize) -> Vec<Out> {
                 o.ids.push(token_id);
                 o.text.push_str(&text);
             }
-            EventKind::Finished { reason, text, usage } => {
+            EventKind::Finished { reason, text, usage, .. } => {
                 o.text.push_str(&text);
                 o.finish = Some(reason);
                 o.usage = usage;

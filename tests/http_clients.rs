@@ -1,7 +1,8 @@
 //! External clients against a real `kiln serve`: the official openai Python
-//! SDK (tests/openai_client.py, and tests/structured_client.py for
-//! structured outputs and tools) and schemathesis fuzzing from /openapi.json
-//! (scripts/schemathesis.sh, bounded examples). Their venvs come from
+//! SDK (tests/openai_client.py, tests/structured_client.py for structured
+//! outputs and tools, tests/responses_client.py for the Responses API), the
+//! official anthropic SDK (tests/anthropic_client.py) and schemathesis
+//! fuzzing from /openapi.json (scripts/schemathesis.sh, bounded examples). Their venvs come from
 //! scripts/setup-python-clients.sh (scripts/test.sh runs it); without them
 //! these tests print why they skip.
 
@@ -54,6 +55,31 @@ fn structured_outputs_and_tools_with_the_openai_sdk() {
     }
     let script = root().join("tests/structured_client.py");
     run(Command::new(python).args(["-m", "pytest", "-q", "-p", "no:cacheprovider"]).arg(&script), "pytest tests/structured_client.py");
+}
+
+/// OpenAI's Responses API through the SDK's `responses` resource: create,
+/// parse, stream, function tools, previous_response_id, the store and
+/// per-key ownership (tests/responses_client.py).
+#[test]
+fn responses_api_with_the_openai_sdk() {
+    let Some(python) = venv_python(".venv-openai", "openai, pytest, jsonschema, pydantic") else { return };
+    if !model_available() {
+        return;
+    }
+    let script = root().join("tests/responses_client.py");
+    run(Command::new(python).args(["-m", "pytest", "-q", "-p", "no:cacheprovider"]).arg(&script), "pytest tests/responses_client.py");
+}
+
+/// Anthropic's Messages API through the official `anthropic` SDK: create,
+/// stream, tools, count_tokens and its error classes (tests/anthropic_client.py).
+#[test]
+fn messages_api_with_the_anthropic_sdk() {
+    let Some(python) = venv_python(".venv-openai", "anthropic, pytest, jsonschema") else { return };
+    if !model_available() {
+        return;
+    }
+    let script = root().join("tests/anthropic_client.py");
+    run(Command::new(python).args(["-m", "pytest", "-q", "-p", "no:cacheprovider"]).arg(&script), "pytest tests/anthropic_client.py");
 }
 
 /// `client.embeddings.create` (float, base64 and the SDK's default) against a

@@ -1,5 +1,6 @@
 """Starts `kiln serve` for the Python client tests (openai_client.py,
-structured_client.py, openai_embeddings.py, batch_openai.py).
+structured_client.py, openai_embeddings.py, batch_openai.py,
+responses_client.py, anthropic_client.py).
 
 The binary is $KILN_BIN (set by the Rust test that runs pytest). The server
 binds port 0 and prints the address it listens on; the helper reads it from

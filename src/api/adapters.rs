@@ -1,12 +1,8 @@
-//! The real tokenizer and engine behind the `port` traits, and `serve`.
-
-use std::sync::Arc;
+//! The real tokenizer and engine behind the `port` traits.
 
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::port::{ChatTurn, CodecError, Engine, EngineGauges, SubmitError, TextCodec};
-use super::ModelInfo;
-use crate::config::ServerConfig;
 use crate::engine::{EngineError, EngineHandle, TokenEvent, ValidRequest};
 use crate::structured::VocabBytes;
 use crate::tokenizer::{ChatMessage, Tokenizer, TokenizerError};
@@ -101,9 +97,4 @@ impl Engine for EngineHandle {
     fn shutdown(&self) {
         EngineHandle::shutdown(self)
     }
-}
-
-/// Serves `engine` and `tokenizer` until SIGTERM / SIGINT (see `server`).
-pub async fn serve(config: ServerConfig, engine: EngineHandle, tokenizer: Arc<Tokenizer>, model: ModelInfo) -> anyhow::Result<()> {
-    super::serve_with(config, Arc::new(engine), tokenizer, model).await
 }

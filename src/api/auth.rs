@@ -89,6 +89,17 @@ pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
     headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim)
 }
 
+/// Who owns what this request creates and may see (files, batches,
+/// stored responses): a digest of the key, so ownership survives restarts
+/// and renamed keys; "anonymous" without keys. The auth layer has already
+/// checked the key.
+pub fn owner_of(app: &AppState, headers: &HeaderMap) -> String {
+    match presented_key(headers) {
+        Some(key) if app.keys.is_enabled() => format!("key:{}", &blake3::hash(key.as_bytes()).to_hex()[..32]),
+        _ => "anonymous".into(),
+    }
+}
+
 /// Middleware: authenticates and inserts the `Caller`.
 pub async fn require_key(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
     let store = &state.keys;

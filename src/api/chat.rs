@@ -9,24 +9,20 @@ use axum::extract::{Extension, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use super::admit::{admit, blocking, charge_tokens, codec_error, submit_all, PromptJob};
 use super::auth::Caller;
 use super::chat_out::{collect, ChatChunks};
 use super::error::{ApiError, ErrorResponse};
-use super::events::Running;
+use super::generate::{grammar_for, start_chat, ChatJob, Started};
 use super::json::ApiJson;
 use super::messages::template_messages;
 use super::reqlog::RequestRecord;
 use super::sse::sse_response;
-use super::structured::{compile, parse_response_format};
-use super::tools::grammar::tool_grammar;
-use super::tools::prompt::render_prompt;
-use super::tools::{parse_plan, ToolChoice, ToolFormat, ToolPlan};
-use super::validate::{fit_context, validate_common, Limits};
+use super::structured::parse_response_format;
+use super::tools::parse_plan;
+use super::validate::{validate_common, Limits};
 use super::wire_in::ChatCompletionRequest;
 use super::wire_out::*;
 use super::{AppState, ResponseMeta};
-use crate::structured::GrammarSpec;
 
 /// `logprobs` + `top_logprobs` to the engine's Some(k).
 fn chat_logprobs(req: &ChatCompletionRequest, limits: &Limits) -> Result<Option<u32>, ApiError> {
@@ -68,59 +64,14 @@ pub async fn chat_completions(
     params.sampling.logprobs = chat_logprobs(&req, &state.limits)?;
     let messages = template_messages(&req.messages)?;
     let plan = parse_plan(req.tools.as_ref(), req.tool_choice.as_ref(), req.parallel_tool_calls, state.tool_format)?;
-    let spec = request_grammar(&state, &req, plan.as_ref())?;
-    let pending = admit(&state, &caller, &record)?;
-    let grammar = match spec {
-        Some((spec, param)) => Some(compile(&state, spec, param).await?),
-        None => None,
-    };
-
-    let codec = state.codec.clone();
-    let prompt_plan = plan.clone();
-    let ids = blocking(move || {
-        let text = render_prompt(codec.as_ref(), messages, prompt_plan.as_ref(), true).map_err(|e| codec_error(e, "messages"))?;
-        codec.encode(&text, false).map_err(|e| codec_error(e, "messages"))
-    })
-    .await?;
-    let max_tokens = fit_context(ids.len(), params.max_tokens, state.model.max_model_len, "messages")?;
-    charge_tokens(&caller, &record, ids.len() + max_tokens * params.n)?;
-    record.add_prompt_tokens(ids.len());
-
+    let format = parse_response_format(req.response_format.as_ref())?;
+    let grammar = grammar_for(&state, format, "response_format", plan.as_ref())?;
     let meta = ResponseMeta::new("chatcmpl", &state);
-    let prompt_lens = vec![ids.len()];
-    let jobs = vec![PromptJob { prompt_ids: ids, max_tokens, grammar }];
-    let rxs = submit_all(&state, &meta.id, jobs, &params.sampling, &params.stop, params.n)?;
-    let running = Running::new(rxs, params.n, prompt_lens, pending, record, state.clone());
-    let tools = plan.filter(ToolPlan::active).map(|p| p.format);
+    let job = ChatJob { messages, plan, grammar, params: params.clone(), prompt_param: "messages" };
+    let Started { running, tools, .. } = start_chat(&state, &caller, &record, &meta.id, job).await?;
     if params.stream {
         let format = ChatChunks::new(meta, state.codec.clone(), params.include_usage, params.n, tools);
         return Ok(sse_response(running, format, Duration::from_secs(state.config.sse_keepalive)));
     }
     Ok(Json(collect(running, meta, state.codec.as_ref(), tools).await?).into_response())
-}
-
-/// The grammar a chat request generates under, with the parameter its
-/// errors name: the response format, else forced (or lazily constrained)
-/// tool calls.
-fn request_grammar(
-    state: &AppState,
-    req: &ChatCompletionRequest,
-    plan: Option<&ToolPlan>,
-) -> Result<Option<(GrammarSpec, &'static str)>, ApiError> {
-    let format = parse_response_format(req.response_format.as_ref())?;
-    let forced = plan.is_some_and(|p| matches!(p.choice, ToolChoice::Required | ToolChoice::Named(_)));
-    if format.is_some() && forced {
-        let msg = "response_format cannot be combined with tool_choice required or a named function";
-        return Err(ApiError::invalid(msg, "response_format"));
-    }
-    if let Some(f) = format {
-        return Ok(Some((f, "response_format")));
-    }
-    let Some(plan) = plan else { return Ok(None) };
-    let mistral = (plan.format == ToolFormat::Mistral)
-        .then(|| state.codec.encode("[TOOL_CALLS]", false).ok())
-        .flatten()
-        .filter(|ids| ids.len() == 1)
-        .map(|ids| ids[0]);
-    Ok(tool_grammar(plan, mistral).map(|g| (g, "tools")))
 }

@@ -26,6 +26,10 @@ pub enum ApiError {
     InvalidApiKey(String),
     #[error("The model '{0}' does not exist")]
     ModelNotFound(String),
+    /// A stored object (a response) that does not exist or belongs to
+    /// another key: the message names it.
+    #[error("{0}")]
+    NotFound(String),
     #[error("Invalid URL ({method} {path})")]
     RouteNotFound { method: String, path: String },
     #[error("Method {method} not allowed for {path}")]
@@ -73,6 +77,7 @@ impl ApiError {
             ContextLength { .. } => (StatusCode::BAD_REQUEST, INVALID, Some("context_length_exceeded")),
             InvalidApiKey(_) => (StatusCode::UNAUTHORIZED, INVALID, Some("invalid_api_key")),
             ModelNotFound(_) => (StatusCode::NOT_FOUND, INVALID, Some("model_not_found")),
+            NotFound(_) => (StatusCode::NOT_FOUND, INVALID, None),
             RouteNotFound { .. } => (StatusCode::NOT_FOUND, INVALID, Some("unknown_url")),
             MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, INVALID, Some("method_not_allowed")),
             PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, INVALID, Some("request_too_large")),

@@ -28,6 +28,8 @@ pub struct Delta {
     pub finish: Option<&'static str>,
     /// The prompt's logprobs (echo with logprobs), on each choice's first delta.
     pub prompt: Option<Arc<PromptLogprobs>>,
+    /// On the last delta: the stop string that ended the choice, if one did.
+    pub stop_string: Option<String>,
 }
 
 /// The logprobs of one prompt's tokens, as the engine reports them.
@@ -180,9 +182,9 @@ impl Running {
                 if text.is_empty() && logprob.is_none() && prompt.is_none() {
                     return None;
                 }
-                Some(Step::Delta(Delta { choice, text, logprob, finish: None, prompt }))
+                Some(Step::Delta(Delta { choice, text, logprob, finish: None, prompt, stop_string: None }))
             }
-            EventKind::Finished { reason, text, usage } => {
+            EventKind::Finished { reason, text, usage, stop_string } => {
                 self.cached[prompt] = self.cached[prompt].max(usage.cached_tokens);
                 self.finished[choice] = true;
                 let unsent = usage.completion_tokens.saturating_sub(self.seen[choice]);
@@ -197,7 +199,7 @@ impl Running {
                     }
                 };
                 let prompt = self.take_prompt(prompt, choice);
-                Some(Step::Delta(Delta { choice, text, logprob: None, finish: Some(finish), prompt }))
+                Some(Step::Delta(Delta { choice, text, logprob: None, finish: Some(finish), prompt, stop_string }))
             }
             EventKind::Error(msg) => {
                 self.done = true;

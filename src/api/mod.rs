@@ -1,25 +1,30 @@
-//! The OpenAI-compatible HTTP layer: axum routes, wire types, validation,
-//! SSE streaming, auth, per-key rate limits, admission control, metrics and
-//! graceful shutdown. Errors become HTTP statuses in one place
-//! (`error::ApiError::status_type_code`).
+//! The HTTP layer's shared pieces (auth, per-key rate limits, admission,
+//! request log, SSE, metrics, the one error-to-status mapping in
+//! `error::ApiError::status_type_code`) and the wire protocols built on
+//! them: OpenAI chat/completions/embeddings here, `responses/` (OpenAI's
+//! Responses API) and `anthropic/` (Anthropic's Messages API). Each
+//! protocol offers its route group; `crate::serve::router` assembles them
+//! with the Batch API's and puts the layers around them (see there).
 //!
-//! Layers, outermost first: CORS -> panic catcher -> request record (id,
-//! log line, metrics, rate-limit headers) -> auth (on the matched route) ->
-//! 413 rewrite -> body limit -> route. Inside a generation handler: parse ->
-//! model -> validate -> admission (drain, queue cap, request limits) ->
-//! template + tokenize -> context window -> token limit -> submit -> respond.
+//! Inside a generation handler: parse -> model -> validate -> admission
+//! (drain, queue cap, request limits) -> template + tokenize -> context
+//! window -> token limit -> submit -> respond. Chat, Responses and Messages
+//! share those steps in `generate::start_chat`; legacy completions has its own.
 
 pub mod adapters;
+pub mod anthropic;
 pub mod admit;
 pub mod auth;
+pub mod blocks;
 pub mod chat;
 pub mod chat_out;
-pub mod cli;
 pub mod completions;
 pub mod embeddings;
 pub mod error;
 pub mod events;
+pub mod generate;
 pub mod json;
+pub mod layers;
 pub mod logprobs;
 pub mod messages;
 pub mod metrics;
@@ -29,8 +34,9 @@ pub mod openapi;
 pub mod port;
 pub mod ratelimit;
 pub mod reqlog;
-pub mod server;
+pub mod responses;
 pub mod sse;
+pub mod sse_named;
 pub mod structured;
 pub mod tools;
 pub mod validate;
@@ -41,24 +47,14 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::extract::DefaultBodyLimit;
-use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
-use axum::middleware::{from_fn_with_state, map_response};
-use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use rand::distributions::{Alphanumeric, DistString};
-use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::limit::RequestBodyLimitLayer;
 
 pub use error::ApiError;
 pub use port::{ChatTurn, CodecError, Engine, EngineGauges, SubmitError, TextCodec};
-pub use adapters::serve;
-pub use cli::run_serve_cli;
-pub use server::{init_tracing, serve_loading, serve_with, Loaded, ModelBackend};
 pub use embeddings::Embedder;
-pub use models::ModelTask;
+pub use models::{Loaded, ModelBackend, ModelTask};
 
 use crate::config::{ConfigError, ServerConfig};
 
@@ -238,56 +234,20 @@ impl ResponseMeta {
     }
 }
 
+/// A new object id: `prefix` + `_` + 24 alphanumerics (OpenAI's `resp_`,
+/// `msg_`, `fc_`, `call_`; Anthropic's `msg_`, `toolu_`).
+pub fn new_id(prefix: &str) -> String {
+    format!("{prefix}_{}", Alphanumeric.sample_string(&mut rand::thread_rng(), 24))
+}
+
 pub fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-/// tower-http answers an oversized Content-Length with a bare 413 before
-/// reading the body; give it OpenAI's error shape.
-async fn shape_413(limit: usize, resp: Response) -> Response {
-    let is_json = resp.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    if resp.status() == StatusCode::PAYLOAD_TOO_LARGE && !is_json {
-        return ApiError::PayloadTooLarge { limit }.into_response();
-    }
-    resp
-}
-
-fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
-    if origins.is_empty() {
-        return None;
-    }
-    let allow = if origins.iter().any(|o| o == "*") {
-        AllowOrigin::any()
-    } else {
-        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
-    };
-    let h = |s: &'static str| HeaderName::from_static(s);
-    Some(
-        CorsLayer::new()
-            .allow_origin(allow)
-            .allow_methods([Method::GET, Method::POST])
-            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, h("x-api-key"), h("x-request-id")])
-            .expose_headers([
-                h("x-request-id"),
-                h("x-ratelimit-limit-requests"),
-                h("x-ratelimit-remaining-requests"),
-                h("x-ratelimit-reset-requests"),
-                h("x-ratelimit-limit-tokens"),
-                h("x-ratelimit-remaining-tokens"),
-                h("x-ratelimit-reset-tokens"),
-                header::RETRY_AFTER,
-            ]),
-    )
-}
-
-fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
-    ApiError::Internal("handler panicked".into()).into_response()
-}
-
-/// Every route with every layer; used by `serve_with` and by tests.
-pub fn router(state: Arc<AppState>) -> Router {
-    let limit = state.config.max_body_bytes;
-    let app = Router::new()
+/// OpenAI's chat, completions, embeddings and models routes, plus
+/// vLLM's tokenize / detokenize. JSON bodies, under the body limit.
+pub fn openai_routes() -> Router<Arc<AppState>> {
+    Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/completions", post(completions::completions))
         .route("/v1/embeddings", post(embeddings::embeddings))
@@ -295,23 +255,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models/{*model}", get(misc::retrieve_model))
         .route("/tokenize", post(misc::tokenize))
         .route("/detokenize", post(misc::detokenize))
+}
+
+/// Operations: health, version, Prometheus metrics and the OpenAPI document.
+pub fn operations_routes() -> Router<Arc<AppState>> {
+    Router::new()
         .route("/health", get(misc::health))
         .route("/version", get(misc::version))
         .route("/metrics", get(misc::metrics))
         .route("/openapi.json", get(openapi::openapi_json))
-        .fallback(misc::not_found)
-        .method_not_allowed_fallback(misc::method_not_allowed)
-        .layer(DefaultBodyLimit::disable())
-        .layer(RequestBodyLimitLayer::new(limit))
-        .layer(map_response(move |r: Response| shape_413(limit, r)))
-        // Batch API: inside auth and logging, outside the JSON body limit.
-        .merge(crate::batch::routes(&state))
-        .layer(from_fn_with_state(state.clone(), auth::require_key))
-        .layer(from_fn_with_state(state.clone(), reqlog::record_request))
-        .layer(CatchPanicLayer::custom(panic_response));
-    let app = match cors_layer(&state.config.cors_origins) {
-        Some(cors) => app.layer(cors),
-        None => app,
-    };
-    app.with_state(state)
 }

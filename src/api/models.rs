@@ -12,8 +12,24 @@
 use std::sync::{Arc, OnceLock, Weak};
 
 use super::error::ApiError;
+use super::port::{Engine, TextCodec};
 use super::reqlog::RequestRecord;
-use super::AppState;
+use super::{AppState, ModelInfo};
+
+/// The engine behind one served model.
+pub enum ModelBackend {
+    /// A generation engine (chat and completions).
+    Generate(Arc<dyn Engine>),
+    /// An embedding engine; `matryoshka`: `dimensions` is allowed.
+    Embed { embedder: Arc<dyn super::Embedder>, matryoshka: bool },
+}
+
+/// What loading one model yields.
+pub struct Loaded {
+    pub backend: ModelBackend,
+    pub codec: Arc<dyn TextCodec>,
+    pub model: ModelInfo,
+}
 
 /// What a served model does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

@@ -7,7 +7,6 @@
 //! and renamed keys) and another key gets 404 for it, as if it did not
 //! exist. Without keys everything belongs to "anonymous".
 
-use crate::api::auth::presented_key;
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, FromRef, Path, Query, State};
@@ -62,14 +61,7 @@ pub fn routes<S: Clone + Send + Sync + 'static>(http: BatchHttp) -> Router<S> {
         .with_state(http)
 }
 
-/// Who owns what this request creates and may see. The auth layer has
-/// already checked the key.
-pub fn owner_of(app: &AppState, headers: &HeaderMap) -> String {
-    match presented_key(headers) {
-        Some(key) if app.keys.is_enabled() => format!("key:{}", &blake3::hash(key.as_bytes()).to_hex()[..32]),
-        _ => "anonymous".into(),
-    }
-}
+pub use crate::api::auth::owner_of;
 
 fn bad_query(e: impl std::fmt::Display) -> BatchApiError {
     BatchApiError::invalid(format!("Invalid query parameters: {e}"), "query")

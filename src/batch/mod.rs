@@ -27,20 +27,12 @@ pub mod store;
 pub mod upload;
 pub mod wire;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use cli::{run_cli, BatchCliArgs};
+pub use crate::config::default_data_dir;
 
 use crate::api::AppState;
-
-/// Where the batch API keeps its database and files by default:
-/// `$XDG_DATA_HOME/kiln`, else `~/.local/share/kiln`, else `./kiln-data`.
-pub fn default_data_dir() -> PathBuf {
-    let xdg = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()).map(PathBuf::from);
-    let home = std::env::var_os("HOME").filter(|v| !v.is_empty()).map(|h| PathBuf::from(h).join(".local/share"));
-    xdg.or(home).map_or_else(|| PathBuf::from("kiln-data"), |d| d.join("kiln"))
-}
 
 /// The batch routes of a server over `state`. Opens `--data-dir` and starts
 /// the batch worker (resuming unfinished batches) on the current tokio

@@ -100,6 +100,7 @@ impl EngineCore {
                         reason: FinishReason::Abort,
                         text: String::new(),
                         usage: Default::default(),
+                        stop_string: None,
                     };
                     let _ = tx.send(TokenEvent { index, kind: ev });
                 }
@@ -301,7 +302,7 @@ impl EngineCore {
         let out = self.outputs.remove(&id).expect("output of a live sequence");
         let Some(r) = self.requests.get_mut(&seq.request) else { return };
         let usage = out.usage(r.prompt_len, seq.cached_tokens.unwrap_or(0));
-        let kind = EventKind::Finished { reason: f.reason, text: f.text, usage };
+        let kind = EventKind::Finished { reason: f.reason, text: f.text, usage, stop_string: f.stop_string };
         let _ = r.tx.send(TokenEvent { index: seq.index, kind });
         r.live.retain(|&s| s != id);
         if r.live.is_empty() {
@@ -332,7 +333,7 @@ impl EngineCore {
     fn abort_all(&mut self) {
         let live: Vec<SeqId> = self.requests.values().flat_map(|r| r.live.iter().copied()).collect();
         for id in live {
-            self.finish_seq(id, Finish { reason: FinishReason::Abort, text: String::new() });
+            self.finish_seq(id, Finish { reason: FinishReason::Abort, text: String::new(), stop_string: None });
         }
     }
 

@@ -256,7 +256,7 @@ async fn collect(
                 c.token_ids.push(token_id);
                 c.text.push_str(&text);
             }
-            EventKind::Finished { reason, text, usage } => {
+            EventKind::Finished { reason, text, usage, .. } => {
                 c.text.push_str(&text);
                 c.finish_reason = reason.as_str();
                 cached_tokens = cached_tokens.max(usage.cached_tokens);

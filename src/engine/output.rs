@@ -78,6 +78,8 @@ pub struct SeqOutput {
 pub struct Finish {
     pub reason: FinishReason,
     pub text: String,
+    /// The stop string that ended the sequence, if one did.
+    pub stop_string: Option<String>,
 }
 
 impl SeqOutput {
@@ -103,7 +105,8 @@ impl SeqOutput {
         match self.stop.push(&piece) {
             StopScan::Stopped(before) => {
                 let ev = EventKind::Token { token_id: id, text: before, logprob };
-                (Some(ev), Some(Finish { reason: FinishReason::Stop, text: String::new() }))
+                let stop_string = self.stop.matched().map(str::to_string);
+                (Some(ev), Some(Finish { reason: FinishReason::Stop, text: String::new(), stop_string }))
             }
             StopScan::Emit(text) => {
                 let ev = EventKind::Token { token_id: id, text, logprob };
@@ -128,10 +131,10 @@ impl SeqOutput {
     fn finish_with(&mut self, reason: FinishReason) -> Finish {
         let tail = self.text.finish();
         match self.stop.push(&tail) {
-            StopScan::Stopped(before) => Finish { reason: FinishReason::Stop, text: before },
+            StopScan::Stopped(before) => Finish { reason: FinishReason::Stop, text: before, stop_string: self.stop.matched().map(str::to_string) },
             StopScan::Emit(mut t) => {
                 t.push_str(&self.stop.flush());
-                Finish { reason, text: t }
+                Finish { reason, text: t, stop_string: None }
             }
         }
     }

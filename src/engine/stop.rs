@@ -19,16 +19,24 @@ pub struct StopMatcher {
     stops: Vec<String>,
     /// Text received but not released (a possible start of a stop string).
     pending: String,
+    /// The stop string that matched, once one did.
+    matched: Option<String>,
 }
 
 impl StopMatcher {
     /// Empty stop strings are ignored (they would match immediately).
     pub fn new(stops: &[String]) -> StopMatcher {
-        StopMatcher { stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(), pending: String::new() }
+        StopMatcher { stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(), pending: String::new(), matched: None }
     }
 
     pub fn is_empty(&self) -> bool {
         self.stops.is_empty()
+    }
+
+    /// The stop string that ended the text (the earliest match; the first
+    /// listed on a tie), once `push` returned `Stopped`.
+    pub fn matched(&self) -> Option<&str> {
+        self.matched.as_deref()
     }
 
     /// Adds newly decoded text.
@@ -38,7 +46,9 @@ impl StopMatcher {
         }
         self.pending.push_str(text);
         // The earliest match wins (on a tie the text before is the same).
-        if let Some(at) = self.stops.iter().filter_map(|s| self.pending.find(s.as_str())).min() {
+        let first = self.stops.iter().filter_map(|s| self.pending.find(s.as_str()).map(|at| (at, s))).min_by_key(|&(at, _)| at);
+        if let Some((at, stop)) = first {
+            self.matched = Some(stop.clone());
             let before = self.pending[..at].to_string();
             self.pending.clear();
             return StopScan::Stopped(before);
@@ -115,6 +125,15 @@ mod tests {
         assert_eq!(m.push("x"), StopScan::Emit("abx".into()));
         assert_eq!(m.push("a"), StopScan::Emit("".into()));
         assert_eq!(m.push("bc!"), StopScan::Stopped("".into()));
+        assert_eq!(m.matched(), Some("abc"));
+    }
+
+    #[test]
+    fn the_earliest_match_is_the_one_reported() {
+        let mut m = StopMatcher::new(&["END".to_string(), "x".to_string()]);
+        assert_eq!(m.matched(), None);
+        assert_eq!(m.push("a xEND"), StopScan::Stopped("a ".into()));
+        assert_eq!(m.matched(), Some("x"));
     }
 
     #[test]

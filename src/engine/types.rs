@@ -92,8 +92,9 @@ pub enum EventKind {
     /// 0..=i.
     PromptLogprobs { first_token: u32, logprobs: Vec<TokenLogprob> },
     /// The sequence ended; carries what usage needs. Sent once per sequence;
-    /// `text` is any text held back that is now safe to emit.
-    Finished { reason: FinishReason, text: String, usage: SeqUsage },
+    /// `text` is any text held back that is now safe to emit; `stop_string`
+    /// the stop string that ended it, if one did.
+    Finished { reason: FinishReason, text: String, usage: SeqUsage, stop_string: Option<String> },
     /// The engine could not serve the sequence (e.g. it can never fit the KV pool).
     Error(String),
 }

@@ -114,7 +114,7 @@ async fn script(req: ValidRequest, tx: UnboundedSender<TokenEvent>) {
                 return;
             }
             if prompt.contains("STOP") && step == 2 {
-                if !send(i, EventKind::Finished { reason: FinishReason::Stop, text: ".".into(), usage: usage(2) }) {
+                if !send(i, EventKind::Finished { reason: FinishReason::Stop, text: ".".into(), usage: usage(2), stop_string: None }) {
                     return;
                 }
                 continue;
@@ -132,6 +132,6 @@ async fn script(req: ValidRequest, tx: UnboundedSender<TokenEvent>) {
         tokio::task::yield_now().await;
     }
     for i in 0..req.n {
-        send(i, EventKind::Finished { reason: FinishReason::Length, text: String::new(), usage: usage(req.stop.max_tokens) });
+        send(i, EventKind::Finished { reason: FinishReason::Length, text: String::new(), usage: usage(req.stop.max_tokens), stop_string: None });
     }
 }

@@ -8,7 +8,8 @@ pub mod server;
 
 use std::sync::Arc;
 
-use kiln::api::{router, AppState, ModelInfo};
+use kiln::api::{AppState, ModelInfo};
+use kiln::serve::router;
 use kiln::config::ServerConfig;
 use serde_json::Value;
 

@@ -20,8 +20,8 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use serde::Deserialize;
 
-use super::server::{init_tracing, serve_loading, Loaded, ModelBackend};
-use super::{unix_now, ModelInfo};
+use super::server::{init_tracing, serve_loading};
+use crate::api::{unix_now, Loaded, ModelBackend, ModelInfo};
 use crate::config::ServerConfig;
 use crate::embedding::{resolve_task, split_model_spec, start_embedding, Task};
 use crate::launch::{resolve_model, start_engine, EngineArgs};

@@ -24,10 +24,11 @@ use axum::response::IntoResponse;
 use axum::{Json, Router};
 use tower::ServiceExt;
 
-use super::error::ApiError;
-use super::port::{Engine, TextCodec};
-use super::wire_out::HealthResponse;
-use super::{router, AppState, ModelInfo};
+use super::router;
+use crate::api::error::ApiError;
+use crate::api::port::{Engine, TextCodec};
+use crate::api::wire_out::HealthResponse;
+use crate::api::{AppState, Loaded, ModelBackend, ModelInfo};
 use crate::config::{LogFormat, ServerConfig};
 use crate::engine::{EventKind, Priority, StopCriteria, ValidRequest};
 use crate::sampling::SamplingParams;
@@ -132,21 +133,6 @@ async fn shutdown_signal() {
     }
 }
 
-/// The engine behind one served model.
-pub enum ModelBackend {
-    /// A generation engine (chat and completions).
-    Generate(Arc<dyn Engine>),
-    /// An embedding engine; `matryoshka`: `dimensions` is allowed.
-    Embed { embedder: Arc<dyn super::Embedder>, matryoshka: bool },
-}
-
-/// What loading one model yields.
-pub struct Loaded {
-    pub backend: ModelBackend,
-    pub codec: Arc<dyn TextCodec>,
-    pub model: ModelInfo,
-}
-
 /// The served app once loading finished; empty while loading.
 /// The states are every model's, the first being the router's.
 type Slot = Arc<OnceLock<(Router, Vec<Arc<AppState>>)>>;
@@ -168,7 +154,7 @@ fn front(slot: Slot) -> Router {
 }
 
 /// Serves until SIGTERM / SIGINT, then drains. Engine and tokenizer come as
-/// the traits of `port`; `serve` (adapters) passes the real ones.
+/// the traits of `api::port`; `serve` passes the real ones.
 pub async fn serve_with(
     config: ServerConfig,
     engine: Arc<dyn Engine>,
@@ -275,4 +261,14 @@ async fn load_then_serve<F>(
 /// `Engine::shutdown` joins the engine thread: keep it off the async workers.
 async fn stop_engine(engine: Arc<dyn Engine>) {
     let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
+}
+
+/// Serves `engine` and `tokenizer` until SIGTERM / SIGINT.
+pub async fn serve(
+    config: ServerConfig,
+    engine: crate::engine::EngineHandle,
+    tokenizer: Arc<crate::tokenizer::Tokenizer>,
+    model: ModelInfo,
+) -> anyhow::Result<()> {
+    serve_with(config, Arc::new(engine), tokenizer, model).await
 }
