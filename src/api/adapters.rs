@@ -95,7 +95,12 @@ impl Engine for EngineHandle {
             prefix_cache_hits: s.prefix_cache_hits,
             num_preemptions: s.num_preemptions,
             steps: s.steps,
+            block_size: self.config().block_size,
         }
+    }
+
+    fn observe_steps(&self, observer: crate::engine::handle::StepObserver) {
+        EngineHandle::observe_steps(self, observer)
     }
 
     fn shutdown(&self) {

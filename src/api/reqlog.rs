@@ -76,6 +76,11 @@ impl RequestRecord {
         &self.0.id
     }
 
+    /// When the request arrived (its latencies count from here).
+    pub fn started(&self) -> Instant {
+        self.0.start
+    }
+
     pub fn set_key_name(&self, name: &str) {
         self.lock().key_name = Some(name.to_string());
     }

@@ -11,6 +11,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use super::config::{EngineConfig, EngineError, Limits};
 use super::core::{EngineCore, EngineMsg};
+pub use super::core::StepObserver;
 use super::kv_cache::KvManager;
 use super::output::{TextDecoder, TokenizerDecoder};
 use super::scheduler::{Scheduler, SchedulerConfig};
@@ -95,6 +96,12 @@ impl EngineHandle {
             return Err(EngineError::Shutdown);
         }
         Ok(rx)
+    }
+
+    /// Has the engine thread call `observer` after every forward pass with
+    /// the number of tokens that pass computed (replaces any earlier one).
+    pub fn observe_steps(&self, observer: StepObserver) {
+        let _ = self.inner.tx.send(EngineMsg::ObserveSteps(observer));
     }
 
     /// The checks `submit` makes (prompt not empty, ids in the vocabulary,
