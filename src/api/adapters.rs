@@ -99,6 +99,10 @@ impl Engine for EngineHandle {
         }
     }
 
+    fn heartbeat_age(&self) -> Option<std::time::Duration> {
+        Some(EngineHandle::heartbeat_age(self))
+    }
+
     fn observe_steps(&self, observer: crate::engine::handle::StepObserver) {
         EngineHandle::observe_steps(self, observer)
     }

@@ -302,6 +302,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/tokenize", post(misc::tokenize))
         .route("/detokenize", post(misc::detokenize))
         .route("/health", get(misc::health))
+        .route("/live", get(misc::live))
         .route("/version", get(misc::version))
         .route("/metrics", get(misc::metrics))
         .route("/openapi.json", get(openapi::openapi_json))

@@ -46,6 +46,11 @@ pub trait Engine: Send + Sync + 'static {
     fn observe_steps(&self, observer: crate::engine::handle::StepObserver) {
         let _ = observer;
     }
+    /// Time since the engine thread last showed it is alive; None: this
+    /// engine publishes no heartbeat (taken as alive).
+    fn heartbeat_age(&self) -> Option<std::time::Duration> {
+        None
+    }
     /// Aborts everything still running and stops the engine thread.
     fn shutdown(&self);
 }

@@ -49,6 +49,8 @@ struct Mutable {
     /// The metrics of the model the request was routed to (default: the
     /// server's first model).
     model_metrics: Option<Arc<Metrics>>,
+    /// Counts the request in flight for the drain (None: a probe or scrape).
+    _in_flight: Option<super::admit::InFlight>,
 }
 
 impl RequestRecord {
@@ -177,6 +179,9 @@ pub async fn record_request(State(state): State<Arc<AppState>>, mut req: Request
         route.unwrap_or_else(|| "unmatched".into()),
         state.metrics.clone(),
     );
+    if !matches!(rec.0.route.as_str(), "/health" | "/live" | "/metrics") {
+        rec.lock()._in_flight = Some(state.lifecycle.enter());
+    }
     req.extensions_mut().insert(rec.clone());
     let mut resp = next.run(req).await;
     rec.set_status(resp.status().as_u16());

@@ -359,6 +359,7 @@ impl EngineCore {
 
     fn publish(&mut self) {
         let s = &self.stats;
+        s.heartbeat.beat();
         let kv = self.sched.kv();
         s.num_running.store(self.sched.num_running() as u64, Relaxed);
         s.num_waiting.store(self.sched.num_waiting() as u64, Relaxed);

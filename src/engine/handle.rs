@@ -110,6 +110,12 @@ impl EngineHandle {
         self.inner.limits.check(req)
     }
 
+    /// Time since the engine thread last showed it is alive (it beats
+    /// after every step and every `stats::IDLE_WAKE` when idle).
+    pub fn heartbeat_age(&self) -> std::time::Duration {
+        self.inner.stats.heartbeat.age()
+    }
+
     pub fn stats(&self) -> EngineStats {
         self.inner.stats.snapshot()
     }
