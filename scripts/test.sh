@@ -33,6 +33,9 @@ if [ -x scripts/setup-python-clients.sh ]; then
   scripts/setup-python-clients.sh
 fi
 
+echo "== nginx and PostgreSQL (fleet tests: session affinity, shared store)"
+scripts/setup-fleet-tools.sh
+
 echo "== the CUDA backend type-checks (no GPU or toolkit needed)"
 cargo check --features cuda --all-targets --quiet
 

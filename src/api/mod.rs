@@ -272,9 +272,10 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
         CorsLayer::new()
             .allow_origin(allow)
             .allow_methods([Method::GET, Method::POST])
-            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, h("x-api-key"), h("x-request-id")])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, h("x-api-key"), h("x-request-id"), h("x-session-id")])
             .expose_headers([
                 h("x-request-id"),
+                h("x-session-id"),
                 h("x-ratelimit-limit-requests"),
                 h("x-ratelimit-remaining-requests"),
                 h("x-ratelimit-reset-requests"),
