@@ -1,10 +1,18 @@
 #!/usr/bin/env bash
-# Debian packages the fleet tests drive as real processes: nginx (session
+# The Kubernetes manifests' validator, and the Debian packages the fleet tests drive as real processes: nginx (session
 # affinity through a proxy, tests/http_affinity.rs) and PostgreSQL (the
 # shared store, tests/store_postgres.rs). Installs what is missing with
 # apt-get when it can (root, or passwordless sudo); otherwise says so and
 # the tests that need them print SKIP. Never fails the suite.
 set -uo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+# The Kubernetes manifests' validator (schemas bundled, works offline):
+# deploy/check_manifests.py, run by tests/deploy_manifests.rs.
+venv="${KILN_K8S_VENV:-$root/.venv-k8s}"
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check "kubernetes-validate>=1.31,<2" \
+  || echo "warning: kubernetes-validate could not be installed: tests/deploy_manifests.rs will skip" >&2
 
 want=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || want+=(nginx-light)
