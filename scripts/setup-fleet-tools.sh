@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The Kubernetes manifests' validator, and the Debian packages the fleet tests drive as real processes: nginx (session
-# affinity through a proxy, tests/http_affinity.rs) and PostgreSQL (the
-# shared store, tests/store_postgres.rs). Installs what is missing with
-# apt-get when it can (root, or passwordless sudo); otherwise says so and
-# the tests that need them print SKIP. Never fails the suite.
+# What the fleet tests need beyond Rust: the Kubernetes manifests' validator
+# (PyPI's kubernetes-validate, in .venv-k8s) and Debian's nginx, driven as a
+# real proxy by tests/http_affinity.rs. Installs what is missing (apt-get as
+# root or with passwordless sudo); otherwise says so and the tests that need
+# it print SKIP. Never fails the suite.
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
@@ -16,8 +16,7 @@ venv="${KILN_K8S_VENV:-$root/.venv-k8s}"
 
 want=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || want+=(nginx-light)
-ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || want+=(postgresql)
-[ ${#want[@]} -eq 0 ] && { echo "fleet tools: nginx and PostgreSQL present"; exit 0; }
+[ ${#want[@]} -eq 0 ] && { echo "fleet tools: nginx present"; exit 0; }
 
 if [ "$(id -u)" -eq 0 ]; then
   sudo=()
@@ -33,7 +32,6 @@ if ! "${sudo[@]}" apt-get install -y --no-install-recommends "${want[@]}" >/dev/
   "${sudo[@]}" apt-get install -y --no-install-recommends "${want[@]}" >/dev/null 2>&1 \
     || echo "warning: apt-get could not install ${want[*]}: the fleet tests will skip" >&2
 fi
-# Debian starts the services it installs where it can; the tests run their own.
+# Debian starts the service where it can; the test runs its own nginx.
 "${sudo[@]}" service nginx stop >/dev/null 2>&1 || true
-"${sudo[@]}" service postgresql stop >/dev/null 2>&1 || true
 exit 0

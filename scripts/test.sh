@@ -33,7 +33,7 @@ if [ -x scripts/setup-python-clients.sh ]; then
   scripts/setup-python-clients.sh
 fi
 
-echo "== nginx and PostgreSQL (fleet tests: session affinity, shared store)"
+echo "== fleet tools: nginx (session affinity test), kubernetes-validate (deploy/k8s check)"
 scripts/setup-fleet-tools.sh
 
 echo "== the CUDA backend type-checks (no GPU or toolkit needed)"
