@@ -53,6 +53,10 @@ pub struct ServerConfig {
     /// Seconds in-flight requests may drain after SIGTERM/SIGINT before they are aborted.
     #[arg(long, default_value_t = 30)]
     pub shutdown_timeout: u64,
+    /// Seconds without a heartbeat from an engine thread (it beats after
+    /// every step, and twice a second when idle) before /health says 503.
+    #[arg(long, default_value_t = 5)]
+    pub engine_heartbeat_timeout: u64,
     /// Allowed CORS origin (repeatable; "*" allows any). CORS is off when none is given.
     #[arg(long = "cors-origin")]
     pub cors_origins: Vec<String>,
@@ -99,6 +103,7 @@ impl Default for ServerConfig {
             max_prompts: 32,
             max_logprobs: 20,
             shutdown_timeout: 30,
+            engine_heartbeat_timeout: 5,
             cors_origins: Vec::new(),
             log_format: LogFormat::Text,
             sse_keepalive: 15,

@@ -110,7 +110,10 @@ fn greedy_output_usage_and_text() {
     assert_eq!(out[0].ids, expect);
     assert_eq!(out[0].text, FakeDecoder::text(&expect));
     assert_eq!(out[0].finish, Some(FinishReason::Length));
-    assert_eq!(out[0].usage, SeqUsage { prompt_tokens: 23, cached_tokens: 0, completion_tokens: 9 });
+    let u = out[0].usage;
+    assert_eq!((u.prompt_tokens, u.cached_tokens, u.completion_tokens), (23, 0, 9));
+    let t = u.timing;
+    assert!(t.prefill > std::time::Duration::ZERO && t.decode > std::time::Duration::ZERO, "prefill and decode were timed: {t:?}");
     wait_idle(&h);
     let s = h.stats();
     assert_eq!((s.prompt_tokens_total, s.generation_tokens_total), (23, 9));

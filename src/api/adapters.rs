@@ -91,7 +91,16 @@ impl Engine for EngineHandle {
             prefix_cache_hits: s.prefix_cache_hits,
             num_preemptions: s.num_preemptions,
             steps: s.steps,
+            block_size: self.config().block_size,
         }
+    }
+
+    fn heartbeat_age(&self) -> Option<std::time::Duration> {
+        Some(EngineHandle::heartbeat_age(self))
+    }
+
+    fn observe_steps(&self, observer: crate::engine::handle::StepObserver) {
+        EngineHandle::observe_steps(self, observer)
     }
 
     fn shutdown(&self) {

@@ -17,14 +17,35 @@ use crate::engine::{Priority, TokenEvent, ValidRequest};
 use crate::sampling::SamplingParams;
 use crate::engine::StopCriteria;
 
-/// Loading -> ready (a real forward pass ran) -> draining (shutdown began).
+/// Loading -> ready (a real forward pass ran) -> draining (shutdown began);
+/// and how many requests are in flight (probes and scrapes aside), for the
+/// drain to know when it is done.
 #[derive(Debug, Default)]
 pub struct Lifecycle {
     ready: AtomicBool,
     draining: AtomicBool,
+    in_flight: AtomicUsize,
+}
+
+/// One request in flight; dropped after its last byte (or its client left).
+#[derive(Debug)]
+pub struct InFlight(Arc<Lifecycle>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Lifecycle {
+    /// Counts a request in flight until the guard drops.
+    pub fn enter(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(self.clone())
+    }
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
     pub fn set_ready(&self) {
         self.ready.store(true, Ordering::SeqCst);
     }

@@ -18,7 +18,7 @@ use super::AppState;
 use crate::config::KeySpec;
 
 /// Routes reachable without a key.
-const PUBLIC_ROUTES: &[&str] = &["/health"];
+const PUBLIC_ROUTES: &[&str] = &["/health", "/live"];
 
 /// Who made the request: inserted into every request's extensions.
 #[derive(Clone)]

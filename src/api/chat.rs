@@ -59,6 +59,7 @@ pub async fn chat_completions(
     ApiJson(req): ApiJson<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
     let state = super::models::route_recorded(&state, &record, &req.model, super::ModelTask::Generate)?;
+    record.set_session_key(req.prompt_cache_key.as_deref());
     let max_param = if req.max_completion_tokens.is_some() { "max_completion_tokens" } else { "max_tokens" };
     let mut params = validate_common(&req.common(), max_param, &state.limits)?;
     params.sampling.logprobs = chat_logprobs(&req, &state.limits)?;

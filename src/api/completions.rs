@@ -116,6 +116,7 @@ pub async fn completions(
     ApiJson(req): ApiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
     let state = super::models::route_recorded(&state, &record, &req.model, super::ModelTask::Generate)?;
+    record.set_session_key(req.prompt_cache_key.as_deref());
     let mut params = validate_common(&req.common(), "max_tokens", &state.limits)?;
     params.sampling.logprobs = completion_logprobs(&req, &state.limits)?;
     let echo = req.echo.unwrap_or(false);

@@ -36,6 +36,10 @@ pub trait Embedder: Send + Sync + 'static {
     fn gauges(&self) -> EngineGauges;
     /// Length of the model's vectors.
     fn dimensions(&self) -> usize;
+    /// As `Engine::heartbeat_age`; None: no heartbeat (taken as alive).
+    fn heartbeat_age(&self) -> Option<std::time::Duration> {
+        None
+    }
     fn shutdown(&self);
 }
 
@@ -52,6 +56,9 @@ impl Embedder for EmbedHandle {
     }
     fn dimensions(&self) -> usize {
         EmbedHandle::dimensions(self)
+    }
+    fn heartbeat_age(&self) -> Option<std::time::Duration> {
+        Some(EmbedHandle::heartbeat_age(self))
     }
     fn shutdown(&self) {
         EmbedHandle::shutdown(self)
@@ -72,6 +79,9 @@ impl Embedder for BatchPriorityEmbedder {
     fn dimensions(&self) -> usize {
         self.0.dimensions()
     }
+    fn heartbeat_age(&self) -> Option<std::time::Duration> {
+        self.0.heartbeat_age()
+    }
     /// The batch layer never owns the engine: whoever started it stops it.
     fn shutdown(&self) {}
 }
@@ -86,6 +96,9 @@ impl super::port::Engine for EmbedOnly {
     }
     fn gauges(&self) -> EngineGauges {
         self.0.gauges()
+    }
+    fn heartbeat_age(&self) -> Option<std::time::Duration> {
+        self.0.heartbeat_age()
     }
     fn shutdown(&self) {
         self.0.shutdown()

@@ -76,11 +76,15 @@ pub struct Running {
 }
 
 /// Dropped before its usage step: the client went away (or the handler
-/// failed); dropping the receivers aborts the sequences in the engine.
+/// failed); dropping the receivers aborts the sequences in the engine, and
+/// each unfinished one counts as aborted.
 impl Drop for Running {
     fn drop(&mut self) {
         if !self.done {
             self.record.set_error("client disconnected");
+        }
+        for _ in self.finished.iter().filter(|&&f| !f) {
+            self.state.metrics.vllm.count_finished(FinishReason::Abort);
         }
     }
 }
@@ -155,6 +159,12 @@ impl Running {
         ApiError::Internal(detail)
     }
 
+    /// A choice's first output: its time to first token, and its prompt
+    /// counted as processed.
+    fn first_output(&self, prompt: usize, now: Instant) {
+        self.state.metrics.vllm.on_first_token(now.duration_since(self.record.started()), self.prompt_lens[prompt]);
+    }
+
     /// The prompt's logprobs if this choice has not carried them yet.
     fn take_prompt(&mut self, prompt: usize, choice: usize) -> Option<Arc<PromptLogprobs>> {
         let lps = self.prompt_logprobs[prompt].clone()?;
@@ -172,9 +182,13 @@ impl Running {
             }
             EventKind::Token { text, logprob, .. } => {
                 let now = Instant::now();
-                if let Some(prev) = self.last_token_at[choice].replace(now) {
+                let prev = self.last_token_at[choice].replace(now);
+                if let Some(prev) = prev {
                     self.state.metrics.inter_token_latency.record(now.duration_since(prev).as_secs_f64());
+                } else {
+                    self.first_output(prompt, now);
                 }
+                self.state.metrics.vllm.on_token(prev.map(|p| now.duration_since(p)));
                 self.completion_tokens += 1;
                 self.seen[choice] += 1;
                 self.record.add_completion_tokens(1);
@@ -190,6 +204,16 @@ impl Running {
                 let unsent = usage.completion_tokens.saturating_sub(self.seen[choice]);
                 self.completion_tokens += unsent;
                 self.record.add_completion_tokens(unsent);
+                let now = Instant::now();
+                if self.last_token_at[choice].is_none() && reason != FinishReason::Abort {
+                    self.first_output(prompt, now);
+                }
+                let vllm = &self.state.metrics.vllm;
+                vllm.on_unsent_tokens(unsent);
+                match reason {
+                    FinishReason::Abort => vllm.count_finished(reason),
+                    _ => vllm.on_finished(reason, now.duration_since(self.record.started()), &usage),
+                }
                 let finish = match reason {
                     FinishReason::Stop => "stop",
                     FinishReason::Length => "length",
@@ -202,6 +226,8 @@ impl Running {
                 Some(Step::Delta(Delta { choice, text, logprob: None, finish: Some(finish), prompt, stop_string }))
             }
             EventKind::Error(msg) => {
+                self.finished[choice] = true;
+                self.state.metrics.vllm.count_finished(FinishReason::Abort);
                 self.done = true;
                 self.record.set_error(&msg);
                 Some(Step::Error(ApiError::Engine(msg)))

@@ -32,9 +32,10 @@ pub fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
         CorsLayer::new()
             .allow_origin(allow)
             .allow_methods([Method::GET, Method::POST, Method::DELETE])
-            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, h("x-api-key"), h("x-request-id"), h("anthropic-version")])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, h("x-api-key"), h("x-request-id"), h("x-session-id"), h("anthropic-version")])
             .expose_headers([
                 h("x-request-id"),
+                h("x-session-id"),
                 h("x-ratelimit-limit-requests"),
                 h("x-ratelimit-remaining-requests"),
                 h("x-ratelimit-reset-requests"),

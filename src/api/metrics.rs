@@ -8,8 +8,9 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, 
 use std::sync::Arc;
 
 use super::port::EngineGauges;
+use super::vllm_metrics::{self, VllmMetrics};
 
-const META: Metadata<'static> = Metadata::new("kiln::api", Level::INFO, Some(module_path!()));
+pub(crate) const META: Metadata<'static> = Metadata::new("kiln::api", Level::INFO, Some(module_path!()));
 
 /// Latency buckets in seconds, from 1 ms to 5 minutes.
 const LATENCY_BUCKETS: &[f64] =
@@ -41,6 +42,8 @@ pub struct Metrics {
     prefix_hit_rate: Gauge,
     preemptions: Counter,
     steps: Counter,
+    /// The same model under vLLM's names (see `vllm_metrics`).
+    pub vllm: VllmMetrics,
 }
 
 impl Default for Metrics {
@@ -55,13 +58,20 @@ impl Metrics {
         Self::for_model(&Self::recorder(), "")
     }
 
-    /// A recorder to share between the models of one server.
+    /// A recorder to share between the models of one server, for models
+    /// of up to 4096 tokens of context (see `recorder_for`).
     pub fn recorder() -> Arc<PrometheusRecorder> {
-        let recorder = PrometheusBuilder::new()
+        Self::recorder_for(4096)
+    }
+
+    /// A recorder whose vLLM per-request token histograms have buckets up
+    /// to `max_model_len` (the largest context of the served models).
+    pub fn recorder_for(max_model_len: usize) -> Arc<PrometheusRecorder> {
+        // Full-name matchers (vLLM's buckets) sort before this suffix one.
+        let builder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
-            .expect("non-empty buckets")
-            .build_recorder();
-        Arc::new(recorder)
+            .expect("non-empty buckets");
+        Arc::new(vllm_metrics::with_buckets(builder, max_model_len).build_recorder())
     }
 
     /// The handles of model `model` on `recorder`.
@@ -103,6 +113,7 @@ impl Metrics {
             prefix_hit_rate: gauge("kiln_prefix_cache_hit_rate", "Prefix cache hits / queries"),
             preemptions: counter("kiln_num_preemptions_total", "Sequences preempted for lack of KV blocks"),
             steps: counter("kiln_engine_steps_total", "Engine steps run"),
+            vllm: VllmMetrics::new(recorder, model),
             recorder: recorder.clone(),
             handle,
         }
@@ -138,6 +149,7 @@ impl Metrics {
         self.prefix_hit_rate.set(ratio(g.prefix_cache_hits, g.prefix_cache_queries));
         self.preemptions.absolute(g.num_preemptions);
         self.steps.absolute(g.steps);
+        self.vllm.set_gauges(&g);
     }
 }
 

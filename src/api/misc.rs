@@ -94,17 +94,34 @@ pub async fn detokenize(
     Ok(Json(DetokenizeResponse { prompt }))
 }
 
-/// 200 once a real forward pass has run; 503 while loading or draining.
+/// Readiness: 200 once a real forward pass has run and every engine thread
+/// beat within `--engine-heartbeat-timeout`; 503 while loading, draining,
+/// or with an engine stalled ("stalled").
 #[utoipa::path(get, path = "/health", responses((status = 200, body = HealthResponse), (status = 503, body = HealthResponse)))]
 pub async fn health(State(state): State<Arc<AppState>>) -> Response {
+    let limit = std::time::Duration::from_secs(state.config.engine_heartbeat_timeout);
+    let mut all = state.served.all();
+    if all.is_empty() {
+        all.push(state.clone());
+    }
+    let stalled = all.iter().any(|s| s.engine.heartbeat_age().is_some_and(|age| age > limit));
     let (status, text) = if state.lifecycle.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining")
-    } else if state.lifecycle.is_ready() {
-        (StatusCode::OK, "ok")
-    } else {
+    } else if !state.lifecycle.is_ready() {
         (StatusCode::SERVICE_UNAVAILABLE, "loading")
+    } else if stalled {
+        (StatusCode::SERVICE_UNAVAILABLE, "stalled")
+    } else {
+        (StatusCode::OK, "ok")
     };
     (status, Json(HealthResponse { status: text.into() })).into_response()
+}
+
+/// Liveness: 200 while the process serves HTTP at all (loading and
+/// draining included); a probe that restarts the process keys on this.
+#[utoipa::path(get, path = "/live", responses((status = 200, body = HealthResponse)))]
+pub async fn live() -> Json<HealthResponse> {
+    Json(HealthResponse { status: "alive".into() })
 }
 
 #[utoipa::path(get, path = "/version", responses((status = 200, body = VersionResponse), (status = 401, body = ErrorResponse)),

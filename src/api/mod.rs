@@ -40,6 +40,7 @@ pub mod sse_named;
 pub mod structured;
 pub mod tools;
 pub mod validate;
+pub mod vllm_metrics;
 pub mod wire_in;
 pub mod wire_out;
 
@@ -140,7 +141,7 @@ impl AppState {
             return Err(ConfigError::Invalid("--served-model-name names a lone model: name each of several with --model NAME=PATH".into()));
         }
         let shared = Shared {
-            recorder: metrics::Metrics::recorder(),
+            recorder: metrics::Metrics::recorder_for(models.iter().map(|m| m.model.max_model_len).max().unwrap_or(1)),
             lifecycle: Arc::new(admit::Lifecycle::default()),
             pending: Arc::new(AtomicUsize::new(0)),
             served: Arc::new(models::Served::default()),
@@ -185,6 +186,11 @@ impl AppState {
                 (Arc::new(embeddings::EmbedOnly(embedder.clone())), ModelTask::Embed, Some(embedder), matryoshka)
             }
         };
+        let metrics = Arc::new(metrics::Metrics::for_model(&shared.recorder, &model.name));
+        if task == ModelTask::Generate {
+            let steps = metrics.vllm.iteration_tokens();
+            engine.observe_steps(Box::new(move |tokens| steps.record(tokens as f64)));
+        }
         let grammars = match task {
             ModelTask::Embed => None,
             ModelTask::Generate => match reuse.iter().find(|s| s.model.name == model.name) {
@@ -195,7 +201,7 @@ impl AppState {
         Ok(Arc::new(AppState {
             engine,
             codec,
-            metrics: Arc::new(metrics::Metrics::for_model(&shared.recorder, &model.name)),
+            metrics,
             model,
             limits,
             fingerprint,
@@ -261,6 +267,7 @@ pub fn openai_routes() -> Router<Arc<AppState>> {
 pub fn operations_routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/health", get(misc::health))
+        .route("/live", get(misc::live))
         .route("/version", get(misc::version))
         .route("/metrics", get(misc::metrics))
         .route("/openapi.json", get(openapi::openapi_json))

@@ -27,6 +27,7 @@ use super::{chat, completions, misc, AppState};
         misc::tokenize,
         misc::detokenize,
         misc::health,
+        misc::live,
         misc::version,
         misc::metrics,
     ),

@@ -19,6 +19,8 @@ pub struct EngineGauges {
     pub num_preemptions: u64,
     /// Model steps run so far (0 until the first forward pass).
     pub steps: u64,
+    /// Tokens per KV block (0: no paged cache, e.g. an embedding model).
+    pub block_size: usize,
 }
 
 /// Why the engine refused a request.
@@ -38,6 +40,17 @@ pub trait Engine: Send + Sync + 'static {
     /// receiver aborts every sequence of the request at the next step.
     fn submit(&self, request: ValidRequest) -> Result<UnboundedReceiver<TokenEvent>, SubmitError>;
     fn gauges(&self) -> EngineGauges;
+    /// Asks the engine to call `observer` with the tokens of each forward
+    /// pass (for `vllm:iteration_tokens_total`). The default ignores it:
+    /// an engine without steps of its own (a fake, a wrapper) has none.
+    fn observe_steps(&self, observer: crate::engine::handle::StepObserver) {
+        let _ = observer;
+    }
+    /// Time since the engine thread last showed it is alive; None: this
+    /// engine publishes no heartbeat (taken as alive).
+    fn heartbeat_age(&self) -> Option<std::time::Duration> {
+        None
+    }
     /// Aborts everything still running and stops the engine thread.
     fn shutdown(&self);
 }

@@ -18,6 +18,10 @@ use super::metrics::Metrics;
 use super::ratelimit::{KeyLimits, RateHeaders};
 use super::AppState;
 
+/// The session-affinity header: read from the request, echoed on the
+/// response with the key kiln used (see docs/deploy.md for routing on it).
+pub const SESSION_HEADER: &str = "x-session-id";
+
 /// nginx's status for a request whose client left before the response.
 const CLIENT_CLOSED: u16 = 499;
 
@@ -49,6 +53,11 @@ struct Mutable {
     /// The metrics of the model the request was routed to (default: the
     /// server's first model).
     model_metrics: Option<Arc<Metrics>>,
+    /// The session (affinity) key: the `x-session-id` header, else the
+    /// body's `prompt_cache_key`; echoed in `x-session-id`.
+    session_key: Option<String>,
+    /// Counts the request in flight for the drain (None: a probe or scrape).
+    _in_flight: Option<super::admit::InFlight>,
 }
 
 impl RequestRecord {
@@ -76,6 +85,11 @@ impl RequestRecord {
         &self.0.id
     }
 
+    /// When the request arrived (its latencies count from here).
+    pub fn started(&self) -> Instant {
+        self.0.start
+    }
+
     pub fn set_key_name(&self, name: &str) {
         self.lock().key_name = Some(name.to_string());
     }
@@ -96,6 +110,14 @@ impl RequestRecord {
     /// routed model's) instead of the first model's.
     pub fn set_model_metrics(&self, metrics: Arc<Metrics>) {
         self.lock().model_metrics = Some(metrics);
+    }
+
+    /// Sets the session key unless the `x-session-id` header set one.
+    pub fn set_session_key(&self, key: Option<&str>) {
+        let mut m = self.lock();
+        if m.session_key.is_none() {
+            m.session_key = key.filter(|k| !k.is_empty()).map(String::from);
+        }
     }
 
     pub fn set_error(&self, error: &str) {
@@ -172,6 +194,10 @@ pub async fn record_request(State(state): State<Arc<AppState>>, mut req: Request
         route.unwrap_or_else(|| "unmatched".into()),
         state.metrics.clone(),
     );
+    if !matches!(rec.0.route.as_str(), "/health" | "/live" | "/metrics") {
+        rec.lock()._in_flight = Some(state.lifecycle.enter());
+    }
+    rec.set_session_key(req.headers().get(SESSION_HEADER).and_then(|v| v.to_str().ok()));
     req.extensions_mut().insert(rec.clone());
     let mut resp = next.run(req).await;
     rec.set_status(resp.status().as_u16());
@@ -181,6 +207,11 @@ pub async fn record_request(State(state): State<Arc<AppState>>, mut req: Request
     rec.rate_headers().apply(resp.headers_mut());
     if let Ok(v) = HeaderValue::from_str(rec.id()) {
         resp.headers_mut().insert("x-request-id", v);
+    }
+    // A key that is no valid header value (e.g. non-ASCII) is not echoed.
+    let session = rec.lock().session_key.clone();
+    if let Some(v) = session.and_then(|k| HeaderValue::from_str(&k).ok()) {
+        resp.headers_mut().insert(SESSION_HEADER, v);
     }
     resp
 }

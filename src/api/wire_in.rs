@@ -118,6 +118,9 @@ pub struct ChatCompletionRequest {
     pub logit_bias: Option<BTreeMap<String, f64>>,
     pub ignore_eos: Option<bool>,
     pub user: Option<String>,
+    /// OpenAI's cache-routing key: kiln echoes it in `x-session-id` (an
+    /// `x-session-id` request header wins) for a proxy to route on.
+    pub prompt_cache_key: Option<String>,
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
     /// `{"type": "text"}`, `{"type": "json_object"}` or `{"type": "json_schema",
@@ -208,6 +211,9 @@ pub struct CompletionRequest {
     pub echo: Option<bool>,
     pub ignore_eos: Option<bool>,
     pub user: Option<String>,
+    /// OpenAI's cache-routing key: kiln echoes it in `x-session-id` (an
+    /// `x-session-id` request header wins) for a proxy to route on.
+    pub prompt_cache_key: Option<String>,
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
     /// As in chat completions (an extension of the legacy API, as in vLLM).

@@ -29,8 +29,14 @@ use crate::sampling::TokenMask;
 
 pub(crate) enum EngineMsg {
     Add(Box<ValidRequest>, UnboundedSender<TokenEvent>),
+    /// From now on, call this with the tokens of every step run.
+    ObserveSteps(StepObserver),
     Shutdown,
 }
+
+/// Called by the engine thread after each forward pass with the number of
+/// tokens it computed (prefill chunks and decode tokens together).
+pub type StepObserver = Box<dyn Fn(usize) + Send>;
 
 struct RequestState {
     tx: UnboundedSender<TokenEvent>,
@@ -55,6 +61,7 @@ pub(crate) struct EngineCore {
     stats: Arc<StatsCells>,
     /// Sequences taken from the inbox since counters were last published.
     drained: u64,
+    step_observer: Option<StepObserver>,
 }
 
 impl EngineCore {
@@ -78,6 +85,7 @@ impl EngineCore {
             next_request: 0,
             stats,
             drained: 0,
+            step_observer: None,
         }
     }
 
@@ -120,6 +128,10 @@ impl EngineCore {
         match msg {
             EngineMsg::Add(req, tx) => {
                 self.add(*req, tx);
+                true
+            }
+            EngineMsg::ObserveSteps(f) => {
+                self.step_observer = Some(f);
                 true
             }
             EngineMsg::Shutdown => false,
@@ -190,7 +202,16 @@ impl EngineCore {
             }
             return;
         }
+        let now = std::time::Instant::now();
+        for s in &out.seqs {
+            if let Some(o) = self.outputs.get_mut(&s.id) {
+                o.on_scheduled(now);
+            }
+        }
         let result = self.execute(&out);
+        if let Some(f) = &self.step_observer {
+            f(out.num_batched_tokens);
+        }
         let prompt = self.runner.take_prompt_logprobs();
         if result.is_ok() {
             self.on_prompt_logprobs(&out, prompt);
@@ -339,6 +360,7 @@ impl EngineCore {
 
     fn publish(&mut self) {
         let s = &self.stats;
+        s.heartbeat.beat();
         let kv = self.sched.kv();
         s.num_running.store(self.sched.num_running() as u64, Relaxed);
         s.num_waiting.store(self.sched.num_waiting() as u64, Relaxed);

@@ -11,6 +11,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use super::config::{EngineConfig, EngineError, Limits};
 use super::core::{EngineCore, EngineMsg};
+pub use super::core::StepObserver;
 use super::kv_cache::KvManager;
 use super::output::{TextDecoder, TokenizerDecoder};
 use super::scheduler::{Scheduler, SchedulerConfig};
@@ -97,10 +98,22 @@ impl EngineHandle {
         Ok(rx)
     }
 
+    /// Has the engine thread call `observer` after every forward pass with
+    /// the number of tokens that pass computed (replaces any earlier one).
+    pub fn observe_steps(&self, observer: StepObserver) {
+        let _ = self.inner.tx.send(EngineMsg::ObserveSteps(observer));
+    }
+
     /// The checks `submit` makes (prompt not empty, ids in the vocabulary,
     /// prompt + max_tokens within the context window and the KV pool).
     pub fn validate(&self, req: &ValidRequest) -> Result<(), EngineError> {
         self.inner.limits.check(req)
+    }
+
+    /// Time since the engine thread last showed it is alive (it beats
+    /// after every step and every `stats::IDLE_WAKE` when idle).
+    pub fn heartbeat_age(&self) -> std::time::Duration {
+        self.inner.stats.heartbeat.age()
     }
 
     pub fn stats(&self) -> EngineStats {

@@ -1,17 +1,25 @@
 //! The inbox of an engine thread (the generation engine in core.rs, the
 //! embedding engine in embed/): every queued message is taken at once, and
-//! the thread blocks only when it has nothing else to do.
+//! the thread blocks only when it has nothing else to do, and then for at
+//! most `IDLE_WAKE` (so that it can publish its heartbeat).
 
-use crossbeam_channel::{Receiver, TryRecvError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 
-/// Hands every queued message to `handle`, first blocking for one when
-/// `idle`. Returns false once `handle` returns false (shutdown) or every
-/// sender is gone; true when the queue is empty and work remains.
+use super::stats::IDLE_WAKE;
+
+/// Hands every queued message to `handle`, first waiting up to `IDLE_WAKE`
+/// for one when `idle`. Returns false once `handle` returns false
+/// (shutdown) or every sender is gone; true when the queue is empty.
 pub(crate) fn drain<M>(rx: &Receiver<M>, idle: bool, mut handle: impl FnMut(M) -> bool) -> bool {
     if idle {
-        let Ok(msg) = rx.recv() else { return false };
-        if !handle(msg) {
-            return false;
+        match rx.recv_timeout(IDLE_WAKE) {
+            Ok(msg) => {
+                if !handle(msg) {
+                    return false;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => return true,
+            Err(RecvTimeoutError::Disconnected) => return false,
         }
     }
     loop {
@@ -45,6 +53,7 @@ mod tests {
         assert_eq!(seen, [0, 1, 2, 3, 4]);
         tx.send(7).unwrap();
         assert!(!drain(&rx, false, |m| m != 7), "a handler's false is a shutdown");
+        assert!(drain(&rx, true, |_| true), "an idle wait ends after IDLE_WAKE");
         drop(tx);
         assert!(!drain(&rx, true, |_| true), "no sender left");
     }

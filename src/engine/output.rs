@@ -2,9 +2,10 @@
 //! generated id into the `EventKind`s the request's receiver gets.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::stop::{StopMatcher, StopScan};
-use super::types::{EventKind, FinishReason, SeqUsage, StopCriteria, TokenLogprob};
+use super::types::{EventKind, FinishReason, SeqTiming, SeqUsage, StopCriteria, TokenLogprob};
 use crate::tokenizer::{IncrementalDetokenizer, Tokenizer};
 
 /// What the engine needs from a tokenizer: one incremental text stream per
@@ -71,6 +72,29 @@ pub struct SeqOutput {
     text: Box<dyn TextStream>,
     stop: StopMatcher,
     pub num_generated: usize,
+    clock: SeqClock,
+}
+
+/// When a sequence reached each phase (see `SeqTiming`).
+struct SeqClock {
+    arrived: Instant,
+    scheduled: Option<Instant>,
+    first_token: Option<Instant>,
+    last_token: Option<Instant>,
+}
+
+impl SeqClock {
+    fn timing(&self) -> SeqTiming {
+        let span = |a: Option<Instant>, b: Option<Instant>| match (a, b) {
+            (Some(a), Some(b)) => b.saturating_duration_since(a),
+            _ => Default::default(),
+        };
+        SeqTiming {
+            queued: span(Some(self.arrived), self.scheduled),
+            prefill: span(self.scheduled, self.first_token),
+            decode: span(self.first_token, self.last_token),
+        }
+    }
 }
 
 /// The sequence ended: why, and the text to send with `Finished`.
@@ -85,7 +109,13 @@ pub struct Finish {
 impl SeqOutput {
     pub fn new(rules: Arc<StopRules>, text: Box<dyn TextStream>) -> SeqOutput {
         let stop = StopMatcher::new(&rules.stop_strings);
-        SeqOutput { rules, text, stop, num_generated: 0 }
+        let clock = SeqClock { arrived: Instant::now(), scheduled: None, first_token: None, last_token: None };
+        SeqOutput { rules, text, stop, num_generated: 0, clock }
+    }
+
+    /// Marks the sequence scheduled (only its first step counts).
+    pub fn on_scheduled(&mut self, now: Instant) {
+        self.clock.scheduled.get_or_insert(now);
     }
 
     /// Takes one generated id; `seq_len` is the sequence's length with it.
@@ -98,6 +128,9 @@ impl SeqOutput {
         seq_len: usize,
     ) -> (Option<EventKind>, Option<Finish>) {
         self.num_generated += 1;
+        let now = Instant::now();
+        self.clock.first_token.get_or_insert(now);
+        self.clock.last_token = Some(now);
         if self.rules.stop_ids.contains(&id) {
             return (None, Some(self.finish_with(FinishReason::Stop)));
         }
@@ -140,6 +173,6 @@ impl SeqOutput {
     }
 
     pub fn usage(&self, prompt_tokens: usize, cached_tokens: usize) -> SeqUsage {
-        SeqUsage { prompt_tokens, cached_tokens, completion_tokens: self.num_generated }
+        SeqUsage { prompt_tokens, cached_tokens, completion_tokens: self.num_generated, timing: self.clock.timing() }
     }
 }

@@ -2,6 +2,37 @@
 //! anyone through `EngineHandle::stats`.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+/// The engine thread's pulse: it beats after every step and, when idle, at
+/// least every `IDLE_WAKE`; readers see how long ago the last beat was. A
+/// step that never returns (a hung kernel, a deadlock) stops the beats.
+#[derive(Debug)]
+pub struct Heartbeat {
+    epoch: Instant,
+    /// Milliseconds after `epoch` of the last beat.
+    last_ms: AtomicU64,
+}
+
+/// How long an idle engine thread waits for a message before it beats again.
+pub const IDLE_WAKE: Duration = Duration::from_millis(500);
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Heartbeat { epoch: Instant::now(), last_ms: AtomicU64::new(0) }
+    }
+}
+
+impl Heartbeat {
+    pub fn beat(&self) {
+        self.last_ms.store(self.epoch.elapsed().as_millis() as u64, Relaxed);
+    }
+
+    /// Time since the last beat.
+    pub fn age(&self) -> Duration {
+        self.epoch.elapsed().saturating_sub(Duration::from_millis(self.last_ms.load(Relaxed)))
+    }
+}
 
 /// A snapshot of the engine's counters. Gauges are `num_*` and `kv_*`;
 /// everything else counts up from start.
@@ -49,6 +80,7 @@ pub(crate) struct StatsCells {
     pub steps: AtomicU64,
     pub computed_tokens_total: AtomicU64,
     pub requests_finished: AtomicU64,
+    pub heartbeat: Heartbeat,
 }
 
 impl StatsCells {

@@ -105,4 +105,18 @@ pub struct SeqUsage {
     /// Prompt tokens served from the prefix cache.
     pub cached_tokens: usize,
     pub completion_tokens: usize,
+    /// Where the sequence's time went inside the engine.
+    pub timing: SeqTiming,
+}
+
+/// A sequence's phases inside the engine, as vLLM's request metrics split
+/// them (vllm/v1/metrics/stats.py: queued, prefill, decode): `queued` from
+/// the engine taking the request in to its first scheduled step; `prefill`
+/// from then to its first sampled token; `decode` from that token to its
+/// last. A phase never reached is zero.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SeqTiming {
+    pub queued: std::time::Duration,
+    pub prefill: std::time::Duration,
+    pub decode: std::time::Duration,
 }

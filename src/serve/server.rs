@@ -3,10 +3,12 @@
 //! Start: bind, answer 503 (/health: "loading") while the model loads on a
 //! blocking thread, then serve it; one real request runs through the engine
 //! and only then does /health say 200.
-//! Stop (SIGTERM / SIGINT): /health says 503 "draining", new generation
-//! requests get 503, the listener stops accepting, in-flight requests run
-//! to completion for up to `--shutdown-timeout` seconds; then the engine
-//! aborts the rest (streams get an error event), and `serve_with` returns Ok.
+//! Stop (SIGTERM / SIGINT): at once /health says 503 "draining" and new
+//! generation requests get 503 with `retry-after` (a proxy retries them on
+//! another replica); the listener keeps answering until the requests in
+//! flight have ended, for up to `--shutdown-timeout` seconds, then stops
+//! accepting; at the deadline the engine aborts the rest (streams get an
+//! error event), and `serve_with` returns Ok. /live answers 200 throughout.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -144,6 +146,9 @@ fn front(slot: Slot) -> Router {
         async move {
             match slot.get() {
                 Some((app, _)) => app.clone().oneshot(req).await,
+                None if req.uri().path() == "/live" => {
+                    Ok(Json(HealthResponse { status: "alive".into() }).into_response())
+                }
                 None if req.uri().path() == "/health" => {
                     Ok((StatusCode::SERVICE_UNAVAILABLE, Json(HealthResponse { status: "loading".into() })).into_response())
                 }
@@ -180,17 +185,27 @@ where
     tracing::info!(address = %local, keys = !config.keys()?.is_empty(), "listening on http://{local}");
 
     let slot: Slot = Arc::new(OnceLock::new());
+    // stop: the listener stops accepting; drain: the deadline starts.
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (drain_tx, drain_rx) = watch::channel(false);
     let stop_tx = Arc::new(stop_tx);
     let load_error = Arc::new(std::sync::Mutex::new(None));
     tokio::spawn(load_then_serve(config, load, slot.clone(), stop_tx.clone(), load_error.clone()));
     let on_signal = slot.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
-        if let Some((_, states)) = on_signal.get() {
-            states[0].lifecycle.start_draining();
-        }
         tracing::info!("shutdown signal: draining in-flight requests for up to {}s", timeout.as_secs());
+        let _ = drain_tx.send(true);
+        if let Some((_, states)) = on_signal.get() {
+            let lifecycle = states[0].lifecycle.clone();
+            lifecycle.start_draining();
+            let idle = async {
+                while lifecycle.in_flight() > 0 {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            };
+            let _ = tokio::time::timeout(timeout, idle).await;
+        }
         let _ = stop_tx.send(true);
     });
 
@@ -200,7 +215,7 @@ where
     });
     let server = std::future::IntoFuture::into_future(server);
     tokio::pin!(server);
-    let mut deadline_rx = stop_rx;
+    let mut deadline_rx = drain_rx;
     let deadline = async move {
         let _ = deadline_rx.wait_for(|&s| s).await;
         tokio::time::sleep(timeout).await;

@@ -102,7 +102,7 @@ async fn script(req: ValidRequest, tx: UnboundedSender<TokenEvent>) {
         tx.closed().await;
         return;
     }
-    let usage = |completion| SeqUsage { prompt_tokens: req.prompt_ids.len(), cached_tokens: 1, completion_tokens: completion };
+    let usage = |completion| SeqUsage { prompt_tokens: req.prompt_ids.len(), cached_tokens: 1, completion_tokens: completion, ..Default::default() };
     let send = |index, kind| tx.send(TokenEvent { index, kind }).is_ok();
     for step in 0..req.stop.max_tokens {
         if prompt.contains("SLOW") {

@@ -151,6 +151,12 @@ impl EmbedHandle {
 
     /// Counters: `num_running` is the inputs of the step in progress,
     /// `num_waiting` the inputs queued, `prompt_tokens_total` the tokens encoded.
+    /// Time since the worker thread last showed it is alive (it beats
+    /// before every batch it runs and every `stats::IDLE_WAKE` when idle).
+    pub fn heartbeat_age(&self) -> std::time::Duration {
+        self.inner.stats.heartbeat.age()
+    }
+
     pub fn stats(&self) -> EngineStats {
         self.inner.stats.snapshot()
     }
@@ -196,7 +202,9 @@ struct Worker {
 
 impl Worker {
     fn run(mut self, rx: Receiver<Msg>) {
+        self.stats.heartbeat.beat();
         while self.drain(&rx) {
+            self.stats.heartbeat.beat();
             let requests = &self.requests;
             self.queue.retain(|r| requests.get(&r).is_some_and(|p| !p.tx.is_closed()));
             self.requests.retain(|_, p| !p.tx.is_closed());
