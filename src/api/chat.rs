@@ -69,11 +69,13 @@ pub async fn chat_completions(
     let messages = template_messages(&req.messages)?;
     let plan = parse_plan(req.tools.as_ref(), req.tool_choice.as_ref(), req.parallel_tool_calls, state.tool_format)?;
     let spec = request_grammar(&state, &req, plan.as_ref())?;
-    let pending = admit(&state, &caller, &record)?;
+    // Compiled (and checked against llguidance's limits) before admission:
+    // a grammar kiln cannot run is a 400 that takes no place in the queue.
     let grammar = match spec {
         Some((spec, param)) => Some(compile(&state, spec, param).await?),
         None => None,
     };
+    let pending = admit(&state, &caller, &record)?;
 
     let codec = state.codec.clone();
     let prompt_plan = plan.clone();
@@ -91,7 +93,7 @@ pub async fn chat_completions(
     let jobs = vec![PromptJob { prompt_ids: ids, max_tokens, grammar }];
     let rxs = submit_all(&state, &meta.id, jobs, &params.sampling, &params.stop, params.n)?;
     let running = Running::new(rxs, params.n, prompt_lens, pending, record, state.clone());
-    let tools = plan.filter(ToolPlan::active).map(|p| p.format);
+    let tools = plan.as_ref().and_then(ToolPlan::reading);
     if params.stream {
         let format = ChatChunks::new(meta, state.codec.clone(), params.include_usage, params.n, tools);
         return Ok(sse_response(running, format, Duration::from_secs(state.config.sse_keepalive)));

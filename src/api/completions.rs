@@ -123,11 +123,11 @@ pub async fn completions(
     params.sampling.prompt_logprobs = params.sampling.logprobs.filter(|_| echo);
     let raw = raw_prompts(&req.prompt, &state.limits)?;
     let spec = parse_response_format(req.response_format.as_ref())?;
-    let pending = admit(&state, &caller, &record)?;
     let grammar = match spec {
         Some(spec) => Some(compile(&state, spec, "response_format").await?),
         None => None,
     };
+    let pending = admit(&state, &caller, &record)?;
 
     let codec = state.codec.clone();
     let prompts = blocking(move || tokenize(codec.as_ref(), raw, echo)).await?;

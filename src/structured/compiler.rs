@@ -9,6 +9,7 @@ use llguidance::{Matcher, ParserFactory};
 use toktrie::TokEnv;
 
 use super::cache::LruCache;
+use super::limits::oversized_prediction;
 use super::spec::GrammarSpec;
 use super::tokenv::{KilnTokEnv, TokenizeFn, VocabBytes};
 use crate::sampling::mask::mask_words;
@@ -63,6 +64,13 @@ impl GrammarCompiler {
         }
         let start = Instant::now();
         let parser = self.factory.create_parser(spec.to_llguidance()).map_err(|e| GrammarError::Invalid(format!("{e:#}")))?;
+        let limit = self.factory.limits().max_items_in_row;
+        if oversized_prediction(parser.parser.grammar(), limit).is_some() {
+            return Err(GrammarError::Invalid(format!(
+                "the schema offers more than {limit} alternatives at one point (an anyOf, oneOf or type list with that many \
+                 non-constant choices); the grammar engine (llguidance) accepts at most {limit} there"
+            )));
+        }
         let matcher = Matcher::new(Ok(parser));
         if let Some(e) = matcher.get_error() {
             return Err(GrammarError::Invalid(e));
@@ -145,5 +153,53 @@ impl GrammarState {
     /// The grammar is complete and allows nothing more: the sequence ends.
     pub fn is_finished(&self) -> bool {
         self.matcher.is_stopped()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A byte-level toy vocabulary: id 0 is EOS, ids 1..=256 the bytes.
+    fn byte_compiler() -> GrammarCompiler {
+        let mut tokens = vec![b"<eos>".to_vec()];
+        tokens.extend((0..=255u8).map(|b| vec![b]));
+        let v = VocabBytes { tokens, special: vec![0], eos_ids: vec![0], bos_id: None };
+        let tokenize: TokenizeFn = Arc::new(|t: &str| t.bytes().map(|b| b as u32 + 1).collect());
+        GrammarCompiler::new(&v, tokenize, 4).unwrap()
+    }
+
+    /// Drives `g` greedily over `text`'s bytes, returning the first error.
+    fn walk(g: &CompiledGrammar, text: &str) -> Result<(), String> {
+        let mut s = g.start();
+        for b in text.bytes() {
+            s.next_mask(mask_words(257))?;
+            s.consume(b as u32 + 1)?;
+        }
+        s.next_mask(mask_words(257)).map(|_| ())
+    }
+
+    fn alternatives(n: usize) -> Vec<serde_json::Value> {
+        (0..n).map(|i| json!({"type": "object", "properties": {format!("k{i}"): {"type": "integer"}}, "required": [format!("k{i}")]})).collect()
+    }
+
+    /// An `anyOf` of more than 2000 objects below the top level compiled,
+    /// and failed only when generation reached it ("Current row has 2100
+    /// items; max is 2000"): it is refused at compile time now.
+    #[test]
+    fn a_choice_over_the_row_limit_is_refused_at_compile_time() {
+        let c = byte_compiler();
+        let big = json!({"type": "object", "properties": {"a": {"anyOf": alternatives(2100)}}, "required": ["a"]});
+        let Err(GrammarError::Invalid(msg)) = c.compile(&GrammarSpec::JsonSchema(big)) else { panic!("compiled") };
+        assert!(msg.contains("more than 2000 alternatives"), "{msg}");
+        // Under the limit, and many plain constants (one lexeme), still pass
+        // and can be walked to the choice.
+        let small = json!({"type": "object", "properties": {"a": {"anyOf": alternatives(1500)}}, "required": ["a"]});
+        let g = c.compile(&GrammarSpec::JsonSchema(small)).unwrap().grammar;
+        walk(&g, "{\"a\": {\"k7\": 1").unwrap();
+        let names: Vec<String> = (0..5000).map(|i| format!("v{i}")).collect();
+        let g = c.compile(&GrammarSpec::JsonSchema(json!({"enum": names}))).unwrap().grammar;
+        walk(&g, "\"v4999\"").unwrap();
     }
 }

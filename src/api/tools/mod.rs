@@ -19,7 +19,7 @@ mod scan;
 use serde_json::Value;
 
 use super::error::ApiError;
-pub use format::{ParsedOutput, ToolEvent, ToolFormat, ToolStream, PARSER_NAMES};
+pub use format::{CallReading, ParsedOutput, ToolEvent, ToolFormat, ToolStream, PARSER_NAMES};
 
 /// One function tool.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,6 +51,13 @@ impl ToolPlan {
     /// Whether the output is read for calls.
     pub fn active(&self) -> bool {
         self.choice != ToolChoice::None
+    }
+
+    /// How the output is read for calls (None with `tool_choice: none`).
+    pub fn reading(&self) -> Option<CallReading> {
+        let forced = matches!(self.choice, ToolChoice::Required | ToolChoice::Named(_));
+        let names = || self.callable().iter().map(|t| t.name.clone()).collect();
+        self.active().then(|| CallReading { format: self.format, forced: forced.then(names) })
     }
 
     /// The tools calls may name: all, or the one `tool_choice` names.
