@@ -18,7 +18,7 @@ use super::json::ApiJson;
 use super::messages::template_messages;
 use super::reqlog::RequestRecord;
 use super::sse::sse_response;
-use super::structured::{compile, parse_response_format};
+use super::structured::{compile, compile_tools, parse_response_format};
 use super::tools::grammar::tool_grammar;
 use super::tools::prompt::render_prompt;
 use super::tools::{parse_plan, ToolChoice, ToolFormat, ToolPlan};
@@ -71,9 +71,10 @@ pub async fn chat_completions(
     let spec = request_grammar(&state, &req, plan.as_ref())?;
     // Compiled (and checked against llguidance's limits) before admission:
     // a grammar kiln cannot run is a 400 that takes no place in the queue.
-    let grammar = match spec {
-        Some((spec, param)) => Some(compile(&state, spec, param).await?),
-        None => None,
+    let grammar = match (spec, plan.as_ref()) {
+        (Some((spec, "tools")), Some(p)) => Some(compile_tools(&state, spec, p).await?),
+        (Some((spec, param)), _) => Some(compile(&state, spec, param).await?),
+        (None, _) => None,
     };
     let pending = admit(&state, &caller, &record)?;
 

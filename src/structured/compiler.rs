@@ -162,7 +162,7 @@ mod tests {
     use serde_json::json;
 
     /// A byte-level toy vocabulary: id 0 is EOS, ids 1..=256 the bytes.
-    fn byte_compiler() -> GrammarCompiler {
+    pub(super) fn byte_compiler() -> GrammarCompiler {
         let mut tokens = vec![b"<eos>".to_vec()];
         tokens.extend((0..=255u8).map(|b| vec![b]));
         let v = VocabBytes { tokens, special: vec![0], eos_ids: vec![0], bos_id: None };

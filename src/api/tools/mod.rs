@@ -114,6 +114,15 @@ fn parse_tool(v: &Value, i: usize) -> Result<ToolDef, ApiError> {
         Some(s @ Value::Object(_)) => s.clone(),
         Some(_) => return Err(bad(format!("{p}.function.parameters must be a JSON schema object"), format!("{p}.function.parameters"))),
     };
+    // Arguments are a JSON object (OpenAI refuses other schemas too).
+    match parameters.get("type") {
+        None => {}
+        Some(Value::String(t)) if t == "object" => {}
+        Some(t) => {
+            let msg = format!("{p}.function.parameters must describe an object ({{\"type\": \"object\", ...}}), got \"type\": {t}");
+            return Err(bad(msg, format!("{p}.function.parameters")));
+        }
+    }
     let description = f.get("description").and_then(Value::as_str).map(str::to_string);
     Ok(ToolDef { name, description, parameters })
 }
@@ -191,6 +200,11 @@ mod tests {
         assert_eq!(plan(json!([]), json!("required")).unwrap_err().param().as_deref(), Some("tool_choice"));
         let bad_name = json!([{"type": "function", "function": {"name": "a b"}}]);
         assert_eq!(plan(bad_name, Value::Null).unwrap_err().param().as_deref(), Some("tools[0].function.name"));
+        // Accepted before: the arguments of a call are always an object.
+        let string_params = json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}]);
+        let e = plan(string_params, Value::Null).unwrap_err();
+        assert_eq!(e.param().as_deref(), Some("tools[0].function.parameters"));
+        assert!(e.to_string().contains("must describe an object"), "{e}");
         let bad_type = json!([{"type": "code_interpreter"}]);
         assert_eq!(plan(bad_type, Value::Null).unwrap_err().param().as_deref(), Some("tools[0].type"));
     }
