@@ -120,10 +120,12 @@ fn request_grammar(
         return Ok(Some((f, "response_format")));
     }
     let Some(plan) = plan else { return Ok(None) };
-    let mistral = (plan.format == ToolFormat::Mistral)
-        .then(|| state.codec.encode("[TOOL_CALLS]", false).ok())
+    // The format's marker as one control token ([TOOL_CALLS], <|python_tag|>).
+    let marker = (plan.format != ToolFormat::Hermes)
+        .then(|| plan.format.marker())
         .flatten()
+        .and_then(|m| state.codec.encode(m, false).ok())
         .filter(|ids| ids.len() == 1)
         .map(|ids| ids[0]);
-    Ok(tool_grammar(plan, mistral).map(|g| (g, "tools")))
+    Ok(tool_grammar(plan, marker).map(|g| (g, "tools")))
 }

@@ -120,8 +120,8 @@ impl Limits {
         if req.n == 0 {
             return bad("n must be at least 1".into());
         }
-        if m == 0 {
-            return bad("max_tokens must be at least 1".into());
+        if m == 0 && req.n > 1 {
+            return bad("max_tokens 0 (the prompt alone, for its logprobs) takes n = 1".into());
         }
         if req.sampling.prompt_logprobs.is_some() && !self.prompt_logprobs {
             return bad("prompt logprobs (echo with logprobs) are not supported on this backend; use the CPU backend".into());

@@ -95,6 +95,12 @@ impl SeqOutput {
         logprob: Option<TokenLogprob>,
         seq_len: usize,
     ) -> (Option<EventKind>, Option<Finish>) {
+        if self.rules.max_tokens == 0 {
+            // A prompt-only sequence (echo with max_tokens 0, for the
+            // prompt's logprobs): the token sampled after the prompt is
+            // not output.
+            return (None, Some(Finish { reason: FinishReason::Length, text: String::new() }));
+        }
         self.num_generated += 1;
         if self.rules.stop_ids.contains(&id) {
             return (None, Some(self.finish_with(FinishReason::Stop)));

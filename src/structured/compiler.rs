@@ -156,28 +156,50 @@ impl GrammarState {
     }
 }
 
+/// A byte-level toy vocabulary for tests: id 0 is EOS, ids 1..=256 the
+/// bytes 0..=255, then the given control tokens.
 #[cfg(test)]
-mod tests {
+pub(crate) mod test_vocab {
     use super::*;
-    use serde_json::json;
 
-    /// A byte-level toy vocabulary: id 0 is EOS, ids 1..=256 the bytes.
-    pub(super) fn byte_compiler() -> GrammarCompiler {
+    pub fn byte_compiler(specials: &[&str]) -> GrammarCompiler {
         let mut tokens = vec![b"<eos>".to_vec()];
         tokens.extend((0..=255u8).map(|b| vec![b]));
-        let v = VocabBytes { tokens, special: vec![0], eos_ids: vec![0], bos_id: None };
+        let special: Vec<u32> = std::iter::once(0).chain((0..specials.len()).map(|i| 257 + i as u32)).collect();
+        tokens.extend(specials.iter().map(|s| s.as_bytes().to_vec()));
+        let v = VocabBytes { tokens, special, eos_ids: vec![0], bos_id: None };
         let tokenize: TokenizeFn = Arc::new(|t: &str| t.bytes().map(|b| b as u32 + 1).collect());
         GrammarCompiler::new(&v, tokenize, 4).unwrap()
     }
 
-    /// Drives `g` greedily over `text`'s bytes, returning the first error.
-    fn walk(g: &CompiledGrammar, text: &str) -> Result<(), String> {
+    /// The ids of `text`'s bytes.
+    pub fn bytes(text: &str) -> Vec<u32> {
+        text.bytes().map(|b| b as u32 + 1).collect()
+    }
+
+    /// Feeds `ids` to a fresh state of `g`, checking each against the mask
+    /// first; the first refusal is the error.
+    pub fn walk_ids(g: &CompiledGrammar, ids: &[u32]) -> Result<GrammarState, String> {
         let mut s = g.start();
-        for b in text.bytes() {
-            s.next_mask(mask_words(257))?;
-            s.consume(b as u32 + 1)?;
+        for &id in ids {
+            let m = s.next_mask(mask_words(g.vocab_size))?;
+            if !crate::sampling::mask::is_allowed(&m, id) {
+                return Err(format!("token {id} is masked"));
+            }
+            s.consume(id)?;
         }
-        s.next_mask(mask_words(257)).map(|_| ())
+        Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_vocab::*;
+    use super::*;
+    use serde_json::json;
+
+    fn walk(g: &CompiledGrammar, text: &str) -> Result<(), String> {
+        walk_ids(g, &bytes(text)).and_then(|mut s| s.next_mask(mask_words(257)).map(|_| ()))
     }
 
     fn alternatives(n: usize) -> Vec<serde_json::Value> {
@@ -189,7 +211,7 @@ mod tests {
     /// items; max is 2000"): it is refused at compile time now.
     #[test]
     fn a_choice_over_the_row_limit_is_refused_at_compile_time() {
-        let c = byte_compiler();
+        let c = byte_compiler(&[]);
         let big = json!({"type": "object", "properties": {"a": {"anyOf": alternatives(2100)}}, "required": ["a"]});
         let Err(GrammarError::Invalid(msg)) = c.compile(&GrammarSpec::JsonSchema(big)) else { panic!("compiled") };
         assert!(msg.contains("more than 2000 alternatives"), "{msg}");

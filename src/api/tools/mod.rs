@@ -5,8 +5,10 @@
 //!
 //! `tool_choice`:
 //! - `none`: tools are left out of the prompt, output is text;
-//! - `auto` (the default with tools): text or calls; with the Hermes format
-//!   a lazy grammar constrains each call from its `<tool_call>` on;
+//! - `auto` (the default with tools): text or calls; a call is constrained
+//!   from the point the output shows it is one (Hermes: lazily from each
+//!   `<tool_call>`; Llama 3 JSON: a reply opening with `{`; Mistral: the
+//!   `[TOOL_CALLS]` that opens the reply; see `grammar.rs`);
 //! - `required` / `{"type": "function", "function": {"name": ...}}`: the
 //!   whole output is generated under a grammar built from the tools'
 //!   parameter schemas, so every call's arguments validate.
