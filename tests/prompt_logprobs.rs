@@ -151,7 +151,7 @@ fn mistral() {
 }
 
 /// A runner that does not compute prompt logprobs (the fake one here; the
-/// CUDA runner likewise) makes the engine refuse such requests at submit,
+/// CPU and CUDA runners both do) makes the engine refuse such requests at submit,
 /// which the HTTP layer answers with a 400.
 #[test]
 fn runners_without_prompt_logprobs_refuse_them() {
