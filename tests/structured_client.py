@@ -262,7 +262,8 @@ def _metric(server, name):
     req = urllib.request.Request(server + "/metrics", headers={"authorization": "Bearer " + KEY})
     text = urllib.request.urlopen(req).read().decode()
     m = re.search(rf"^{name}(?:\{{[^}}]*\}})? (\S+)", text, re.M)
-    return float(m.group(1)) if m else 0.0
+    assert m, f"{name} not in /metrics"
+    return float(m.group(1))
 
 
 def test_a_choice_over_llguidance_limits_is_a_400_before_admission(client, server):
@@ -280,7 +281,9 @@ def test_a_choice_over_llguidance_limits_is_a_400_before_admission(client, serve
     with pytest.raises(openai.BadRequestError) as e:
         chat(client, messages=ASK_WEATHER, tools=tools, tool_choice="required")
     assert e.value.body["param"] == "tools[0].function.parameters" and "2000" in e.value.body["message"]
-    # Nothing held: no waiting request left behind, and the server serves on.
+    # Nothing held: no admitted request left pending or waiting in the
+    # engine, and the server serves on.
+    assert _metric(server, "kiln_num_requests_pending") == 0
     assert _metric(server, "kiln_num_requests_waiting") == 0
     assert chat(client, messages=ASK_WEATHER, max_tokens=4).choices[0].finish_reason == "length"
 
