@@ -64,8 +64,8 @@ pub struct EmbedEngine {
     pub model_name: String,
     /// Most tokens in one input.
     pub max_model_len: usize,
-    /// The model allows `dimensions` (Matryoshka truncation).
-    pub matryoshka: bool,
+    /// Which `dimensions` the model allows (Matryoshka truncation).
+    pub matryoshka: crate::model::pooling::Matryoshka,
 }
 
 /// The input limit: the smallest of `--max-model-len`, sentence-transformers'
@@ -95,21 +95,21 @@ pub fn start_embedding(args: &EngineArgs, path: &Path) -> anyhow::Result<EmbedEn
         let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
     }
     let name = path.file_name().or(path.file_stem()).map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
-    let (runner, tokenizer, limit, matryoshka, vocab): (Box<dyn EncoderRunner>, Tokenizer, usize, bool, usize) =
+    let (runner, tokenizer, limit, matryoshka, vocab): (Box<dyn EncoderRunner>, Tokenizer, usize, crate::model::pooling::Matryoshka, usize) =
         if path.is_dir() && read_config_json(path).is_some_and(|c| is_bert(&c)) {
             let cfg = BertConfig::from_file(&path.join("config.json"))?;
             let pooling = Pooling::from_dir(path)?.with_context(|| format!("{}: a BERT model needs sentence-transformers' modules.json and 1_Pooling/", path.display()))?;
             let src = SafetensorsSource::open_dir(path)?;
             let limit = input_limit(args, &pooling, cfg.max_position_embeddings)?;
             let tokenizer = Tokenizer::from_hf_dir(path).map_err(|e| anyhow::anyhow!("{}: tokenizer: {e}", path.display()))?;
-            let (matryoshka, vocab) = (pooling.matryoshka, cfg.vocab_size);
+            let (matryoshka, vocab) = (pooling.matryoshka.clone(), cfg.vocab_size);
             let model = BertModel::load(cfg, &src, |_| {})?;
             (Box::new(BertRunner { model, pooling }), tokenizer, limit, matryoshka, vocab)
         } else {
             let pooling = if path.is_dir() { Pooling::from_dir(path)? } else { None }.unwrap_or_else(Pooling::decoder_default);
             let loaded = crate::model::loader::load(path, |_, _| {})?;
             let limit = input_limit(args, &pooling, loaded.model.cfg.max_position_embeddings)?;
-            let (matryoshka, vocab) = (pooling.matryoshka, loaded.model.cfg.vocab_size);
+            let (matryoshka, vocab) = (pooling.matryoshka.clone(), loaded.model.cfg.vocab_size);
             let runner = DecoderEmbedRunner::new(loaded.model, pooling, args.max_num_batched_tokens, args.max_num_seqs);
             (Box::new(runner), loaded.tokenizer, limit, matryoshka, vocab)
         };

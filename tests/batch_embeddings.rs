@@ -71,3 +71,39 @@ async fn batch_of_embedding_lines() {
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert_eq!((errors[0]["custom_id"].as_str(), errors[0]["response"]["status_code"].as_u64()), (Some("bad"), Some(400)), "{errors:?}");
 }
+
+/// `kiln batch` (offline) on an embedding model: it started a generation
+/// engine only and could not load MiniLM; now the model starts as `kiln
+/// serve` starts it, and the vectors are sentence-transformers' (the
+/// golden file of scripts/gen_embedding_golden.py).
+#[test]
+fn offline_kiln_batch_runs_embedding_lines() {
+    let minilm = kiln::launch::resolve_minilm().expect("all-MiniLM-L6-v2 (models/fetch_minilm.sh)");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/embeddings/minilm_golden.json");
+    let golden: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let cases: Vec<&Value> = golden["cases"].as_array().unwrap().iter().take(6).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let mut text: Vec<String> = cases.iter().enumerate().map(|(i, c)| line(&format!("e{i}"), json!({"model": "minilm", "input": c["text"]}))).collect();
+    text.push(line("bad", json!({"model": "minilm", "input": "word ".repeat(300)})));
+    std::fs::write(dir.path().join("in.jsonl"), text.join("\n") + "\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .current_dir(dir.path())
+        .args(["batch", "in.jsonl", "-o", "out.jsonl", "--error-file", "err.jsonl", "--served-model-name", "minilm", "--model"])
+        .arg(&minilm)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "kiln batch failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let read = |name: &str| -> Vec<Value> {
+        std::fs::read_to_string(dir.path().join(name)).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let answers = read("out.jsonl");
+    assert_eq!(answers.len(), cases.len());
+    for (i, (a, c)) in answers.iter().zip(&cases).enumerate() {
+        assert_eq!((a["custom_id"].as_str(), a["response"]["status_code"].as_u64()), (Some(format!("e{i}").as_str()), Some(200)), "{a}");
+        let b = base64::engine::general_purpose::STANDARD.decode(c["embedding_f32_b64"].as_str().unwrap()).unwrap();
+        let want: Vec<f32> = b.chunks_exact(4).map(|x| f32::from_le_bytes(x.try_into().unwrap())).collect();
+        assert_close(&vectors(&a["response"]["body"]["data"]), &[want], &format!("e{i} against sentence-transformers"));
+    }
+    let errors = read("err.jsonl");
+    assert_eq!((errors.len(), errors[0]["response"]["status_code"].as_u64()), (1, Some(400)), "{errors:?}");
+}

@@ -12,6 +12,7 @@
 //! - model:     whole models: fixtures, random-weight shapes, transformers
 //! - runner:    quantized GGUF fixtures, every --max-num-seqs 1..40, long contexts
 //! - structured: constrained decoding (a JSON schema) through the engine, vs the CPU
+//! - prompt_logprobs: echo with logprobs through the engine vs transformers' logits
 //! - bench:     timings against the memory floor (env-gated; a real GPU only)
 
 #[cfg(any(feature = "cuda", feature = "emu"))]
@@ -25,6 +26,7 @@ mod gpu {
     mod bench;
     mod kernels;
     mod model;
+    mod prompt_logprobs;
     mod runner;
     mod sampling;
     mod structured;

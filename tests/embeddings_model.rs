@@ -79,7 +79,7 @@ fn minilm_matches_sentence_transformers() {
     let g = golden(&fixtures().join("minilm_golden.json"));
     let e = start(&path, &[]);
     assert_eq!(e.max_model_len, 256, "sentence_bert_config.json's max_seq_length");
-    assert!(!e.matryoshka);
+    assert_eq!(e.matryoshka, kiln::model::pooling::Matryoshka::No);
     for c in &g.cases {
         let ids = e.tokenizer.encode(c.text.as_deref().unwrap(), true).unwrap();
         assert_eq!(ids, c.ids, "token ids of {:?}", c.text);
@@ -128,7 +128,7 @@ fn qwen3_embedding_fixture_matches_transformers() {
     let g = golden(&dir.join("reference.json"));
     let e = start(&dir, &["--max-num-batched-tokens", "256", "--max-num-seqs", "3"]);
     assert_eq!(e.max_model_len, 128, "sentence_bert_config.json's max_seq_length");
-    assert!(e.matryoshka, "config.json says is_matryoshka");
+    assert!(e.matryoshka.enabled(), "config.json says is_matryoshka");
     let inputs: Vec<Vec<u32>> = g.cases.iter().map(|c| c.ids.clone()).collect();
     let got = embed_all(&e, &inputs, 2);
     for (c, v) in g.cases.iter().zip(&got) {

@@ -97,6 +97,11 @@ async fn embeddings_and_chat_in_one_server() {
     assert_eq!((st, t["usage"]["prompt_tokens"].as_u64()), (200, Some(256)), "{t}");
     let (st, e) = post(base, "/v1/embeddings", &json!({"model": "minilm", "input": "hi", "dimensions": 64})).await;
     assert_eq!(st, 400, "MiniLM is not a Matryoshka model: {e}");
+    // Its native size truncates nothing: accepted (was a 400), same vector.
+    let (st, native) = post(base, "/v1/embeddings", &json!({"model": "minilm", "input": "hi", "dimensions": 384})).await;
+    let (_, plain) = post(base, "/v1/embeddings", &json!({"model": "minilm", "input": "hi"})).await;
+    assert_eq!(st, 200, "{native}");
+    assert_eq!(native["data"][0]["embedding"], plain["data"][0]["embedding"]);
     assert_eq!(post(base, "/v1/embeddings", &json!({"model": "minilm", "input": "hi", "encoding_format": "hex"})).await.0, 400);
 
     // 16 clients, chat and embeddings interleaved: every answer right, no 5xx.

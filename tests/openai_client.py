@@ -134,6 +134,16 @@ def test_echo_with_logprobs(client):
     # The prompt's logprobs do not depend on what is generated after it.
     again = client.completions.create(model=MODEL, prompt=prompt, echo=True, logprobs=2, max_tokens=1, temperature=0)
     assert again.choices[0].logprobs.token_logprobs[:n_prompt] == lp.token_logprobs[:n_prompt]
+    # max_tokens 0 with echo (refused before; OpenAI takes it): the prompt
+    # alone, its logprobs the same, no completion tokens.
+    alone = client.completions.create(model=MODEL, prompt=prompt, echo=True, logprobs=2, max_tokens=0)
+    a = alone.choices[0]
+    assert (a.text, a.finish_reason, alone.usage.completion_tokens) == (prompt, "length", 0)
+    assert a.logprobs.token_logprobs == lp.token_logprobs[:n_prompt] and a.logprobs.tokens == lp.tokens[:n_prompt]
+    plain = client.completions.create(model=MODEL, prompt=prompt, echo=True, max_tokens=0)
+    assert (plain.choices[0].text, plain.choices[0].logprobs, plain.usage.prompt_tokens) == (prompt, None, n_prompt)
+    streamed = client.completions.create(model=MODEL, prompt=prompt, echo=True, max_tokens=0, stream=True)
+    assert "".join(ch.choices[0].text for ch in streamed if ch.choices) == prompt
 
 
 def test_seed_reproducibility(client):

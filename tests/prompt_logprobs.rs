@@ -57,11 +57,15 @@ fn engine(name: &str) -> (EngineHandle, Reference) {
 
 /// (first prompt token, prompt logprobs, generated ids, usage) of one request.
 fn run(e: &EngineHandle, prompt: &[u32]) -> (u32, Vec<TokenLogprob>, Vec<u32>, SeqUsage) {
+    run_for(e, prompt, 2)
+}
+
+fn run_for(e: &EngineHandle, prompt: &[u32], max_tokens: usize) -> (u32, Vec<TokenLogprob>, Vec<u32>, SeqUsage) {
     let req = ValidRequest {
         request_id: "plp".into(),
         prompt_ids: prompt.to_vec(),
         sampling: SamplingParams { prompt_logprobs: Some(TOP), logprobs: Some(TOP), ..SamplingParams::greedy() },
-        stop: StopCriteria { max_tokens: 2, ignore_eos: true, ..Default::default() },
+        stop: StopCriteria { max_tokens, ignore_eos: true, ..Default::default() },
         n: 1,
         priority: Priority::Interactive,
         grammar: None,
@@ -122,6 +126,11 @@ fn check(name: &str) {
         assert_eq!(usage.cached_tokens, 0, "{name} case {ci}: a prompt-logprobs request took a prefix-cache hit");
         assert_eq!(again, lps, "{name} case {ci}: second run differs");
         assert_eq!(generated_again, generated, "{name} case {ci}: second run's tokens differ");
+
+        // max_tokens 0 (echo with max_tokens 0): the prompt's logprobs alone.
+        let (_, alone, none, usage) = run_for(&e, p, 0);
+        assert_eq!(alone, lps, "{name} case {ci}: prompt-only logprobs differ");
+        assert_eq!((none.len(), usage.completion_tokens, usage.prompt_tokens), (0, 0, p.len()), "{name} case {ci}");
     }
     e.shutdown();
 }
@@ -142,7 +151,7 @@ fn mistral() {
 }
 
 /// A runner that does not compute prompt logprobs (the fake one here; the
-/// CUDA runner likewise) makes the engine refuse such requests at submit,
+/// CPU and CUDA runners both do) makes the engine refuse such requests at submit,
 /// which the HTTP layer answers with a 400.
 #[test]
 fn runners_without_prompt_logprobs_refuse_them() {

@@ -252,3 +252,90 @@ def test_grammar_metrics(client, server):
     misses = float(re.search(r"^kiln_grammar_cache_misses_total(?:\{[^}]*\})? (\S+)", text, re.M).group(1))
     assert hits >= 1 and misses >= 1
     assert "kiln_grammar_compile_seconds_bucket" in text
+
+
+def _objects(n):
+    return [{"type": "object", "properties": {f"k{i}": {"type": "integer"}}, "required": [f"k{i}"]} for i in range(n)]
+
+
+def _metric(server, name):
+    req = urllib.request.Request(server + "/metrics", headers={"authorization": "Bearer " + KEY})
+    text = urllib.request.urlopen(req).read().decode()
+    m = re.search(rf"^{name}(?:\{{[^}}]*\}})? (\S+)", text, re.M)
+    assert m, f"{name} not in /metrics"
+    return float(m.group(1))
+
+
+def test_a_choice_over_llguidance_limits_is_a_400_before_admission(client, server):
+    # llguidance compiles this and fails only when generation reaches the
+    # anyOf ("Current row has 2100 items; max is 2000"): that was a 500.
+    schema = {"type": "object", "properties": {"a": {"anyOf": _objects(2100)}}, "required": ["a"]}
+    for _ in range(2):
+        with pytest.raises(openai.BadRequestError) as e:
+            chat(client, messages=ASK_WEATHER, max_tokens=32,
+                 response_format={"type": "json_schema", "json_schema": {"name": "big", "schema": schema}})
+        err = e.value.body
+        assert err["param"] == "response_format" and "2000" in err["message"], err
+        assert set(err) == {"message", "type", "param", "code"} and err["type"] == "invalid_request_error"
+    tools = [{"type": "function", "function": {"name": "pick", "parameters": schema}}]
+    with pytest.raises(openai.BadRequestError) as e:
+        chat(client, messages=ASK_WEATHER, tools=tools, tool_choice="required")
+    assert e.value.body["param"] == "tools[0].function.parameters" and "2000" in e.value.body["message"]
+    # Nothing held: no admitted request left pending or waiting in the
+    # engine, and the server serves on.
+    assert _metric(server, "kiln_num_requests_pending") == 0
+    assert _metric(server, "kiln_num_requests_waiting") == 0
+    assert chat(client, messages=ASK_WEATHER, max_tokens=4).choices[0].finish_reason == "length"
+
+
+@pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "get_weather"}}])
+def test_a_forced_call_cut_by_max_tokens_is_a_partial_call(client, choice):
+    # OpenAI: finish_reason "length", content null, the call so far. The
+    # fragment used to land in message.content.
+    args = dict(model=MODEL, messages=ASK_WEATHER, tools=[WEATHER, TIME], tool_choice=choice, parallel_tool_calls=False,
+                max_tokens=22, temperature=0)
+    whole = client.chat.completions.create(**{**args, "max_tokens": 96}).choices[0]
+    assert whole.finish_reason == "tool_calls"
+    full = whole.message.tool_calls[0].function.arguments
+    c = client.chat.completions.create(**args).choices[0]
+    assert c.finish_reason == "length"
+    assert c.message.content is None
+    assert len(c.message.tool_calls) == 1
+    call = c.message.tool_calls[0]
+    assert call.function.name == "get_weather" and call.id.startswith("call_")
+    # Greedy: the cut arguments are a proper prefix of the whole call's.
+    assert call.function.arguments.startswith("{") and full.startswith(call.function.arguments)
+    assert len(call.function.arguments) < len(full)
+    # Streamed alike: no content, the same name and arguments.
+    content, name, arguments, finish = "", None, "", None
+    for chunk in client.chat.completions.create(stream=True, **args):
+        for ch in chunk.choices:
+            content += ch.delta.content or ""
+            for d in ch.delta.tool_calls or []:
+                name = name or d.function.name
+                arguments += d.function.arguments or ""
+            finish = ch.finish_reason or finish
+    assert (content, name, arguments, finish) == ("", "get_weather", call.function.arguments, "length")
+
+
+def test_request_errors_name_the_field_and_what_it_expects(client):
+    with pytest.raises(openai.BadRequestError) as e:
+        chat(client, messages=ASK_WEATHER, response_format={"type": "json_schema", "json_schema": {"name": "x"}})
+    assert e.value.body["param"] == "response_format" and "json_schema.schema is required" in e.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as e:
+        chat(client, messages=ASK_WEATHER, stop=3)
+    assert e.value.body["param"] == "stop"
+    assert "a string or an array of strings" in e.value.body["message"] and "untagged" not in e.value.body["message"]
+    string_params = {"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}
+    with pytest.raises(openai.BadRequestError) as e:
+        chat(client, messages=ASK_WEATHER, tools=[string_params])
+    assert e.value.body["param"] == "tools[0].function.parameters" and "object" in e.value.body["message"]
+    bad = {"type": "function", "function": {"name": "broken", "parameters": {
+        "type": "object", "properties": {"a": {"type": "strng"}}}}}
+    for choice in ("auto", "required"):
+        with pytest.raises(openai.BadRequestError) as e:
+            chat(client, messages=ASK_WEATHER, tools=[WEATHER, bad], tool_choice=choice)
+        err = e.value.body
+        assert err["param"] == "tools[1].function.parameters", err
+        assert "'broken'" in err["message"] and "strng" in err["message"], err
+        assert "%json" not in err["message"] and "start:" not in err["message"] and "\n" not in err["message"], err

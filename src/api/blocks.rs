@@ -6,7 +6,7 @@
 //! calls has no empty text block.
 
 use super::new_id;
-use super::tools::{ToolEvent, ToolFormat, ToolStream};
+use super::tools::{CallReading, ToolEvent, ToolStream};
 
 /// A finished block.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,8 +36,8 @@ pub struct Blocks {
 }
 
 impl Blocks {
-    pub fn new(tools: Option<ToolFormat>, call_prefix: &'static str) -> Blocks {
-        Blocks { tools: tools.map(ToolStream::new), call_prefix, open: None, held: String::new(), closed: Vec::new() }
+    pub fn new(tools: Option<CallReading>, call_prefix: &'static str) -> Blocks {
+        Blocks { tools: tools.map(ToolStream::reading), call_prefix, open: None, held: String::new(), closed: Vec::new() }
     }
 
     pub fn num_calls(&self) -> usize {
@@ -119,7 +119,7 @@ mod tests {
 
     #[test]
     fn text_then_call_make_two_blocks() {
-        let mut b = Blocks::new(Some(ToolFormat::Hermes), "call");
+        let mut b = Blocks::new(Some(CallReading::auto(crate::api::tools::ToolFormat::Hermes)), "call");
         let mut events = Vec::new();
         for piece in ["Let me look.", " <tool_call>\n{\"name\": \"w\", ", "\"arguments\": {\"city\": \"Paris\"}}\n</tool_call>"] {
             events.extend(b.push(piece));

@@ -14,7 +14,7 @@ use super::events::{Delta, Running, Step};
 use super::logprobs::chat_logprob;
 use super::port::TextCodec;
 use super::sse::ChunkFormat;
-use super::tools::{ParsedOutput, ToolEvent, ToolFormat, ToolStream};
+use super::tools::{CallReading, ParsedOutput, ToolEvent, ToolStream};
 use super::wire_out::*;
 use super::ResponseMeta;
 
@@ -29,17 +29,19 @@ fn finish_reason(finish: &str, calls: usize) -> String {
 }
 
 /// One choice's message from its whole text.
-fn message(text: String, tools: Option<ToolFormat>) -> ChatMessageOut {
-    let Some(format) = tools else {
+fn message(text: String, tools: Option<CallReading>) -> ChatMessageOut {
+    let Some(reading) = tools else {
         return ChatMessageOut { role: "assistant".into(), content: Some(text), refusal: None, tool_calls: None };
     };
-    let parsed = ParsedOutput::parse(format, &text);
+    let forced = reading.forced.is_some();
+    let parsed = ParsedOutput::parse(reading, &text);
     let calls: Vec<ToolCall> = parsed
         .calls
         .into_iter()
         .map(|(name, arguments)| ToolCall { id: call_id(), kind: "function".into(), function: FunctionCall { name, arguments } })
         .collect();
-    let content = if calls.is_empty() || !parsed.content.trim().is_empty() { Some(parsed.content) } else { None };
+    let text_only = calls.is_empty() && !forced;
+    let content = if text_only || !parsed.content.trim().is_empty() { Some(parsed.content) } else { None };
     let tool_calls = (!calls.is_empty()).then_some(calls);
     ChatMessageOut { role: "assistant".into(), content, refusal: None, tool_calls }
 }
@@ -49,7 +51,7 @@ pub async fn collect(
     mut running: Running,
     meta: ResponseMeta,
     codec: &dyn TextCodec,
-    tools: Option<ToolFormat>,
+    tools: Option<CallReading>,
 ) -> Result<ChatCompletionResponse, ApiError> {
     let k = running.num_choices();
     let mut texts = vec![String::new(); k];
@@ -73,7 +75,7 @@ pub async fn collect(
     };
     let choices = (0..k)
         .map(|i| {
-            let message = message(std::mem::take(&mut texts[i]), tools);
+            let message = message(std::mem::take(&mut texts[i]), tools.clone());
             let calls = message.tool_calls.as_ref().map_or(0, Vec::len);
             ChatChoice { index: i, message, logprobs: lps[i].take(), finish_reason: finish_reason(finish[i], calls) }
         })
@@ -100,8 +102,8 @@ pub struct ChatChunks {
 }
 
 impl ChatChunks {
-    pub fn new(meta: ResponseMeta, codec: Arc<dyn TextCodec>, include_usage: bool, choices: usize, tools: Option<ToolFormat>) -> Self {
-        let tools = tools.map(|f| (0..choices).map(|_| ToolStream::new(f)).collect());
+    pub fn new(meta: ResponseMeta, codec: Arc<dyn TextCodec>, include_usage: bool, choices: usize, tools: Option<CallReading>) -> Self {
+        let tools = tools.map(|r| (0..choices).map(|_| ToolStream::reading(r.clone())).collect());
         ChatChunks { meta, codec, include_usage, choices, tools }
     }
 

@@ -117,18 +117,31 @@ pub async fn completions(
 ) -> Result<Response, ApiError> {
     let state = super::models::route_recorded(&state, &record, &req.model, super::ModelTask::Generate)?;
     record.set_session_key(req.prompt_cache_key.as_deref());
-    let mut params = validate_common(&req.common(), "max_tokens", &state.limits)?;
-    params.sampling.logprobs = completion_logprobs(&req, &state.limits)?;
     let echo = req.echo.unwrap_or(false);
+    // OpenAI takes echo with max_tokens 0: the prompt alone (with its
+    // logprobs when asked), finish_reason "length", no completion tokens.
+    let prompt_only = echo && req.max_tokens == Some(0);
+    let mut common = req.common();
+    if prompt_only {
+        common.max_tokens = None;
+        if common.n.is_some_and(|n| n > 1) {
+            return Err(ApiError::invalid("echo with max_tokens 0 returns the prompt once: n must be 1", "n"));
+        }
+    }
+    let mut params = validate_common(&common, "max_tokens", &state.limits)?;
+    if prompt_only {
+        params.max_tokens = Some(0);
+    }
+    params.sampling.logprobs = completion_logprobs(&req, &state.limits)?;
     // echo with logprobs: the prompt's tokens come first in `logprobs`.
     params.sampling.prompt_logprobs = params.sampling.logprobs.filter(|_| echo);
     let raw = raw_prompts(&req.prompt, &state.limits)?;
     let spec = parse_response_format(req.response_format.as_ref())?;
-    let pending = admit(&state, &caller, &record)?;
     let grammar = match spec {
         Some(spec) => Some(compile(&state, spec, "response_format").await?),
         None => None,
     };
+    let pending = admit(&state, &caller, &record)?;
 
     let codec = state.codec.clone();
     let prompts = blocking(move || tokenize(codec.as_ref(), raw, echo)).await?;

@@ -169,7 +169,7 @@ struct Shape {
     truncate: Option<usize>,
 }
 
-fn check_shape(req: &EmbeddingRequest, state: &AppState, model_dims: usize, matryoshka: bool) -> Result<Shape, ApiError> {
+fn check_shape(req: &EmbeddingRequest, state: &AppState, model_dims: usize) -> Result<Shape, ApiError> {
     refuse_extra(&req.extra, "")?;
     let base64 = match req.encoding_format.as_deref() {
         None | Some("float") => false,
@@ -178,14 +178,13 @@ fn check_shape(req: &EmbeddingRequest, state: &AppState, model_dims: usize, matr
     };
     let dimensions = match req.dimensions {
         None => None,
-        Some(_) if !matryoshka => {
-            let msg = format!("The model '{}' does not support Matryoshka truncation: dimensions is not allowed", state.model.name);
-            return Err(ApiError::invalid(msg, "dimensions"));
+        Some(d) if d < 1 => return Err(ApiError::invalid(format!("dimensions must be between 1 and {model_dims}, got {d}"), "dimensions")),
+        Some(d) => {
+            let d = usize::try_from(d).unwrap_or(usize::MAX);
+            state.matryoshka.check(d, model_dims).map_err(|m| ApiError::invalid(format!("'{}': {m}", state.model.name), "dimensions"))?;
+            // The native size truncates nothing.
+            (d != model_dims).then_some(d)
         }
-        Some(d) if d < 1 || d as u64 > model_dims as u64 => {
-            return Err(ApiError::invalid(format!("dimensions must be between 1 and {model_dims}, got {d}"), "dimensions"))
-        }
-        Some(d) => Some(d as usize),
     };
     let limit = state.model.max_model_len;
     let truncate = match req.truncate_prompt_tokens {
@@ -296,7 +295,7 @@ pub async fn embeddings(
 ) -> Result<Json<EmbeddingResponse>, ApiError> {
     let state = route_recorded(&state, &record, &req.model, ModelTask::Embed)?;
     let embedder = state.embedder.clone().ok_or_else(|| ApiError::Internal("embedding model without an embedder".into()))?;
-    let shape = check_shape(&req, &state, embedder.dimensions(), state.matryoshka)?;
+    let shape = check_shape(&req, &state, embedder.dimensions())?;
     let raw = raw_inputs(&req.input, &state)?;
     let _pending = admit(&state, &caller, &record)?;
     let (codec, limit, truncate) = (state.codec.clone(), state.model.max_model_len, shape.truncate);

@@ -14,10 +14,10 @@ use super::auth::Caller;
 use super::error::ApiError;
 use super::events::Running;
 use super::reqlog::RequestRecord;
-use super::structured::compile;
+use super::structured::{compile, compile_tools};
 use super::tools::grammar::tool_grammar;
 use super::tools::prompt::render_prompt;
-use super::tools::{ToolChoice, ToolFormat, ToolPlan};
+use super::tools::{CallReading, ToolChoice, ToolFormat, ToolPlan};
 use super::validate::{fit_context, ValidParams};
 use super::AppState;
 use crate::structured::GrammarSpec;
@@ -37,8 +37,8 @@ pub struct ChatJob {
 /// A submitted generation.
 pub struct Started {
     pub running: Running,
-    /// The tool-call format to read the output with, when tools are active.
-    pub tools: Option<ToolFormat>,
+    /// How to read the output for tool calls, when tools are active.
+    pub tools: Option<CallReading>,
     /// Prompt length in tokens.
     pub prompt_len: usize,
 }
@@ -61,12 +61,14 @@ pub fn grammar_for(
         return Ok(Some((f, format_param)));
     }
     let Some(plan) = plan else { return Ok(None) };
-    let mistral = (plan.format == ToolFormat::Mistral)
-        .then(|| state.codec.encode("[TOOL_CALLS]", false).ok())
+    // The format's marker as one control token ([TOOL_CALLS], <|python_tag|>).
+    let marker = (plan.format != ToolFormat::Hermes)
+        .then(|| plan.format.marker())
         .flatten()
+        .and_then(|m| state.codec.encode(m, false).ok())
         .filter(|ids| ids.len() == 1)
         .map(|ids| ids[0]);
-    Ok(tool_grammar(plan, mistral).map(|g| (g, "tools")))
+    Ok(tool_grammar(plan, marker).map(|g| (g, "tools")))
 }
 
 /// The prompt's token ids: messages through the chat template (or the
@@ -90,11 +92,14 @@ pub async fn start_chat(
     job: ChatJob,
 ) -> Result<Started, ApiError> {
     let ChatJob { messages, plan, grammar, params, prompt_param } = job;
-    let pending = admit(state, caller, record)?;
-    let grammar = match grammar {
-        Some((spec, param)) => Some(compile(state, spec, param).await?),
-        None => None,
+    // Compiled (and checked against llguidance's limits) before admission:
+    // a grammar kiln cannot run is a 400 that takes no place in the queue.
+    let grammar = match (grammar, plan.as_ref()) {
+        (Some((spec, "tools")), Some(p)) => Some(compile_tools(state, spec, p).await?),
+        (Some((spec, param)), _) => Some(compile(state, spec, param).await?),
+        (None, _) => None,
     };
+    let pending = admit(state, caller, record)?;
     let ids = prompt_ids(state, messages, plan.clone(), prompt_param).await?;
     let max_tokens = fit_context(ids.len(), params.max_tokens, state.model.max_model_len, prompt_param)?;
     charge_tokens(caller, record, ids.len() + max_tokens * params.n)?;
@@ -103,6 +108,6 @@ pub async fn start_chat(
     let jobs = vec![PromptJob { prompt_ids: ids, max_tokens, grammar }];
     let rxs = submit_all(state, id, jobs, &params.sampling, &params.stop, params.n)?;
     let running = Running::new(rxs, params.n, vec![prompt_len], pending, record.clone(), state.clone());
-    let tools = plan.filter(ToolPlan::active).map(|p| p.format);
+    let tools = plan.as_ref().and_then(ToolPlan::reading);
     Ok(Started { running, tools, prompt_len })
 }

@@ -54,9 +54,11 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         match inner.classify() {
             serde_json::error::Category::Data => {
                 let param = field_param(&path, &inner.to_string());
+                let text = inner.to_string();
+                let what = untagged_expectation(&text).map_or_else(|| strip_position(&text).to_string(), str::to_string);
                 let message = match &param {
-                    Some(p) => format!("Invalid value for '{p}': {}", strip_position(&inner.to_string())),
-                    None => format!("Invalid request body: {}", strip_position(&inner.to_string())),
+                    Some(p) => format!("Invalid value for '{p}': {what}"),
+                    None => format!("Invalid request body: {what}"),
                 };
                 ApiError::Invalid { message, param, code: None }
             }
@@ -82,6 +84,21 @@ fn field_param(path: &str, msg: &str) -> Option<String> {
         (None, Some(m)) => Some(m),
         (b, None) => b,
     }
+}
+
+/// What a field of one of the wire's untagged enums accepts, in place of
+/// serde's "data did not match any variant of untagged enum X".
+fn untagged_expectation(msg: &str) -> Option<&'static str> {
+    let name = msg.strip_prefix("data did not match any variant of untagged enum ")?;
+    let name = name.split_whitespace().next().unwrap_or("");
+    Some(match name {
+        "StopSpec" => "expected a string or an array of strings",
+        "MessageContent" => {
+            "expected a string or an array of content parts ({\"type\": \"text\", \"text\": \"...\"})"
+        }
+        "PromptSpec" => "expected a string, an array of strings, an array of token ids or an array of token-id arrays",
+        _ => "expected a different type",
+    })
 }
 
 fn strip_position(msg: &str) -> &str {
@@ -114,6 +131,24 @@ mod tests {
         assert_eq!(e.param().as_deref(), Some("model"));
         let e = err_of::<CompletionRequest>(r#"{"model": "m", "prompt": {"a": 1}}"#);
         assert_eq!(e.param().as_deref(), Some("prompt"));
+    }
+
+    /// serde's "did not match any variant of untagged enum" named a Rust
+    /// type; the message now says what the field accepts.
+    #[test]
+    fn untagged_fields_say_what_they_accept() {
+        let cases = [
+            (r#"{"model": "m", "messages": [], "stop": 3}"#, "stop", "a string or an array of strings"),
+            (r#"{"model": "m", "messages": [{"role": "user", "content": 5}]}"#, "messages[0].content", "array of content parts"),
+        ];
+        for (body, param, want) in cases {
+            let e = err_of::<ChatCompletionRequest>(body);
+            assert_eq!(e.param().as_deref(), Some(param), "{body}");
+            let m = e.to_string();
+            assert!(m.contains(want) && !m.contains("untagged") && !m.contains("Spec"), "{m}");
+        }
+        let e = err_of::<CompletionRequest>(r#"{"model": "m", "prompt": {"a": 1}}"#).to_string();
+        assert!(e.contains("an array of token ids") && !e.contains("untagged"), "{e}");
     }
 
     #[test]

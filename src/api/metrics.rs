@@ -74,8 +74,15 @@ impl Metrics {
         Arc::new(vllm_metrics::with_buckets(builder, max_model_len).build_recorder())
     }
 
-    /// The handles of model `model` on `recorder`.
+    /// The handles of generation model `model` on `recorder`.
     pub fn for_model(recorder: &Arc<PrometheusRecorder>, model: &str) -> Self {
+        Self::for_model_task(recorder, model, true)
+    }
+
+    /// The handles of model `model` on `recorder`. An embedding model
+    /// (`generates` false) exports no generation, grammar, KV-cache or
+    /// prefix-cache series (it has none of those): their handles are no-ops.
+    pub fn for_model_task(recorder: &Arc<PrometheusRecorder>, model: &str, generates: bool) -> Self {
         let handle = recorder.handle();
         let r = recorder.as_ref();
         let key = |name: &'static str| Key::from_parts(name, vec![Label::new("model", model.to_string())]);
@@ -91,27 +98,30 @@ impl Metrics {
             r.describe_histogram(name.into(), Some(Unit::Seconds), SharedString::const_str(help));
             r.register_histogram(&key(name), &META)
         };
+        let gen_counter = |name, help| if generates { counter(name, help) } else { Counter::noop() };
+        let gen_gauge = |name, help| if generates { gauge(name, help) } else { Gauge::noop() };
+        let gen_histogram = |name, help| if generates { histogram(name, help) } else { Histogram::noop() };
         r.describe_counter("kiln_requests_total".into(), None, "HTTP requests by route and status".into());
         r.describe_gauge("kiln_num_requests_pending".into(), None, "Admitted requests that have no token yet".into());
         Metrics {
             prompt_tokens: counter("kiln_prompt_tokens_total", "Prompt tokens of finished requests"),
-            generation_tokens: counter("kiln_generation_tokens_total", "Generated tokens"),
-            time_to_first_token: histogram("kiln_time_to_first_token_seconds", "Time from arrival to the first token"),
-            inter_token_latency: histogram("kiln_inter_token_latency_seconds", "Time between consecutive tokens"),
+            generation_tokens: gen_counter("kiln_generation_tokens_total", "Generated tokens"),
+            time_to_first_token: gen_histogram("kiln_time_to_first_token_seconds", "Time from arrival to the first token"),
+            inter_token_latency: gen_histogram("kiln_inter_token_latency_seconds", "Time between consecutive tokens"),
             e2e_latency: histogram("kiln_e2e_request_latency_seconds", "Time from arrival to the last byte"),
-            grammar_compile_time: histogram("kiln_grammar_compile_seconds", "Time to compile a grammar (cache misses)"),
-            grammar_cache_hits: counter("kiln_grammar_cache_hits_total", "Grammars served from the compiled-grammar cache"),
-            grammar_cache_misses: counter("kiln_grammar_cache_misses_total", "Grammars compiled (not in the cache)"),
+            grammar_compile_time: gen_histogram("kiln_grammar_compile_seconds", "Time to compile a grammar (cache misses)"),
+            grammar_cache_hits: gen_counter("kiln_grammar_cache_hits_total", "Grammars served from the compiled-grammar cache"),
+            grammar_cache_misses: gen_counter("kiln_grammar_cache_misses_total", "Grammars compiled (not in the cache)"),
             waiting: gauge("kiln_num_requests_waiting", "Sequences waiting in the engine"),
             running: gauge("kiln_num_requests_running", "Sequences running in the engine"),
             api_pending: r.register_gauge(&Key::from_static_name("kiln_num_requests_pending"), &META),
-            kv_used: gauge("kiln_kv_blocks_used", "KV cache blocks in use"),
-            kv_total: gauge("kiln_kv_blocks_total", "KV cache blocks in the pool"),
-            kv_usage: gauge("kiln_kv_cache_usage_ratio", "KV cache blocks used / total"),
-            prefix_queries: counter("kiln_prefix_cache_queries_total", "Prompt tokens looked up in the prefix cache"),
-            prefix_hits: counter("kiln_prefix_cache_hits_total", "Prompt tokens found in the prefix cache"),
-            prefix_hit_rate: gauge("kiln_prefix_cache_hit_rate", "Prefix cache hits / queries"),
-            preemptions: counter("kiln_num_preemptions_total", "Sequences preempted for lack of KV blocks"),
+            kv_used: gen_gauge("kiln_kv_blocks_used", "KV cache blocks in use"),
+            kv_total: gen_gauge("kiln_kv_blocks_total", "KV cache blocks in the pool"),
+            kv_usage: gen_gauge("kiln_kv_cache_usage_ratio", "KV cache blocks used / total"),
+            prefix_queries: gen_counter("kiln_prefix_cache_queries_total", "Prompt tokens looked up in the prefix cache"),
+            prefix_hits: gen_counter("kiln_prefix_cache_hits_total", "Prompt tokens found in the prefix cache"),
+            prefix_hit_rate: gen_gauge("kiln_prefix_cache_hit_rate", "Prefix cache hits / queries"),
+            preemptions: gen_counter("kiln_num_preemptions_total", "Sequences preempted for lack of KV blocks"),
             steps: counter("kiln_engine_steps_total", "Engine steps run"),
             vllm: VllmMetrics::new(recorder, model),
             recorder: recorder.clone(),
@@ -207,6 +217,27 @@ mod tests {
         assert!(text.contains(r#"kiln_prompt_tokens_total{model="embed"} 9"#), "{text}");
         assert!(text.contains(r#"kiln_kv_blocks_total{model="chat"} 10"#), "{text}");
         assert_eq!(sample(&text, "kiln_num_requests_pending"), Some(1.0));
+    }
+
+    /// An embedding model exported generation, grammar and KV series (all
+    /// zero) beside a chat model's; now only the chat model has them.
+    #[test]
+    fn embedding_models_export_no_generation_or_grammar_series() {
+        let r = Metrics::recorder();
+        let (chat, embed) = (Metrics::for_model_task(&r, "chat", true), Metrics::for_model_task(&r, "embed", false));
+        embed.prompt_tokens.increment(4);
+        embed.generation_tokens.increment(1);
+        embed.grammar_cache_hits.increment(1);
+        chat.set_gauges(EngineGauges::default(), 0);
+        let text = embed.render(EngineGauges { num_running: 2, ..Default::default() }, 0);
+        assert!(text.contains(r#"kiln_prompt_tokens_total{model="embed"} 4"#), "{text}");
+        assert!(text.contains(r#"kiln_num_requests_running{model="embed"} 2"#), "{text}");
+        for series in ["generation_tokens", "grammar_cache", "grammar_compile", "kv_", "prefix_cache", "time_to_first", "inter_token", "preemptions"] {
+            assert!(!text.lines().any(|l| l.contains(series) && l.contains(r#"model="embed""#)), "{series} for embed: {text}");
+        }
+        for series in ["generation_tokens", "grammar_cache", "kv_", "prefix_cache", "preemptions"] {
+            assert!(text.lines().any(|l| l.contains(series) && l.contains(r#"model="chat""#)), "{series} for chat: {text}");
+        }
     }
 
     #[test]

@@ -36,6 +36,7 @@ pub mod ratelimit;
 pub mod reqlog;
 pub mod responses;
 pub mod sse;
+pub mod startup;
 pub mod sse_named;
 pub mod structured;
 pub mod tools;
@@ -84,8 +85,8 @@ pub struct AppState {
     pub task: ModelTask,
     /// The embedding engine of an embedding model.
     pub embedder: Option<Arc<dyn Embedder>>,
-    /// The embedding model allows `dimensions` (Matryoshka).
-    pub matryoshka: bool,
+    /// Which `dimensions` the embedding model allows (Matryoshka).
+    pub matryoshka: crate::model::pooling::Matryoshka,
     /// Constrained decoding over the model's vocabulary (None: an embedding
     /// model, or the codec gives no vocabulary, and response_format / forced
     /// tool calls get 400).
@@ -181,12 +182,12 @@ impl AppState {
         let digest = blake3::hash(format!("kiln {} {} {}", env!("CARGO_PKG_VERSION"), model.name, model.max_model_len).as_bytes());
         let fingerprint = format!("fp_{}", &digest.to_hex()[..10]);
         let (engine, task, embedder, matryoshka): (Arc<dyn Engine>, _, _, _) = match backend {
-            ModelBackend::Generate(engine) => (engine, ModelTask::Generate, None, false),
+            ModelBackend::Generate(engine) => (engine, ModelTask::Generate, None, Default::default()),
             ModelBackend::Embed { embedder, matryoshka } => {
                 (Arc::new(embeddings::EmbedOnly(embedder.clone())), ModelTask::Embed, Some(embedder), matryoshka)
             }
         };
-        let metrics = Arc::new(metrics::Metrics::for_model(&shared.recorder, &model.name));
+        let metrics = Arc::new(metrics::Metrics::for_model_task(&shared.recorder, &model.name, task == ModelTask::Generate));
         if task == ModelTask::Generate {
             let steps = metrics.vllm.iteration_tokens();
             engine.observe_steps(Box::new(move |tokens| steps.record(tokens as f64)));

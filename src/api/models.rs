@@ -20,8 +20,8 @@ use super::{AppState, ModelInfo};
 pub enum ModelBackend {
     /// A generation engine (chat and completions).
     Generate(Arc<dyn Engine>),
-    /// An embedding engine; `matryoshka`: `dimensions` is allowed.
-    Embed { embedder: Arc<dyn super::Embedder>, matryoshka: bool },
+    /// An embedding engine; `matryoshka`: which `dimensions` are allowed.
+    Embed { embedder: Arc<dyn super::Embedder>, matryoshka: crate::model::pooling::Matryoshka },
 }
 
 /// What loading one model yields.

@@ -1,6 +1,8 @@
 //! `kiln batch INPUT.jsonl -o OUTPUT.jsonl`: a batch input file run offline
 //! through the engine, with the server's own handlers (exec.rs), so every
-//! line is validated and answered exactly as the Batch API would.
+//! line is validated and answered exactly as the Batch API would. The model
+//! is started as `kiln serve` starts it, so an embedding model serves
+//! `/v1/embeddings` lines (and a generation model chat/completions lines).
 //!
 //! Answers are appended (and fsynced) under `OUTPUT.partial/` as they
 //! complete; an interrupted run started again with the same arguments
@@ -17,9 +19,10 @@ use super::exec::LineExecutor;
 use super::input::{scan, InputError, LineRef};
 use super::runner::{RunCtx, RunEnd};
 use super::sink::{write_in_order, ResultSink, SinkCounts};
-use crate::api::{unix_now, AppState, ModelInfo};
+use crate::api::startup::{start_models, ModelSpec};
+use crate::api::AppState;
 use crate::config::ServerConfig;
-use crate::launch::{start_engine, EngineArgs};
+use crate::launch::EngineArgs;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BatchCliArgs {
@@ -73,13 +76,14 @@ pub fn run_cli(args: BatchCliArgs) -> anyhow::Result<()> {
         .try_init();
     let lines = read_input(&args.input)?;
     let work = partial_dir(&args.output);
-    let engine = start_engine(&args.engine)?;
+    let spec = ModelSpec { name: None, args: args.engine.clone() };
+    let loaded = start_models(std::slice::from_ref(&spec))?;
     let cap = args.max_inflight.map_or(args.engine.max_num_seqs, NonZeroUsize::get).max(1);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let result = runtime.block_on(async {
         let config = ServerConfig { served_model_name: args.served_model_name.clone(), data_dir: PathBuf::new(), ..Default::default() };
-        let model = ModelInfo { name: engine.model_name.clone(), max_model_len: engine.max_model_len, created: unix_now() };
-        let main = AppState::new(config, Arc::new(engine.handle.clone()), engine.tokenizer.clone(), model)?;
+        let main = AppState::new_served(config, loaded)?.remove(0);
+        let engine = main.engine.clone();
         let exec = Arc::new(LineExecutor::new(&main)?);
         let mut sink = ResultSink::open(&work).with_context(|| format!("opening {}", work.display()))?;
         let c = sink.counts();
@@ -103,10 +107,10 @@ pub fn run_cli(args: BatchCliArgs) -> anyhow::Result<()> {
         };
         let end = ctx.run().await?;
         bar.finish();
-        anyhow::Ok((end, sink.counts(), sink.output_path(), sink.errors_path()))
+        anyhow::Ok((engine, end, sink.counts(), sink.output_path(), sink.errors_path()))
     });
-    engine.handle.shutdown();
-    let (end, counts, out, err) = result?;
+    let (engine, end, counts, out, err) = result?;
+    engine.shutdown();
     if let RunEnd::Unavailable(why) = end {
         bail!("the engine stopped: {why}; run the same command again to resume");
     }

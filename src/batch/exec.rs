@@ -93,7 +93,7 @@ impl LineExecutor {
             .iter()
             .map(|m| {
                 let backend = match &m.embedder {
-                    Some(e) => ModelBackend::Embed { embedder: Arc::new(BatchPriorityEmbedder(e.clone())), matryoshka: m.matryoshka },
+                    Some(e) => ModelBackend::Embed { embedder: Arc::new(BatchPriorityEmbedder(e.clone())), matryoshka: m.matryoshka.clone() },
                     None => ModelBackend::Generate(Arc::new(BatchPriority(m.engine.clone()))),
                 };
                 Loaded { backend, codec: m.codec.clone(), model: m.model.clone() }

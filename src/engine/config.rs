@@ -120,11 +120,11 @@ impl Limits {
         if req.n == 0 {
             return bad("n must be at least 1".into());
         }
-        if m == 0 {
-            return bad("max_tokens must be at least 1".into());
+        if m == 0 && req.n > 1 {
+            return bad("max_tokens 0 (the prompt alone, for its logprobs) takes n = 1".into());
         }
         if req.sampling.prompt_logprobs.is_some() && !self.prompt_logprobs {
-            return bad("prompt logprobs (echo with logprobs) are not supported on this backend; use the CPU backend".into());
+            return bad("prompt logprobs (echo with logprobs) are not supported by this model runner".into());
         }
         if let Some(&id) = req.prompt_ids.iter().find(|&&id| id as usize >= self.vocab_size) {
             return bad(format!("prompt token id {id} is out of range (vocabulary size {})", self.vocab_size));

@@ -127,6 +127,12 @@ impl SeqOutput {
         logprob: Option<TokenLogprob>,
         seq_len: usize,
     ) -> (Option<EventKind>, Option<Finish>) {
+        if self.rules.max_tokens == 0 {
+            // A prompt-only sequence (echo with max_tokens 0, for the
+            // prompt's logprobs): the token sampled after the prompt is
+            // not output.
+            return (None, Some(Finish { reason: FinishReason::Length, text: String::new(), stop_string: None }));
+        }
         self.num_generated += 1;
         let now = Instant::now();
         self.clock.first_token.get_or_insert(now);

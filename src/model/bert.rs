@@ -11,7 +11,9 @@ use super::weights::WeightSource;
 use super::ModelError;
 use crate::backend::cpu::encoder::{gelu_erf_inplace, layer_norm, packed_attention};
 use crate::backend::cpu::ops::add_inplace;
+use crate::backend::cpu::matmul::WeightData;
 use crate::backend::cpu::{matmul, Weight};
+use rayon::prelude::*;
 use serde::Deserialize;
 use std::path::Path;
 
@@ -88,10 +90,48 @@ struct Linear {
     b: Vec<f32>,
 }
 
+/// From this many rows on, `Linear::forward` is one GEMM over all of them
+/// (an encoder step packs every input's tokens: thousands of rows).
+const WIDE_GEMM_MIN_M: usize = 64;
+
 impl Linear {
+    /// `x [m, cols]` -> `x·wᵀ + b [m, rows]`. Many rows: the `gemm` crate
+    /// over blocks of x's rows, each against the whole f32 weight (the
+    /// shared `matmul` splits the weight's rows into narrow tasks and packs
+    /// all of `x` again in each, which cost an encoder step more than its
+    /// arithmetic); few rows: the shared `matmul`.
     fn forward(&self, x: &[f32], m: usize) -> Vec<f32> {
-        let mut y = vec![0.0; m * self.w.rows];
-        matmul(x, m, &self.w, Some(&self.b), &mut y);
+        let (n, k) = (self.w.rows, self.w.cols);
+        let mut y = vec![0.0; m * n];
+        let w = match &self.w.data {
+            WeightData::F32(w) if m >= WIDE_GEMM_MIN_M => w,
+            _ => {
+                matmul(x, m, &self.w, Some(&self.b), &mut y);
+                return y;
+            }
+        };
+        assert_eq!(x.len(), m * k, "linear: x is not [m, k]");
+        // Row blocks of x, a few per thread; each block packs its own rows
+        // once and the whole weight once.
+        let rows = m.div_ceil(2 * rayon::current_num_threads().max(1)).max(WIDE_GEMM_MIN_M);
+        y.par_chunks_mut(rows * n).zip(x.par_chunks(rows * k)).for_each(|(yb, xb)| {
+            let mb = xb.len() / k;
+            // SAFETY: yb is [mb, n] row-major (column stride 1, row stride n),
+            // xb is [mb, k] row-major, w is [n, k] row-major read as its
+            // transpose [k, n] (row stride 1, column stride k); all live and
+            // sized as said; yb is this task's own rows and aliases nothing.
+            unsafe {
+                gemm::gemm(
+                    mb, n, k,
+                    yb.as_mut_ptr(), 1, n as isize, false,
+                    xb.as_ptr(), 1, k as isize,
+                    w.as_ptr(), k as isize, 1,
+                    0.0, 1.0, false, false, false,
+                    gemm::Parallelism::None,
+                );
+            }
+        });
+        y.par_chunks_mut(n).for_each(|row| row.iter_mut().zip(&self.b).for_each(|(y, b)| *y += b));
         y
     }
 }

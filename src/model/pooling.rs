@@ -27,9 +27,59 @@ pub struct Pooling {
     pub normalize: bool,
     /// sentence_bert_config.json's limit on input tokens, if any.
     pub max_seq_length: Option<usize>,
-    /// config.json declares Matryoshka training (`is_matryoshka` or
-    /// `matryoshka_dimensions`, as vLLM reads them): `dimensions` may truncate.
-    pub matryoshka: bool,
+    /// What `dimensions` may truncate to (see `Matryoshka`).
+    pub matryoshka: Matryoshka,
+}
+
+/// Which `dimensions` an embedding model allows, from its config.json as
+/// vLLM reads it: `matryoshka_dimensions` (a list: only those sizes),
+/// `is_matryoshka: true` (any size), else none but the native size.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Matryoshka {
+    #[default]
+    No,
+    Any,
+    Only(Vec<usize>),
+}
+
+impl Matryoshka {
+    /// Reads config.json's fields.
+    pub fn from_config(config: &Value) -> Matryoshka {
+        if let Some(list) = config.get("matryoshka_dimensions").and_then(Value::as_array) {
+            let dims: Vec<usize> = list.iter().filter_map(Value::as_u64).map(|d| d as usize).collect();
+            if !dims.is_empty() {
+                return Matryoshka::Only(dims);
+            }
+        }
+        match config.get("is_matryoshka").and_then(Value::as_bool) {
+            Some(true) => Matryoshka::Any,
+            _ => Matryoshka::No,
+        }
+    }
+
+    /// Whether `dimensions` may truncate at all.
+    pub fn enabled(&self) -> bool {
+        *self != Matryoshka::No
+    }
+
+    /// Checks a requested `dimensions` against the model's `native` size:
+    /// the native size is always allowed (nothing to truncate); the error
+    /// says what is allowed.
+    pub fn check(&self, dims: usize, native: usize) -> Result<(), String> {
+        if dims == native {
+            return Ok(());
+        }
+        match self {
+            Matryoshka::No => Err(format!("the model does not support Matryoshka truncation: dimensions may only be its native {native}")),
+            _ if dims == 0 || dims > native => Err(format!("dimensions must be between 1 and {native}, got {dims}")),
+            Matryoshka::Any => Ok(()),
+            Matryoshka::Only(list) if list.contains(&dims) => Ok(()),
+            Matryoshka::Only(list) => {
+                let list: Vec<String> = list.iter().map(usize::to_string).collect();
+                Err(format!("dimensions must be one of the model's matryoshka_dimensions [{}] or {native}, got {dims}", list.join(", ")))
+            }
+        }
+    }
 }
 
 fn read_json(path: &Path) -> Result<Option<Value>, ModelError> {
@@ -86,15 +136,14 @@ impl Pooling {
             .and_then(|v| v.get("max_seq_length").and_then(Value::as_u64))
             .map(|n| n as usize);
         let config = read_json(&dir.join("config.json"))?.unwrap_or(Value::Null);
-        let matryoshka = config.get("is_matryoshka").and_then(Value::as_bool).unwrap_or(false)
-            || config.get("matryoshka_dimensions").is_some_and(|d| !d.is_null());
+        let matryoshka = Matryoshka::from_config(&config);
         Ok(Some(Pooling { mode, normalize, max_seq_length, matryoshka }))
     }
 
     /// The pooling vLLM applies to a decoder served for embeddings without
     /// sentence-transformers files: last token, normalised.
     pub fn decoder_default() -> Pooling {
-        Pooling { mode: PoolingMode::LastToken, normalize: true, max_seq_length: None, matryoshka: false }
+        Pooling { mode: PoolingMode::LastToken, normalize: true, max_seq_length: None, matryoshka: Matryoshka::No }
     }
 
     /// Pools `hidden: [tokens, width]` of packed sequences (`seqs`: first
@@ -144,7 +193,7 @@ mod tests {
     fn modes_pool_the_right_rows() {
         let hidden = [1.0f32, 0.0, 3.0, 4.0, 5.0, 0.0];
         let seqs = [(0, 2), (2, 1)];
-        let p = |mode, normalize| Pooling { mode, normalize, max_seq_length: None, matryoshka: false }.pool(&hidden, 2, &seqs);
+        let p = |mode, normalize| Pooling { mode, normalize, max_seq_length: None, matryoshka: Matryoshka::No }.pool(&hidden, 2, &seqs);
         assert_eq!(p(PoolingMode::Mean, false), vec![vec![2.0, 2.0], vec![5.0, 0.0]]);
         assert_eq!(p(PoolingMode::Cls, false), vec![vec![1.0, 0.0], vec![5.0, 0.0]]);
         assert_eq!(p(PoolingMode::LastToken, true), vec![vec![0.6, 0.8], vec![1.0, 0.0]]);
@@ -162,10 +211,28 @@ mod tests {
         std::fs::write(d.join("1_Pooling/config.json"), r#"{"pooling_mode_cls_token": true, "pooling_mode_mean_tokens": false}"#).unwrap();
         std::fs::write(d.join("sentence_bert_config.json"), r#"{"max_seq_length": 512}"#).unwrap();
         let p = Pooling::from_dir(d).unwrap().unwrap();
-        assert_eq!(p, Pooling { mode: PoolingMode::Cls, normalize: true, max_seq_length: Some(512), matryoshka: false });
+        assert_eq!(p, Pooling { mode: PoolingMode::Cls, normalize: true, max_seq_length: Some(512), matryoshka: Matryoshka::No });
         std::fs::write(d.join("1_Pooling/config.json"), r#"{"pooling_mode_max_tokens": true}"#).unwrap();
         let e = Pooling::from_dir(d).unwrap_err().to_string();
         assert!(e.contains("pooling_mode_max_tokens"), "{e}");
         assert_eq!(Pooling::from_dir(&d.join("1_Pooling")).unwrap(), None);
+    }
+
+    /// `dimensions` equal to the native size was refused on a model
+    /// without Matryoshka training, and a listed `matryoshka_dimensions`
+    /// was not enforced.
+    #[test]
+    fn matryoshka_dimensions_are_enforced_and_the_native_size_always_allowed() {
+        let no = Matryoshka::from_config(&serde_json::json!({}));
+        assert_eq!(no, Matryoshka::No);
+        assert!(no.check(384, 384).is_ok());
+        assert!(no.check(64, 384).unwrap_err().contains("native 384"));
+        let any = Matryoshka::from_config(&serde_json::json!({"is_matryoshka": true}));
+        assert!(any.check(17, 64).is_ok() && any.check(65, 64).is_err() && any.check(0, 64).is_err());
+        let only = Matryoshka::from_config(&serde_json::json!({"is_matryoshka": true, "matryoshka_dimensions": [32, 128]}));
+        assert_eq!(only, Matryoshka::Only(vec![32, 128]));
+        assert!(only.check(32, 256).is_ok() && only.check(256, 256).is_ok());
+        let e = only.check(64, 256).unwrap_err();
+        assert!(e.contains("[32, 128]") && e.contains("64"), "{e}");
     }
 }

@@ -9,6 +9,7 @@ use llguidance::{Matcher, ParserFactory};
 use toktrie::TokEnv;
 
 use super::cache::LruCache;
+use super::limits::oversized_prediction;
 use super::spec::GrammarSpec;
 use super::tokenv::{KilnTokEnv, TokenizeFn, VocabBytes};
 use crate::sampling::mask::mask_words;
@@ -63,6 +64,13 @@ impl GrammarCompiler {
         }
         let start = Instant::now();
         let parser = self.factory.create_parser(spec.to_llguidance()).map_err(|e| GrammarError::Invalid(format!("{e:#}")))?;
+        let limit = self.factory.limits().max_items_in_row;
+        if oversized_prediction(parser.parser.grammar(), limit).is_some() {
+            return Err(GrammarError::Invalid(format!(
+                "the schema offers more than {limit} alternatives at one point (an anyOf, oneOf or type list with that many \
+                 non-constant choices); the grammar engine (llguidance) accepts at most {limit} there"
+            )));
+        }
         let matcher = Matcher::new(Ok(parser));
         if let Some(e) = matcher.get_error() {
             return Err(GrammarError::Invalid(e));
@@ -145,5 +153,75 @@ impl GrammarState {
     /// The grammar is complete and allows nothing more: the sequence ends.
     pub fn is_finished(&self) -> bool {
         self.matcher.is_stopped()
+    }
+}
+
+/// A byte-level toy vocabulary for tests: id 0 is EOS, ids 1..=256 the
+/// bytes 0..=255, then the given control tokens.
+#[cfg(test)]
+pub(crate) mod test_vocab {
+    use super::*;
+
+    pub fn byte_compiler(specials: &[&str]) -> GrammarCompiler {
+        let mut tokens = vec![b"<eos>".to_vec()];
+        tokens.extend((0..=255u8).map(|b| vec![b]));
+        let special: Vec<u32> = std::iter::once(0).chain((0..specials.len()).map(|i| 257 + i as u32)).collect();
+        tokens.extend(specials.iter().map(|s| s.as_bytes().to_vec()));
+        let v = VocabBytes { tokens, special, eos_ids: vec![0], bos_id: None };
+        let tokenize: TokenizeFn = Arc::new(|t: &str| t.bytes().map(|b| b as u32 + 1).collect());
+        GrammarCompiler::new(&v, tokenize, 4).unwrap()
+    }
+
+    /// The ids of `text`'s bytes.
+    pub fn bytes(text: &str) -> Vec<u32> {
+        text.bytes().map(|b| b as u32 + 1).collect()
+    }
+
+    /// Feeds `ids` to a fresh state of `g`, checking each against the mask
+    /// first; the first refusal is the error.
+    pub fn walk_ids(g: &CompiledGrammar, ids: &[u32]) -> Result<GrammarState, String> {
+        let mut s = g.start();
+        for &id in ids {
+            let m = s.next_mask(mask_words(g.vocab_size))?;
+            if !crate::sampling::mask::is_allowed(&m, id) {
+                return Err(format!("token {id} is masked"));
+            }
+            s.consume(id)?;
+        }
+        Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_vocab::*;
+    use super::*;
+    use serde_json::json;
+
+    fn walk(g: &CompiledGrammar, text: &str) -> Result<(), String> {
+        walk_ids(g, &bytes(text)).and_then(|mut s| s.next_mask(mask_words(257)).map(|_| ()))
+    }
+
+    fn alternatives(n: usize) -> Vec<serde_json::Value> {
+        (0..n).map(|i| json!({"type": "object", "properties": {format!("k{i}"): {"type": "integer"}}, "required": [format!("k{i}")]})).collect()
+    }
+
+    /// An `anyOf` of more than 2000 objects below the top level compiled,
+    /// and failed only when generation reached it ("Current row has 2100
+    /// items; max is 2000"): it is refused at compile time now.
+    #[test]
+    fn a_choice_over_the_row_limit_is_refused_at_compile_time() {
+        let c = byte_compiler(&[]);
+        let big = json!({"type": "object", "properties": {"a": {"anyOf": alternatives(2100)}}, "required": ["a"]});
+        let Err(GrammarError::Invalid(msg)) = c.compile(&GrammarSpec::JsonSchema(big)) else { panic!("compiled") };
+        assert!(msg.contains("more than 2000 alternatives"), "{msg}");
+        // Under the limit, and many plain constants (one lexeme), still pass
+        // and can be walked to the choice.
+        let small = json!({"type": "object", "properties": {"a": {"anyOf": alternatives(1500)}}, "required": ["a"]});
+        let g = c.compile(&GrammarSpec::JsonSchema(small)).unwrap().grammar;
+        walk(&g, "{\"a\": {\"k7\": 1").unwrap();
+        let names: Vec<String> = (0..5000).map(|i| format!("v{i}")).collect();
+        let g = c.compile(&GrammarSpec::JsonSchema(json!({"enum": names}))).unwrap().grammar;
+        walk(&g, "\"v4999\"").unwrap();
     }
 }

@@ -14,6 +14,7 @@
 
 mod cache;
 pub mod compiler;
+mod limits;
 pub mod spec;
 pub mod tokenv;
 

@@ -18,7 +18,7 @@ use crate::api::blocks::{Block, BlockEvent, Blocks};
 use crate::api::error::ApiError;
 use crate::api::events::Delta;
 use crate::api::sse_named::{Named, NamedEvents};
-use crate::api::tools::ToolFormat;
+use crate::api::tools::CallReading;
 use crate::api::wire_out::Usage;
 
 pub struct MessageRun {
@@ -51,7 +51,7 @@ fn block_json(b: &Block) -> Value {
 }
 
 impl MessageRun {
-    pub fn new(id: String, model: String, prompt_len: usize, tools: Option<ToolFormat>) -> MessageRun {
+    pub fn new(id: String, model: String, prompt_len: usize, tools: Option<CallReading>) -> MessageRun {
         MessageRun { id, model, prompt_len, blocks: Blocks::new(tools, "toolu"), finish: None, stop_sequence: None, result: None }
     }
 

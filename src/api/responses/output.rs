@@ -21,7 +21,7 @@ use crate::api::error::ApiError;
 use crate::api::new_id;
 use crate::api::events::Delta;
 use crate::api::sse_named::{Named, NamedEvents};
-use crate::api::tools::ToolFormat;
+use crate::api::tools::CallReading;
 use crate::api::wire_out::Usage;
 
 /// Called once with the finished response object.
@@ -61,7 +61,7 @@ pub fn usage_json(u: &Usage) -> Value {
 }
 
 impl ResponseRun {
-    pub fn new(base: Value, tools: Option<ToolFormat>, on_done: Option<OnDone>) -> ResponseRun {
+    pub fn new(base: Value, tools: Option<CallReading>, on_done: Option<OnDone>) -> ResponseRun {
         ResponseRun { base, blocks: Blocks::new(tools, "call"), item_ids: Vec::new(), finish: None, seq: 0, on_done, result: None }
     }
 

@@ -106,9 +106,28 @@ enum Mode {
     Object,
 }
 
+/// How a choice's text is read for calls: the format, and for forced calls
+/// (`tool_choice` required or a named function) the names a call may have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallReading {
+    pub format: ToolFormat,
+    /// Some when the whole output is calls under a grammar: then it has no
+    /// content, and a call cut short (max_tokens) is still reported as a
+    /// call with its partial arguments, as OpenAI does.
+    pub forced: Option<Vec<String>>,
+}
+
+impl CallReading {
+    pub fn auto(format: ToolFormat) -> CallReading {
+        CallReading { format, forced: None }
+    }
+}
+
 /// The incremental parser of one choice.
 pub struct ToolStream {
     format: ToolFormat,
+    /// The callable names when calls are forced (see `CallReading`).
+    forced: Option<Vec<String>>,
     mode: Mode,
     /// Text received but not yet classified.
     buf: String,
@@ -121,7 +140,12 @@ pub struct ToolStream {
 
 impl ToolStream {
     pub fn new(format: ToolFormat) -> ToolStream {
-        ToolStream { format, mode: Mode::Leading, buf: String::new(), obj: String::new(), index: 0, started: false, args_sent: 0 }
+        ToolStream::reading(CallReading::auto(format))
+    }
+
+    pub fn reading(r: CallReading) -> ToolStream {
+        let (format, forced) = (r.format, r.forced);
+        ToolStream { format, forced, mode: Mode::Leading, buf: String::new(), obj: String::new(), index: 0, started: false, args_sent: 0 }
     }
 
     /// Calls begun so far.
@@ -133,23 +157,59 @@ impl ToolStream {
         self.buf.push_str(text);
         let mut out = Vec::new();
         while self.step(&mut out, false) {}
-        out
+        self.forced_filter(out)
     }
 
-    /// Flushes everything held back at the end of the choice.
+    /// Flushes everything held back at the end of the choice. With forced
+    /// calls, a call cut short before its name was complete is reported
+    /// under the one callable name its text can still become (none when
+    /// that is ambiguous), with the arguments written so far.
     pub fn finish(&mut self) -> Vec<ToolEvent> {
         let mut out = Vec::new();
         while self.step(&mut out, true) {}
         if self.mode == Mode::Object && !self.obj.is_empty() {
             let obj = std::mem::take(&mut self.obj);
             if !self.started {
-                out.push(ToolEvent::Text(obj));
+                match self.cut_call_name(&obj) {
+                    Some(name) => out.push(ToolEvent::Start { index: self.index, name }),
+                    None => out.push(ToolEvent::Text(obj)),
+                }
+            }
+        } else if self.num_calls() == 0 {
+            // Cut before the first call's object began (inside a marker).
+            if let Some(name) = self.cut_call_name("") {
+                out.push(ToolEvent::Start { index: self.index, name });
+                out.push(ToolEvent::Args { index: self.index, fragment: String::new() });
             }
         }
         if !self.buf.is_empty() {
             out.push(ToolEvent::Text(std::mem::take(&mut self.buf)));
         }
-        out
+        self.forced_filter(out)
+    }
+
+    /// Forced calls have no content: text events are dropped.
+    fn forced_filter(&self, events: Vec<ToolEvent>) -> Vec<ToolEvent> {
+        if self.forced.is_none() {
+            return events;
+        }
+        events.into_iter().filter(|e| !matches!(e, ToolEvent::Text(_))).collect()
+    }
+
+    /// The name of a forced call whose object text `obj` (a prefix of
+    /// `{"name": "<name>", ...}` in kiln's grammar layout) was cut: the
+    /// only callable name it is consistent with.
+    fn cut_call_name(&self, obj: &str) -> Option<String> {
+        let names = self.forced.as_ref()?;
+        let fits = |n: &&String| {
+            let head = format!("{{\"name\": {}", serde_json::Value::String((*n).clone()));
+            head.starts_with(obj) || obj.starts_with(&head)
+        };
+        let mut it = names.iter().filter(fits);
+        match (it.next(), it.next()) {
+            (Some(n), None) => Some(n.clone()),
+            _ => None,
+        }
     }
 
     /// One move of the state machine; false when it needs more text.
@@ -286,8 +346,8 @@ impl ParsedOutput {
     }
 
     /// Parses a whole text.
-    pub fn parse(format: ToolFormat, text: &str) -> ParsedOutput {
-        let mut s = ToolStream::new(format);
+    pub fn parse(reading: CallReading, text: &str) -> ParsedOutput {
+        let mut s = ToolStream::reading(reading);
         let mut p = ParsedOutput::default();
         p.apply(s.push(text));
         p.apply(s.finish());
@@ -313,7 +373,7 @@ mod tests {
     #[test]
     fn hermes_calls_with_text_before() {
         let text = "Let me check.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>\n<tool_call>\n{\"name\": \"get_time\", \"arguments\": {}}\n</tool_call>";
-        let whole = ParsedOutput::parse(ToolFormat::Hermes, text);
+        let whole = ParsedOutput::parse(CallReading::auto(ToolFormat::Hermes), text);
         assert_eq!(whole.content, "Let me check.\n");
         assert_eq!(
             whole.calls,
@@ -355,6 +415,49 @@ mod tests {
         }
         assert!(frags.len() > 3);
         assert_eq!(frags.concat(), "{\"a\": \"x}y\", \"b\": [1, 2]}");
+    }
+
+    fn forced(format: ToolFormat, names: &[&str]) -> CallReading {
+        CallReading { format, forced: Some(names.iter().map(|n| n.to_string()).collect()) }
+    }
+
+    fn parse_by_chars(r: CallReading, text: &str) -> ParsedOutput {
+        let mut s = ToolStream::reading(r);
+        let mut p = ParsedOutput::default();
+        let mut buf = [0u8; 4];
+        for c in text.chars() {
+            p.apply(s.push(c.encode_utf8(&mut buf)));
+        }
+        p.apply(s.finish());
+        p
+    }
+
+    /// max_tokens cutting a forced call: before this, the fragment became
+    /// content; now it is the call (partial arguments), never content.
+    #[test]
+    fn a_forced_call_cut_short_stays_a_call() {
+        let full = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>";
+        let r = forced(ToolFormat::Hermes, &["get_weather", "get_time"]);
+        for cut in 1..full.len() {
+            let text = &full[..cut];
+            let p = parse_by_chars(r.clone(), text);
+            assert_eq!(p, ParsedOutput::parse(r.clone(), text), "streamed = whole at {text:?}");
+            assert_eq!(p.content, "", "no content at {text:?}");
+            // The name is decided once "get_w" is written.
+            let decided = text.len() >= full.find("get_w").unwrap() + 5;
+            assert_eq!(p.calls.len(), usize::from(decided), "{text:?}: {p:?}");
+            if let Some((name, args)) = p.calls.first() {
+                assert_eq!(name, "get_weather");
+                assert!("{\"city\": \"Paris\"}".starts_with(args.as_str()), "{args:?}");
+            }
+        }
+        // One callable name: decided from the first byte on.
+        let one = forced(ToolFormat::Hermes, &["get_weather"]);
+        assert_eq!(parse_by_chars(one.clone(), "<tool").calls, vec![("get_weather".to_string(), String::new())]);
+        let l = forced(ToolFormat::Llama3Json, &["f"]);
+        assert_eq!(parse_by_chars(l, "{\"name\": \"f\", \"parameters\": {\"q\": \"a").calls, vec![("f".into(), "{\"q\": \"a".into())]);
+        // Not forced: the same cut text stays text, as before.
+        assert_eq!(parse_by_chars(CallReading::auto(ToolFormat::Hermes), "<tool").content, "<tool");
     }
 
     #[test]

@@ -5,8 +5,10 @@
 //!
 //! `tool_choice`:
 //! - `none`: tools are left out of the prompt, output is text;
-//! - `auto` (the default with tools): text or calls; with the Hermes format
-//!   a lazy grammar constrains each call from its `<tool_call>` on;
+//! - `auto` (the default with tools): text or calls; a call is constrained
+//!   from the point the output shows it is one (Hermes: lazily from each
+//!   `<tool_call>`; Llama 3 JSON: a reply opening with `{`; Mistral: the
+//!   `[TOOL_CALLS]` that opens the reply; see `grammar.rs`);
 //! - `required` / `{"type": "function", "function": {"name": ...}}`: the
 //!   whole output is generated under a grammar built from the tools'
 //!   parameter schemas, so every call's arguments validate.
@@ -19,7 +21,7 @@ mod scan;
 use serde_json::Value;
 
 use super::error::ApiError;
-pub use format::{ParsedOutput, ToolEvent, ToolFormat, ToolStream, PARSER_NAMES};
+pub use format::{CallReading, ParsedOutput, ToolEvent, ToolFormat, ToolStream, PARSER_NAMES};
 
 /// One function tool.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,6 +53,13 @@ impl ToolPlan {
     /// Whether the output is read for calls.
     pub fn active(&self) -> bool {
         self.choice != ToolChoice::None
+    }
+
+    /// How the output is read for calls (None with `tool_choice: none`).
+    pub fn reading(&self) -> Option<CallReading> {
+        let forced = matches!(self.choice, ToolChoice::Required | ToolChoice::Named(_));
+        let names = || self.callable().iter().map(|t| t.name.clone()).collect();
+        self.active().then(|| CallReading { format: self.format, forced: forced.then(names) })
     }
 
     /// The tools calls may name: all, or the one `tool_choice` names.
@@ -107,6 +116,15 @@ fn parse_tool(v: &Value, i: usize) -> Result<ToolDef, ApiError> {
         Some(s @ Value::Object(_)) => s.clone(),
         Some(_) => return Err(bad(format!("{p}.function.parameters must be a JSON schema object"), format!("{p}.function.parameters"))),
     };
+    // Arguments are a JSON object (OpenAI refuses other schemas too).
+    match parameters.get("type") {
+        None => {}
+        Some(Value::String(t)) if t == "object" => {}
+        Some(t) => {
+            let msg = format!("{p}.function.parameters must describe an object ({{\"type\": \"object\", ...}}), got \"type\": {t}");
+            return Err(bad(msg, format!("{p}.function.parameters")));
+        }
+    }
     let description = f.get("description").and_then(Value::as_str).map(str::to_string);
     Ok(ToolDef { name, description, parameters })
 }
@@ -184,6 +202,11 @@ mod tests {
         assert_eq!(plan(json!([]), json!("required")).unwrap_err().param().as_deref(), Some("tool_choice"));
         let bad_name = json!([{"type": "function", "function": {"name": "a b"}}]);
         assert_eq!(plan(bad_name, Value::Null).unwrap_err().param().as_deref(), Some("tools[0].function.name"));
+        // Accepted before: the arguments of a call are always an object.
+        let string_params = json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}]);
+        let e = plan(string_params, Value::Null).unwrap_err();
+        assert_eq!(e.param().as_deref(), Some("tools[0].function.parameters"));
+        assert!(e.to_string().contains("must describe an object"), "{e}");
         let bad_type = json!([{"type": "code_interpreter"}]);
         assert_eq!(plan(bad_type, Value::Null).unwrap_err().param().as_deref(), Some("tools[0].type"));
     }

@@ -53,6 +53,8 @@ pub mod gpu;
 #[cfg(any(feature = "cuda", feature = "emu"))]
 pub mod ops;
 #[cfg(any(feature = "cuda", feature = "emu"))]
+pub mod prompt_logprobs;
+#[cfg(any(feature = "cuda", feature = "emu"))]
 pub mod runner;
 #[cfg(any(feature = "cuda", feature = "emu"))]
 pub mod weights;

@@ -10,7 +10,10 @@
 //!    inputs, masks included, in a second small transfer;
 //! 5. penalties, the masks, the draw and top logprobs run on the GPU; only
 //!    ids and logprobs come back, and reading them is the step's one
-//!    synchronisation.
+//!    synchronisation;
+//! 6. prompt logprobs, when the step carries prompt positions that want
+//!    them: LM head over those rows on the GPU, log-softmax on the host
+//!    (`prompt_logprobs.rs`).
 //!
 //! Start-up: open the GPU (kernels from the embedded fatbin or NVRTC),
 //! check the weights fit, upload them, allocate the workspace of the largest
@@ -31,7 +34,8 @@ use super::weights::CudaWeights;
 use crate::engine::TokenLogprob;
 use crate::model::weights::WeightSource;
 use crate::model::{BatchInput, ModelConfig};
-use crate::runner::{ModelRunner, SampleRequest, Sampled};
+use super::prompt_logprobs::PromptPass;
+use crate::runner::{ModelRunner, PromptLogprobs, SampleRequest, Sampled};
 use std::collections::BTreeMap;
 
 /// Memory left aside for CUDA graphs and the driver when sizing the KV pool.
@@ -99,6 +103,12 @@ pub struct CudaRunner {
     act: Activations,
     kv: KvPool,
     weights: CudaWeights,
+    /// Row indices of a prompt-logprob chunk (u32, `max_rows` long).
+    prompt_rows: DeviceMem,
+    /// Rows of the workspace's `last` and `logits` regions.
+    max_rows: usize,
+    /// The last step's prompt logprobs, until the engine takes them.
+    prompt_lps: Vec<PromptLogprobs>,
     cfg: ModelConfig,
     opts: CudaRunnerOptions,
     table_width: usize,
@@ -143,6 +153,8 @@ impl CudaRunner {
         let out_host = dev.alloc_pinned(caps.out_host_bytes)?;
         warm_up_gemms(&dev, cfg, &weights, &ws, &act, max_tokens)?;
         let kv = alloc_kv(&dev, cfg, &opts)?;
+        let max_rows = caps.step.max_seqs;
+        let prompt_rows = dev.alloc(4 * max_rows)?;
         let mut r = CudaRunner {
             graphs: BTreeMap::new(),
             buckets: caps.buckets,
@@ -153,6 +165,9 @@ impl CudaRunner {
             act,
             kv,
             weights,
+            prompt_rows,
+            max_rows,
+            prompt_lps: Vec::new(),
             cfg: cfg.clone(),
             opts,
             table_width,
@@ -178,6 +193,19 @@ impl CudaRunner {
             ws: self.ws.ptr,
             act: &self.act,
             inputs: self.inputs_dev.ptr,
+        }
+    }
+
+    fn prompt_pass(&self) -> PromptPass<'_> {
+        PromptPass {
+            dev: &self.dev,
+            w: &self.weights,
+            ws: &self.ws,
+            act: &self.act,
+            rows: &self.prompt_rows,
+            max_rows: self.max_rows,
+            hidden: self.cfg.hidden_size,
+            vocab: self.cfg.vocab_size,
         }
     }
 
@@ -404,7 +432,18 @@ impl ModelRunner for CudaRunner {
         }
         let top_n = step.sampling.max_top_logprobs();
         self.forward().sample(&layout, rows, step.sampling.any_processor(), constrained, top_n)?;
-        Ok(self.collect(rows, top_n, &step.sampling)?)
+        let sampled = self.collect(rows, top_n, &step.sampling)?;
+        // After the draw is read back: the logits region is free again.
+        self.prompt_lps = self.prompt_pass().run(batch)?;
+        Ok(sampled)
+    }
+
+    fn supports_prompt_logprobs(&self) -> bool {
+        true
+    }
+
+    fn take_prompt_logprobs(&mut self) -> Vec<PromptLogprobs> {
+        std::mem::take(&mut self.prompt_lps)
     }
 
     fn num_kv_blocks(&self) -> usize {
