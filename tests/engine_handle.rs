@@ -289,7 +289,10 @@ fn requests_that_can_never_be_served_are_refused() {
     let h = engine(EngineConfig { max_model_len: 100, ..cfg() }, 11); // 10 usable blocks = 40 slots
     let bad = |r: ValidRequest| matches!(h.submit(r), Err(EngineError::InvalidRequest(_)));
     assert!(bad(req(vec![], 5)));
-    assert!(bad(req(prompt(5, 0), 0)));
+    // max_tokens 0 is a prompt-only sequence (echo with max_tokens 0): its
+    // prompt is prefilled, no token is returned, it ends with length.
+    let out = collect(h.submit(req(prompt(5, 0), 0)).expect("max_tokens 0 is a prompt-only sequence"), 1);
+    assert_eq!((out[0].finish, out[0].ids.len(), out[0].usage.completion_tokens), (Some(FinishReason::Length), 0, 0));
     assert!(bad(req(vec![1, VOCAB as u32], 5)));
     assert!(bad(ValidRequest { n: 0, ..req(prompt(5, 0), 5) }));
     assert!(bad(req(prompt(90, 0), 11)), "beyond max_model_len");
