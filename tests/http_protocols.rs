@@ -72,6 +72,11 @@ async fn responses_stream_order_and_the_stored_copy() {
     assert_eq!(last["status"], "incomplete");
     assert_eq!(last["incomplete_details"]["reason"], "max_output_tokens");
     assert_eq!(last["output"][0]["content"][0]["text"], "abcd");
+    // The message cut by max_output_tokens is itself incomplete, in the
+    // final object and in its output_item.done.
+    assert_eq!(last["output"][0]["status"], "incomplete");
+    let done = events.iter().find(|(n, _)| n == "response.output_item.done").unwrap();
+    assert_eq!(done.1["item"]["status"], "incomplete");
     assert_eq!(last["usage"]["output_tokens"], 4);
     let (status, stored) = get_json(&s.base, &format!("/v1/responses/{}", last["id"].as_str().unwrap())).await;
     assert_eq!(status, 200);
