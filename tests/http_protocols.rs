@@ -109,6 +109,27 @@ async fn responses_errors_and_the_store_switched_off() {
 }
 
 #[tokio::test]
+async fn responses_accept_the_defaults_they_echo() {
+    // What agents such as Codex CLI send on every request: no extra output
+    // (`include: []`), the default truncation the response object itself
+    // reports, and a prompt-cache routing key (kiln's prefix cache is
+    // automatic). None of these may be a 400.
+    let s = fake_server(ServerConfig::default()).await;
+    let body = json!({"model": FAKE_MODEL, "input": "hi", "max_output_tokens": 2, "include": [],
+        "truncation": "disabled", "prompt_cache_key": "conv-1"});
+    let (status, r) = post_json(&s.base, "/v1/responses", &body).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["truncation"], "disabled");
+    // A truncation kiln does not do is still refused, naming the field.
+    for (field, value) in [("truncation", json!("auto")), ("prompt_cache_key", json!(3))] {
+        let mut bad = json!({"model": FAKE_MODEL, "input": "hi", "max_output_tokens": 2});
+        bad[field] = value;
+        let (status, e) = post_json(&s.base, "/v1/responses", &bad).await;
+        assert_eq!((status, e["error"]["param"].as_str()), (400, Some(field)), "{e}");
+    }
+}
+
+#[tokio::test]
 async fn responses_mid_stream_error_event() {
     let s = fake_server(ServerConfig::default()).await;
     let body = json!({"model": FAKE_MODEL, "input": "FAIL", "max_output_tokens": 8, "stream": true});
