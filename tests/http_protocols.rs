@@ -193,6 +193,16 @@ async fn messages_errors_have_anthropics_shape() {
     let (status, text) = post_text(&s.base, "/v1/messages", &doc, Some("sk-ant")).await;
     assert_anthropic_error(status, &text, 400, "invalid_request_error");
     assert!(text.contains("'document'"), "{text}");
+    // Anthropic's tools take an object schema: a tool whose input_schema is
+    // another type (or has no type) could only produce an `input` that is
+    // not an object or does not match it.
+    for schema in [json!({"type": "string"}), json!({"properties": {"a": {"type": "string"}}})] {
+        let mut tool = ok.clone();
+        tool["tools"] = json!([{"name": "f", "input_schema": schema}]);
+        let (status, text) = post_text(&s.base, "/v1/messages", &tool, Some("sk-ant")).await;
+        assert_anthropic_error(status, &text, 400, "invalid_request_error");
+        assert!(text.contains("tools.0.input_schema.type"), "{text}");
+    }
     let mut model = ok.clone();
     model["model"] = json!("nope");
     let (status, text) = post_text(&s.base, "/v1/messages", &model, Some("sk-ant")).await;
