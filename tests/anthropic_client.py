@@ -141,6 +141,9 @@ def test_error_classes(client, server):
         create(client, messages=[{"role": "user", "content": [{"type": "image", "source": {"type": "url", "url": "https://x/y.png"}}]}])
     assert e.value.status_code == 400 and e.value.body["type"] == "error"
     assert e.value.body["error"]["type"] == "invalid_request_error" and "'image'" in e.value.body["error"]["message"]
+    with pytest.raises(anthropic.BadRequestError) as e:
+        create(client, messages=[{"role": "user", "content": "Hi"}], tools=[{"name": "f", "input_schema": {"type": "string"}}])
+    assert "tools.0.input_schema.type" in e.value.body["error"]["message"]
     with pytest.raises(anthropic.AuthenticationError) as e:
         anthropic.Anthropic(base_url=server, api_key="sk-wrong", max_retries=0).messages.create(
             model=MODEL, max_tokens=4, messages=[{"role": "user", "content": "Hi"}])

@@ -72,6 +72,11 @@ async fn responses_stream_order_and_the_stored_copy() {
     assert_eq!(last["status"], "incomplete");
     assert_eq!(last["incomplete_details"]["reason"], "max_output_tokens");
     assert_eq!(last["output"][0]["content"][0]["text"], "abcd");
+    // The message cut by max_output_tokens is itself incomplete, in the
+    // final object and in its output_item.done.
+    assert_eq!(last["output"][0]["status"], "incomplete");
+    let done = events.iter().find(|(n, _)| n == "response.output_item.done").unwrap();
+    assert_eq!(done.1["item"]["status"], "incomplete");
     assert_eq!(last["usage"]["output_tokens"], 4);
     let (status, stored) = get_json(&s.base, &format!("/v1/responses/{}", last["id"].as_str().unwrap())).await;
     assert_eq!(status, 200);
@@ -100,6 +105,27 @@ async fn responses_errors_and_the_store_switched_off() {
         body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
         let (status, e) = post_json(&s.base, "/v1/responses", &body).await;
         assert_eq!((status, e["error"]["param"].as_str()), (400, Some(param)), "{e}");
+    }
+}
+
+#[tokio::test]
+async fn responses_accept_the_defaults_they_echo() {
+    // What agents such as Codex CLI send on every request: no extra output
+    // (`include: []`), the default truncation the response object itself
+    // reports, and a prompt-cache routing key (kiln's prefix cache is
+    // automatic). None of these may be a 400.
+    let s = fake_server(ServerConfig::default()).await;
+    let body = json!({"model": FAKE_MODEL, "input": "hi", "max_output_tokens": 2, "include": [],
+        "truncation": "disabled", "prompt_cache_key": "conv-1"});
+    let (status, r) = post_json(&s.base, "/v1/responses", &body).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["truncation"], "disabled");
+    // A truncation kiln does not do is still refused, naming the field.
+    for (field, value) in [("truncation", json!("auto")), ("prompt_cache_key", json!(3))] {
+        let mut bad = json!({"model": FAKE_MODEL, "input": "hi", "max_output_tokens": 2});
+        bad[field] = value;
+        let (status, e) = post_json(&s.base, "/v1/responses", &bad).await;
+        assert_eq!((status, e["error"]["param"].as_str()), (400, Some(field)), "{e}");
     }
 }
 
@@ -167,6 +193,16 @@ async fn messages_errors_have_anthropics_shape() {
     let (status, text) = post_text(&s.base, "/v1/messages", &doc, Some("sk-ant")).await;
     assert_anthropic_error(status, &text, 400, "invalid_request_error");
     assert!(text.contains("'document'"), "{text}");
+    // Anthropic's tools take an object schema: a tool whose input_schema is
+    // another type (or has no type) could only produce an `input` that is
+    // not an object or does not match it.
+    for schema in [json!({"type": "string"}), json!({"properties": {"a": {"type": "string"}}})] {
+        let mut tool = ok.clone();
+        tool["tools"] = json!([{"name": "f", "input_schema": schema}]);
+        let (status, text) = post_text(&s.base, "/v1/messages", &tool, Some("sk-ant")).await;
+        assert_anthropic_error(status, &text, 400, "invalid_request_error");
+        assert!(text.contains("tools.0.input_schema.type"), "{text}");
+    }
     let mut model = ok.clone();
     model["model"] = json!("nope");
     let (status, text) = post_text(&s.base, "/v1/messages", &model, Some("sk-ant")).await;

@@ -91,6 +91,17 @@ def test_max_output_tokens_makes_it_incomplete(client):
     r = create(client, input="Count from one to one hundred in words.", max_output_tokens=5)
     assert r.status == "incomplete" and r.incomplete_details.reason == "max_output_tokens"
     assert r.usage.output_tokens == 5
+    # The item the limit cut is itself incomplete.
+    assert r.output[-1].status == "incomplete"
+
+
+def test_codex_style_defaults_are_accepted(client):
+    # Codex CLI sends these on every request; each asks for what kiln does.
+    r = create(client, input="Hi", max_output_tokens=4, include=[], truncation="disabled", prompt_cache_key="conv-1", store=False)
+    assert r.truncation == "disabled" and r.usage.output_tokens >= 1
+    with pytest.raises(openai.BadRequestError) as e:
+        create(client, input="Hi", truncation="auto")
+    assert e.value.param == "truncation"
 
 
 class City(pydantic.BaseModel):

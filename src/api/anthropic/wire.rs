@@ -154,7 +154,10 @@ pub fn chat_tools(tools: Option<&Value>) -> Result<Option<Value>, ApiError> {
             f.insert("description".into(), d.clone());
         }
         match t.get("input_schema") {
-            Some(s @ Value::Object(_)) => f.insert("parameters".into(), s.clone()),
+            Some(s @ Value::Object(o)) if o.get("type").and_then(Value::as_str) == Some("object") => f.insert("parameters".into(), s.clone()),
+            Some(Value::Object(_)) => {
+                return Err(bad(format!("{p}.input_schema.type must be 'object' (a tool's input is an object)"), format!("{p}.input_schema.type")))
+            }
             _ => return Err(bad(format!("{p}.input_schema is required and must be a JSON schema object"), format!("{p}.input_schema"))),
         };
         out.push(json!({"type": "function", "function": f}));

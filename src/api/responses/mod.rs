@@ -117,15 +117,33 @@ fn check_metadata(m: Option<&serde_json::Map<String, Value>>) -> Result<Value, A
     Ok(Value::Object(m.clone()))
 }
 
+/// Fields agents send on every request whose value asks for exactly what
+/// kiln does: `include: []` (no extra output), `truncation: "disabled"`
+/// (what every response reports) and `prompt_cache_key` (a routing hint;
+/// the prefix cache needs none). Removed before `refuse_extra`, so any
+/// other value is still a 400 naming the field.
+fn drop_noop_fields(extra: &mut serde_json::Map<String, Value>) {
+    if extra.get("include").and_then(Value::as_array).is_some_and(Vec::is_empty) {
+        extra.remove("include");
+    }
+    if extra.get("truncation").and_then(Value::as_str) == Some("disabled") {
+        extra.remove("truncation");
+    }
+    if extra.get("prompt_cache_key").is_some_and(Value::is_string) {
+        extra.remove("prompt_cache_key");
+    }
+}
+
 /// `POST /v1/responses`.
 pub async fn create(
     State(h): State<ResponsesHttp>,
     Extension(caller): Extension<Caller>,
     Extension(record): Extension<RequestRecord>,
     headers: HeaderMap,
-    ApiJson(req): ApiJson<CreateResponse>,
+    ApiJson(mut req): ApiJson<CreateResponse>,
 ) -> Result<Response, ApiError> {
     let state = super::models::route_recorded(&h.app, &record, &req.model, ModelTask::Generate)?;
+    drop_noop_fields(&mut req.extra);
     refuse_extra(&req.extra, "")?;
     let common = CommonParams {
         max_tokens: req.max_output_tokens,

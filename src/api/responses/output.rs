@@ -34,6 +34,9 @@ pub struct ResponseRun {
     /// Item ids of the blocks, by index.
     item_ids: Vec<String>,
     finish: Option<&'static str>,
+    /// When cut by max_output_tokens: the index of the first block the cut
+    /// closed (that block and any after it are `incomplete` items).
+    cut_from: Option<usize>,
     seq: u64,
     on_done: Option<OnDone>,
     /// The final response object, once finished.
@@ -62,7 +65,7 @@ pub fn usage_json(u: &Usage) -> Value {
 
 impl ResponseRun {
     pub fn new(base: Value, tools: Option<CallReading>, on_done: Option<OnDone>) -> ResponseRun {
-        ResponseRun { base, blocks: Blocks::new(tools, "call"), item_ids: Vec::new(), finish: None, seq: 0, on_done, result: None }
+        ResponseRun { base, blocks: Blocks::new(tools, "call"), item_ids: Vec::new(), finish: None, cut_from: None, seq: 0, on_done, result: None }
     }
 
     fn event(&mut self, name: &'static str, mut data: Value) -> Named {
@@ -82,9 +85,10 @@ impl ResponseRun {
 
     fn item_of(&self, index: usize, b: &Block) -> Value {
         let id = &self.item_ids[index];
+        let status = if self.cut_from.is_some_and(|c| index >= c) { "incomplete" } else { "completed" };
         match b {
-            Block::Text(t) => text_item(id, t, "completed"),
-            Block::Call { call_id, name, arguments } => call_item(id, call_id, name, arguments, "completed"),
+            Block::Text(t) => text_item(id, t, status),
+            Block::Call { call_id, name, arguments } => call_item(id, call_id, name, arguments, status),
         }
     }
 
@@ -157,6 +161,9 @@ impl NamedEvents for ResponseRun {
 
     fn finish(&mut self, usage: Usage) -> Vec<Named> {
         let mut out = Vec::new();
+        if self.finish == Some("length") {
+            self.cut_from = Some(self.blocks.closed.len());
+        }
         for (i, e) in self.blocks.finish() {
             self.on_block(i, e, &mut out);
         }
