@@ -203,6 +203,15 @@ async fn messages_errors_have_anthropics_shape() {
         assert_anthropic_error(status, &text, 400, "invalid_request_error");
         assert!(text.contains("tools.0.input_schema.type"), "{text}");
     }
+    // A text block without text, or a user message with no blocks, is a
+    // 400 naming it (as in `system`), not a turn silently dropped or emptied.
+    for (content, param) in [(json!([{"type": "text"}]), "messages.0.content.0.text"), (json!([]), "messages.0.content")] {
+        let mut empty = ok.clone();
+        empty["messages"][0]["content"] = content;
+        let (status, text) = post_text(&s.base, "/v1/messages", &empty, Some("sk-ant")).await;
+        assert_anthropic_error(status, &text, 400, "invalid_request_error");
+        assert!(text.contains(param), "{text}");
+    }
     let mut model = ok.clone();
     model["model"] = json!("nope");
     let (status, text) = post_text(&s.base, "/v1/messages", &model, Some("sk-ant")).await;

@@ -77,6 +77,9 @@ fn turn(m: &Value, i: usize, out: &mut Vec<Value>) -> Result<(), ApiError> {
     };
     let blocks = match m.get("content") {
         Some(Value::String(s)) => vec![json!({"type": "text", "text": s})],
+        Some(Value::Array(b)) if b.is_empty() && role == "user" => {
+            return Err(bad(format!("{p}.content must not be empty"), format!("{p}.content")))
+        }
         Some(Value::Array(b)) => b.clone(),
         _ => return Err(bad(format!("{p}.content must be a string or a list of content blocks"), format!("{p}.content"))),
     };
@@ -84,7 +87,10 @@ fn turn(m: &Value, i: usize, out: &mut Vec<Value>) -> Result<(), ApiError> {
     for (j, b) in blocks.iter().enumerate() {
         let bp = format!("{p}.content.{j}");
         match b.get("type").and_then(Value::as_str) {
-            Some("text") => texts.push(b.get("text").and_then(Value::as_str).unwrap_or_default().to_string()),
+            Some("text") => {
+                let text = b.get("text").and_then(Value::as_str);
+                texts.push(text.ok_or_else(|| bad(format!("{bp}.text is required"), format!("{bp}.text")))?.to_string())
+            }
             Some("tool_use") if role == "assistant" => {
                 let id = b.get("id").and_then(Value::as_str).ok_or_else(|| bad(format!("{bp}.id is required"), format!("{bp}.id")))?;
                 let name = b.get("name").and_then(Value::as_str).ok_or_else(|| bad(format!("{bp}.name is required"), format!("{bp}.name")))?;
