@@ -6,6 +6,8 @@ pub mod encoder;
 pub mod matmul;
 pub mod ops;
 pub mod quant;
+#[cfg(target_arch = "x86_64")]
+mod quant_x86;
 pub mod simd;
 
 pub use attention::KvCache;
