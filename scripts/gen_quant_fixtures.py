@@ -17,6 +17,9 @@ package (llama.cpp's gguf-py) as the independent reference.
       attn_v, ffn_down and output, F32 norms. ~100 MB, written in about a
       second; tests/quant_memory.rs loads it and checks resident memory.
 
+  python3 scripts/gen_quant_fixtures.py setup
+      only creates the venv (scripts/test.sh runs this).
+
 Re-executes itself inside .venv-gguf (KILN_GGUF_VENV), created on first use
 with gguf==0.19.0 and numpy from PyPI (scripts/test.sh creates it).
 """
@@ -149,7 +152,9 @@ def write_rss_model(path):
 
 
 def main():
-    if sys.argv[1:] == ["goldens"]:
+    if sys.argv[1:] == ["setup"]:
+        print(f"gguf and numpy ready in {VENV}")
+    elif sys.argv[1:] == ["goldens"]:
         write_goldens()
     elif len(sys.argv) == 3 and sys.argv[1] == "rss":
         write_rss_model(Path(sys.argv[2]))
