@@ -5,7 +5,7 @@
 //! AVX-512 VNNI (`vpdpwssd`) would fuse the multiply and the add; the CPUs
 //! kiln is measured on have no AVX-512, so it is not written yet.
 
-use super::quant::{f16_at, ActBlock};
+use super::quant::ActBlock;
 use crate::model::dequant::{q4_k_scale_min, GgmlType};
 use std::arch::x86_64::*;
 
@@ -23,6 +23,15 @@ pub unsafe fn vec_dot(ty: GgmlType, row: &[u8], x: &[ActBlock]) -> Option<f32> {
         GgmlType::Q6_K => dot_q6_k(row, x),
         _ => return None,
     })
+}
+
+/// The little-endian f16 at b[i..i+2] as f32 (F16C; `half`'s conversion
+/// checks CPU features on every call).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16_at(b: &[u8], i: usize) -> f32 {
+    let bits = u16::from_le_bytes([*b.get_unchecked(i), *b.get_unchecked(i + 1)]);
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
 }
 
 #[inline]
