@@ -14,6 +14,10 @@
 #
 #   scripts/bench-cpu-peer.sh [MODEL.gguf]     (default: the default model)
 #
+# Random-weight ~0.4B models of Q4_K_M and Q8_0 mix for the same comparison:
+#   python3 scripts/gen_quant_fixtures.py bench-model q4_k_m ~/.cache/kiln-peer/random-0.4b-q4_k_m.gguf
+#   python3 scripts/gen_quant_fixtures.py bench-model q8_0 ~/.cache/kiln-peer/random-0.4b-q8_0.gguf
+#
 # Environment: ROUNDS (3), THREADS (all cores), INPUT_LEN (128), PROMPTS_C1
 # (8), PROMPTS_C16 (32), KILN (a built kiln; default: cargo build --release),
 # KILN_FLAGS (extra flags for kiln generate/serve, e.g. "--cpu-activations
@@ -43,11 +47,11 @@ median() { sort -g | awk '{a[NR]=$1} END {if (NR == 0) print "nan"; else print (
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.2f", a/b; else print "n/a"}'; }
 
 # ~512 tokens of prose for kiln's prompt measure (llama-bench pp512 uses 512 tokens).
-LONG_PROMPT="$(for _ in $(seq 40); do printf 'The printing press changed how ideas moved across Europe. '; done)"
+LONG_PROMPT="$(for _ in $(seq 51); do printf 'The printing press changed how ideas moved across Europe. '; done)"
 
 llama_bench() { # -> "tg pp" tokens/s
   "$BIN/llama-bench" -m "$MODEL" -t "$THREADS" -p 512 -n 128 -r 1 -o json 2>/dev/null |
-    python3 -c 'import json,sys; r=json.load(sys.stdin); g={(x["n_prompt"],x["n_gen"]):x["avg_ts"] for x in r}; print(g[(0,128)], g[(512,0)])'
+    python3 -c 'import json,sys; r=json.load(sys.stdin); g={(x["n_prompt"],x["n_gen"]):x["avg_ts"] for x in r}; print("%.1f %.1f" % (g[(0,128)], g[(512,0)]))'
 }
 
 kiln_generate() { # PROMPT TOKENS -> "prompt_tok_s gen_tok_s"

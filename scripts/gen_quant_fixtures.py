@@ -17,6 +17,13 @@ package (llama.cpp's gguf-py) as the independent reference.
       attn_v, ffn_down and output, F32 norms. ~100 MB, written in about a
       second; tests/quant_memory.rs loads it and checks resident memory.
 
+  python3 scripts/gen_quant_fixtures.py bench-model q4_k_m|q8_0 OUT.gguf [TOKENIZER.gguf]
+      a random-weight ~0.4B llama GGUF for scripts/bench-cpu-peer.sh (hidden
+      1024, 24 layers, 16 heads / 4 KV heads, intermediate 4096, untied), as
+      Q4_K_M-style (Q4_K, Q6_K for attn_v / ffn_down / output) or all Q8_0,
+      with the tokenizer metadata copied from TOKENIZER.gguf (default: the
+      default model), so that llama.cpp and kiln both load and run it.
+
   python3 scripts/gen_quant_fixtures.py setup
       only creates the venv (scripts/test.sh runs this).
 
@@ -61,10 +68,10 @@ K_QUANTS = {
 
 
 def random_k_blocks(rng, qtype, rows, cols, scale=0.01):
-    """Random k-quant blocks: every bit random except the f16 super-block
+    """Random k-quant (or Q8_0) blocks: every bit random except the f16
     scales, which are finite (|N(0, scale)|, as real files hold)."""
-    size, scale_at = K_QUANTS[qtype]
-    nb = rows * cols // 256
+    size, scale_at = K_QUANTS.get(qtype) or (34, [0])
+    nb = rows * cols // (32 if qtype == Q.Q8_0 else 256)
     blocks = rng.integers(0, 256, size=(nb, size), dtype=np.uint8)
     for at in scale_at:
         d = np.abs(rng.standard_normal(nb) * scale).astype("<f2")
@@ -151,11 +158,65 @@ def write_rss_model(path):
     finish(w)
 
 
+def write_bench_model(kind, path, tokenizer):
+    rng = np.random.default_rng(11)
+    hidden, layers, heads, kv_heads, inter = 1024, 24, 16, 4, 4096
+    hd = hidden // heads
+    tok = gguf.GGUFReader(str(tokenizer))
+    vocab = len(tok.fields["tokenizer.ggml.tokens"].data)
+    w = gguf.GGUFWriter(str(path), arch="llama")
+    w.add_name(f"kiln random 0.4B {kind}")
+    for key, vt, val in [
+        ("llama.embedding_length", V.UINT32, hidden),
+        ("llama.feed_forward_length", V.UINT32, inter),
+        ("llama.block_count", V.UINT32, layers),
+        ("llama.attention.head_count", V.UINT32, heads),
+        ("llama.attention.head_count_kv", V.UINT32, kv_heads),
+        ("llama.attention.layer_norm_rms_epsilon", V.FLOAT32, 1e-5),
+        ("llama.rope.freq_base", V.FLOAT32, 10000.0),
+        ("llama.rope.dimension_count", V.UINT32, hd),
+        ("llama.context_length", V.UINT32, 8192),
+        ("llama.vocab_size", V.UINT32, vocab),
+    ]:
+        w.add_key_value(key, val, vt)
+    for key, f in tok.fields.items():
+        if key.startswith("tokenizer."):
+            sub = f.types[1] if len(f.types) > 1 else None
+            w.add_key_value(key, f.contents(), f.types[0], sub_type=sub)
+    q8 = kind == "q8_0"
+    main_t, big_t = (Q.Q8_0, Q.Q8_0) if q8 else (Q.Q4_K, Q.Q6_K)
+
+    def mat(name, qt, rows, cols):
+        w.add_tensor(name, random_k_blocks(rng, qt, rows, cols, scale=0.002), raw_dtype=qt)
+
+    def norm(name):
+        w.add_tensor(name, (1.0 + 0.1 * rng.standard_normal(hidden)).astype(np.float32))
+
+    mat("token_embd.weight", main_t, vocab, hidden)
+    norm("output_norm.weight")
+    mat("output.weight", big_t, vocab, hidden)
+    for i in range(layers):
+        norm(f"blk.{i}.attn_norm.weight")
+        norm(f"blk.{i}.ffn_norm.weight")
+        mat(f"blk.{i}.attn_q.weight", main_t, hidden, hidden)
+        mat(f"blk.{i}.attn_k.weight", main_t, kv_heads * hd, hidden)
+        mat(f"blk.{i}.attn_v.weight", big_t, kv_heads * hd, hidden)
+        mat(f"blk.{i}.attn_output.weight", main_t, hidden, hidden)
+        mat(f"blk.{i}.ffn_gate.weight", main_t, inter, hidden)
+        mat(f"blk.{i}.ffn_up.weight", main_t, inter, hidden)
+        mat(f"blk.{i}.ffn_down.weight", big_t, hidden, inter)
+    finish(w)
+    print(f"wrote {path} ({Path(path).stat().st_size} bytes)")
+
+
 def main():
     if sys.argv[1:] == ["setup"]:
         print(f"gguf and numpy ready in {VENV}")
     elif sys.argv[1:] == ["goldens"]:
         write_goldens()
+    elif len(sys.argv) in (4, 5) and sys.argv[1] == "bench-model" and sys.argv[2] in ("q4_k_m", "q8_0"):
+        tok = Path(sys.argv[4]) if len(sys.argv) == 5 else ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+        write_bench_model(sys.argv[2], Path(sys.argv[3]), tok)
     elif len(sys.argv) == 3 and sys.argv[1] == "rss":
         write_rss_model(Path(sys.argv[2]))
     else:
