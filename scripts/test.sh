@@ -28,6 +28,9 @@ else
   echo "warning: NVRTC could not be installed; the kernel compile test will say it skipped" >&2
 fi
 
+echo "== gguf package (tests/quant_memory.rs writes a random-weight GGUF with it)"
+python3 scripts/gen_quant_fixtures.py setup
+
 if [ -x scripts/setup-python-clients.sh ]; then
   echo "== Python clients (openai SDK, schemathesis)"
   scripts/setup-python-clients.sh

@@ -49,6 +49,11 @@ pub struct EngineArgs {
     /// Worker threads of the CPU backend (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// CPU backend: how decode steps multiply quantized (GGUF block) weights.
+    /// f32: exact f32 activations (logits within 2e-5 of transformers');
+    /// int16: activations quantized to 16-bit blocks, integer dot products.
+    #[arg(long, value_enum, default_value = "f32")]
+    pub cpu_activations: crate::backend::cpu::ActQuant,
     /// auto (the GPU when one is usable, else the CPU), cpu, cuda, cuda:N, or
     /// emu (the CUDA backend on an emulated device: slow, for tests and
     /// kernel work without a GPU; needs a build with `--features emu`).
@@ -136,7 +141,8 @@ pub fn load_model(args: &EngineArgs) -> anyhow::Result<LoadedModel> {
         bar.set_position(done as u64);
     });
     bar.finish_and_clear();
-    let loaded = loaded?;
+    let mut loaded = loaded?;
+    loaded.model.set_activations(args.cpu_activations);
     tracing::info!(model = %path.display(), secs = t0.elapsed().as_secs_f32(), "model loaded");
     Ok(loaded)
 }

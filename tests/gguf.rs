@@ -40,6 +40,42 @@ fn dequantization_equals_gguf_package_bit_for_bit() {
     assert_eq!(seen, all.iter().map(|s| s.to_string()).collect());
 }
 
+/// Every block type kiln multiplies directly (tests/fixtures/gguf/quants.gguf,
+/// scripts/gen_quant_fixtures.py): dequantized bit for bit as gguf.quants
+/// does, and x · Wᵀ through the CPU matmul — the 16-bit-activation integer
+/// dots (3 rows) and the widened-weight GEMM (12 rows) — within 1e-4 of
+/// numpy's float64 product, relative to Σ|x·w|.
+#[test]
+fn block_types_dequantize_and_multiply_like_gguf_package() {
+    use kiln::backend::cpu::{matmul, Weight, WeightData};
+    let g = GgufFile::open(&fixture("quants.gguf")).unwrap();
+    let (xs, x) = g.tensor_f32("x").unwrap();
+    let (m, k) = (xs[0], xs[1]);
+    let mut seen = vec![];
+    for t in g.tensors.iter().filter(|t| t.name.starts_with("w.") && !t.name.ends_with(".expected")) {
+        let (shape, got) = g.tensor_f32(&t.name).unwrap();
+        let (_, want) = g.tensor_f32(&format!("{}.expected", t.name)).unwrap();
+        let bad = got.iter().zip(&want).position(|(a, b)| !same(*a, *b));
+        assert!(bad.is_none(), "{} differs at {:?}", t.name, bad.map(|i| (got[i], want[i])));
+        let n = shape[0];
+        let w = Weight { rows: n, cols: k, data: WeightData::Blocks(t.ggml_type, g.raw_bytes(t).unwrap().to_vec()) };
+        let (_, y_want) = g.tensor_f32(&format!("y.{}", &t.name[2..])).unwrap();
+        for reps in [1usize, 4] {
+            let xr: Vec<f32> = (0..reps).flat_map(|_| x.iter().copied()).collect();
+            let mut y = vec![0f32; reps * m * n];
+            matmul(&xr, reps * m, &w, None, &mut y);
+            for (r, got) in y.iter().enumerate() {
+                let (i, j) = ((r / n) % m, r % n);
+                let mag: f64 = (0..k).map(|c| (x[i * k + c] as f64 * want[j * k + c] as f64).abs()).sum();
+                let want = y_want[i * n + j] as f64;
+                assert!((*got as f64 - want).abs() <= 1e-4 * mag, "{} rows {} y[{i},{j}]: {got} vs {want}", t.name, reps * m);
+            }
+        }
+        seen.push(t.ggml_type.name());
+    }
+    assert_eq!(seen, ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]);
+}
+
 #[test]
 fn shapes_are_row_major() {
     let g = GgufFile::open(&fixture("types.gguf")).unwrap();
@@ -220,12 +256,17 @@ fn out_of_bounds_and_misaligned_offsets() {
 
 #[test]
 fn unsupported_types_name_type_and_tensor() {
-    let g = GgufFile::open(&fixture("types.gguf")).unwrap();
+    // Q5_K is read since kiln multiplies k-quants directly; an i-quant is not.
+    let (_d, p) = temp_copy("types.gguf", |b| {
+        let end = record_end(b, "unsupported.q5_k");
+        patch_u32(b, end - 12, 17);
+    });
+    let g = GgufFile::open(&p).unwrap();
     let msg = g.tensor_f32("unsupported.q5_k").unwrap_err().to_string();
-    for n in ["Q5_K", "'unsupported.q5_k'", "types.gguf"] {
+    for n in ["IQ2_XS", "'unsupported.q5_k'", "types.gguf"] {
         assert!(msg.contains(n), "{msg}");
     }
-    for (id, name) in [(13u32, "Q5_K"), (23, "IQ4_XS"), (99, "type 99")] {
+    for (id, name) in [(17u32, "IQ2_XS"), (23, "IQ4_XS"), (99, "type 99")] {
         let (_d, p) = temp_copy("types.gguf", |b| {
             let end = record_end(b, "t.f32");
             patch_u32(b, end - 12, id);

@@ -12,6 +12,19 @@
 //!       (low nibbles, then high nibbles)
 //! Q6_K 256 values, 210 B: ql u8[128] | qh u8[64] | scales i8[16] | d f16
 //!       6-bit q = low 4 bits from ql, high 2 bits from qh; x = (d*sc) * (q - 32)
+//! Q5_0  32 values, 22 B: d f16 | qh u32 | qs u8[16]     x[i] = d * (q5 - 16)
+//! Q5_1  32 values, 24 B: d f16 | m f16 | qh u32 | qs u8[16]   x[i] = d * q5 + m
+//!       (Q5_*: nibbles as Q4_*, bit i of qh is the fifth bit of value i)
+//! Q2_K 256 values, 84 B: scales u8[16] | qs u8[64] | d f16 | dmin f16
+//!       16 sub-blocks of 16, scale = low nibble, min = high nibble of scales[i];
+//!       x = (d*sc) * q2 - (dmin*m); each 32 bytes of qs hold 4 x 32 values,
+//!       2 bits each (shift 0, 2, 4, 6)
+//! Q3_K 256 values, 110 B: hmask u8[32] | qs u8[64] | scales u8[12] | d f16
+//!       16 signed 6-bit scales (stored + 32); q3 = 2 low bits from qs (as Q2_K)
+//!       and a high bit from hmask (bit g of hmask[l] for the g-th 32-group);
+//!       x = (d*(sc-32)) * (q3 - 4)
+//! Q5_K 256 values, 176 B: d f16 | dmin f16 | scales u8[12] | qh u8[32] | qs u8[128]
+//!       as Q4_K with a fifth bit: bit g of qh[l] for the g-th 32-group
 //! ```
 //! The order of f32 operations follows ggml's reference, so results are
 //! bit-identical to it (and to the `gguf` Python package).
@@ -29,7 +42,12 @@ pub enum GgmlType {
     Q8_0,
     Q4_0,
     Q4_1,
+    Q5_0,
+    Q5_1,
+    Q2_K,
+    Q3_K,
     Q4_K,
+    Q5_K,
     Q6_K,
     /// Any type kiln cannot dequantize (named by `name()` where known).
     Other(u32),
@@ -42,8 +60,13 @@ impl GgmlType {
             1 => GgmlType::F16,
             2 => GgmlType::Q4_0,
             3 => GgmlType::Q4_1,
+            6 => GgmlType::Q5_0,
+            7 => GgmlType::Q5_1,
             8 => GgmlType::Q8_0,
+            10 => GgmlType::Q2_K,
+            11 => GgmlType::Q3_K,
             12 => GgmlType::Q4_K,
+            13 => GgmlType::Q5_K,
             14 => GgmlType::Q6_K,
             30 => GgmlType::BF16,
             other => GgmlType::Other(other),
@@ -56,8 +79,13 @@ impl GgmlType {
             GgmlType::F16 => 1,
             GgmlType::Q4_0 => 2,
             GgmlType::Q4_1 => 3,
+            GgmlType::Q5_0 => 6,
+            GgmlType::Q5_1 => 7,
             GgmlType::Q8_0 => 8,
+            GgmlType::Q2_K => 10,
+            GgmlType::Q3_K => 11,
             GgmlType::Q4_K => 12,
+            GgmlType::Q5_K => 13,
             GgmlType::Q6_K => 14,
             GgmlType::BF16 => 30,
             GgmlType::Other(id) => id,
@@ -112,7 +140,12 @@ impl GgmlType {
             GgmlType::Q8_0 => Some((32, 34)),
             GgmlType::Q4_0 => Some((32, 18)),
             GgmlType::Q4_1 => Some((32, 20)),
+            GgmlType::Q5_0 => Some((32, 22)),
+            GgmlType::Q5_1 => Some((32, 24)),
+            GgmlType::Q2_K => Some((256, 84)),
+            GgmlType::Q3_K => Some((256, 110)),
             GgmlType::Q4_K => Some((256, 144)),
+            GgmlType::Q5_K => Some((256, 176)),
             GgmlType::Q6_K => Some((256, 210)),
             GgmlType::Other(_) => None,
         }
@@ -120,7 +153,7 @@ impl GgmlType {
 }
 
 /// The names of the types kiln dequantizes, for messages.
-pub const SUPPORTED_TYPES: &str = "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K";
+pub const SUPPORTED_TYPES: &str = "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K";
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum DequantError {
@@ -140,17 +173,7 @@ pub fn dequantize(ty: GgmlType, src: &[u8], n: usize) -> Result<Vec<f32>, Dequan
     if n % block_elems != 0 || src.len() != expected {
         return Err(DequantError::SizeMismatch { ty: ty.name(), n, expected, got: src.len() });
     }
-    let decode: fn(&[u8], &mut [f32]) = match ty {
-        GgmlType::F32 => f32_block,
-        GgmlType::F16 => f16_block,
-        GgmlType::BF16 => bf16_block,
-        GgmlType::Q8_0 => q8_0_block,
-        GgmlType::Q4_0 => q4_0_block,
-        GgmlType::Q4_1 => q4_1_block,
-        GgmlType::Q4_K => q4_k_block,
-        GgmlType::Q6_K => q6_k_block,
-        GgmlType::Other(_) => unreachable!("block_layout is None for Other"),
-    };
+    let decode = block_decoder(ty).ok_or_else(|| DequantError::Unsupported(ty.name()))?;
     let mut out = vec![0f32; n];
     let chunk_bytes = CHUNK_ELEMS / block_elems * block_bytes;
     out.par_chunks_mut(CHUNK_ELEMS).zip(src.par_chunks(chunk_bytes)).for_each(|(dst, src)| {
@@ -159,6 +182,36 @@ pub fn dequantize(ty: GgmlType, src: &[u8], n: usize) -> Result<Vec<f32>, Dequan
         }
     });
     Ok(out)
+}
+
+/// The function that decodes one block of `ty` (None for `Other`).
+pub fn block_decoder(ty: GgmlType) -> Option<fn(&[u8], &mut [f32])> {
+    Some(match ty {
+        GgmlType::F32 => f32_block,
+        GgmlType::F16 => f16_block,
+        GgmlType::BF16 => bf16_block,
+        GgmlType::Q8_0 => q8_0_block,
+        GgmlType::Q4_0 => q4_0_block,
+        GgmlType::Q4_1 => q4_1_block,
+        GgmlType::Q5_0 => q5_0_block,
+        GgmlType::Q5_1 => q5_1_block,
+        GgmlType::Q2_K => q2_k_block,
+        GgmlType::Q3_K => q3_k_block,
+        GgmlType::Q4_K => q4_k_block,
+        GgmlType::Q5_K => q5_k_block,
+        GgmlType::Q6_K => q6_k_block,
+        GgmlType::Other(_) => return None,
+    })
+}
+
+/// Decodes whole blocks of `ty` from `src` into `out` (`out.len()` values;
+/// `src` holds exactly their blocks). Panics on other types.
+pub fn dequantize_into(ty: GgmlType, src: &[u8], out: &mut [f32]) {
+    let (elems, bytes) = ty.block_layout().expect("a readable ggml type");
+    let decode = block_decoder(ty).expect("a readable ggml type");
+    for (d, s) in out.chunks_exact_mut(elems).zip(src.chunks_exact(bytes)) {
+        decode(s, d);
+    }
 }
 
 #[inline]
@@ -204,11 +257,101 @@ fn q4_1_block(s: &[u8], out: &mut [f32]) {
     }
 }
 
+/// The 5-bit values of a Q5_0 / Q5_1 block: `qh` (LE u32 at 0..4) then 16 nibble bytes.
+#[inline]
+fn q5_values(s: &[u8]) -> [u8; 32] {
+    let qh = u32::from_le_bytes([s[0], s[1], s[2], s[3]]);
+    let mut q = [0u8; 32];
+    for j in 0..16 {
+        q[j] = (s[4 + j] & 0x0f) | ((((qh >> j) & 1) as u8) << 4);
+        q[j + 16] = (s[4 + j] >> 4) | ((((qh >> (j + 16)) & 1) as u8) << 4);
+    }
+    q
+}
+
+fn q5_0_block(s: &[u8], out: &mut [f32]) {
+    let d = f16_at(s, 0);
+    for (o, &q) in out.iter_mut().zip(&q5_values(&s[2..22])) {
+        *o = d * (q as i32 - 16) as f32;
+    }
+}
+
+fn q5_1_block(s: &[u8], out: &mut [f32]) {
+    let (d, m) = (f16_at(s, 0), f16_at(s, 2));
+    for (o, &q) in out.iter_mut().zip(&q5_values(&s[4..24])) {
+        *o = d * q as f32 + m;
+    }
+}
+
+fn q2_k_block(s: &[u8], out: &mut [f32]) {
+    let (scales, qs) = (&s[0..16], &s[16..80]);
+    let (d, dmin) = (f16_at(s, 80), f16_at(s, 82));
+    // out[128h + 32g + l] uses bits 2g.. of qs[32h + l], sub-block 8h + 2g + l/16.
+    for h in 0..2 {
+        for g in 0..4 {
+            for l in 0..32 {
+                let sc = scales[8 * h + 2 * g + l / 16];
+                let q = (qs[32 * h + l] >> (2 * g)) & 3;
+                out[128 * h + 32 * g + l] = d * (sc & 0x0f) as f32 * q as f32 - dmin * (sc >> 4) as f32;
+            }
+        }
+    }
+}
+
+/// Q3_K's 16 scales (stored + 32) from its 12 packed bytes: low 4 bits from
+/// byte j (j < 8) or the high nibble of byte j-8; top 2 bits from byte 8 + j%4.
+#[inline]
+pub(crate) fn q3_k_scales(b: &[u8]) -> [i8; 16] {
+    let mut sc = [0i8; 16];
+    for (j, s) in sc.iter_mut().enumerate() {
+        let lo = if j < 8 { b[j] & 0x0f } else { b[j - 8] >> 4 };
+        let hi = (b[8 + j % 4] >> (2 * (j / 4))) & 3;
+        *s = ((lo | (hi << 4)) as i32 - 32) as i8;
+    }
+    sc
+}
+
+fn q3_k_block(s: &[u8], out: &mut [f32]) {
+    let (hmask, qs) = (&s[0..32], &s[32..96]);
+    let sc = q3_k_scales(&s[96..108]);
+    let d = f16_at(s, 108);
+    for h in 0..2 {
+        for g in 0..4 {
+            let bit = 1u8 << (4 * h + g);
+            for l in 0..32 {
+                let dl = d * sc[8 * h + 2 * g + l / 16] as f32;
+                let q = ((qs[32 * h + l] >> (2 * g)) & 3) as i32 - if hmask[l] & bit != 0 { 0 } else { 4 };
+                out[128 * h + 32 * g + l] = dl * q as f32;
+            }
+        }
+    }
+}
+
+fn q5_k_block(s: &[u8], out: &mut [f32]) {
+    let (d, dmin) = (f16_at(s, 0), f16_at(s, 2));
+    let (scales, qh, qs) = (&s[4..16], &s[16..48], &s[48..176]);
+    for g in 0..4 {
+        let (sc1, m1) = q4_k_scale_min(2 * g, scales);
+        let (sc2, m2) = q4_k_scale_min(2 * g + 1, scales);
+        let (d1, min1) = (d * sc1 as f32, dmin * m1 as f32);
+        let (d2, min2) = (d * sc2 as f32, dmin * m2 as f32);
+        let (b1, b2) = (1u8 << (2 * g), 2u8 << (2 * g));
+        let q = &qs[32 * g..32 * g + 32];
+        let o = &mut out[64 * g..64 * g + 64];
+        for l in 0..32 {
+            let hi1 = if qh[l] & b1 != 0 { 16 } else { 0 };
+            let hi2 = if qh[l] & b2 != 0 { 16 } else { 0 };
+            o[l] = d1 * ((q[l] & 0x0f) + hi1) as f32 - min1;
+            o[l + 32] = d2 * ((q[l] >> 4) + hi2) as f32 - min2;
+        }
+    }
+}
+
 /// Q4_K's 6-bit (scale, min) of sub-block `j` (0..8) from the 12 packed bytes:
 /// sub-blocks 0..4 use the low 6 bits of bytes j and j+4; 4..8 take 4 bits
 /// from byte j+4 and their top 2 bits from the spare bits of bytes j-4 and j.
 #[inline]
-fn q4_k_scale_min(j: usize, q: &[u8]) -> (u8, u8) {
+pub(crate) fn q4_k_scale_min(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {

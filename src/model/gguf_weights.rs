@@ -1,12 +1,13 @@
 //! GGUF as a `WeightSource`: tensors answered by Hugging Face name, with
 //! llama.cpp's rotary permutation of the Q and K projections undone (see
-//! `gguf_config::hf_tensor_f32`). Q8_0 and Q4_1 matrices keep their blocks
-//! (the CPU backend multiplies them directly, rows permuted as raw bytes);
-//! every other type is dequantized to f32 at load.
+//! `gguf_config::hf_tensor_f32`). Matrices in block formats (Q4_0 … Q8_0,
+//! Q2_K … Q6_K) keep their blocks (the CPU backend multiplies them directly,
+//! rows permuted as raw bytes); F32/F16/BF16 tensors and vectors become f32.
 
 use super::config::ModelConfig;
 use super::dequant::unpermute_qk_rows;
-use super::gguf::{GgmlType, GgufFile};
+use super::gguf::GgufFile;
+use crate::backend::cpu::quant::is_block_type;
 use super::gguf_config::{hf_name, hf_tensor_f32, qk_permuted};
 use super::weights::{HostTensor, WeightSource};
 use super::ModelError;
@@ -44,7 +45,7 @@ impl WeightSource for GgufSource {
             .get(name)
             .ok_or_else(|| ModelError::MissingTensor { path: self.file.path.clone(), tensor: name.into() })?;
         let info = self.file.tensor(gname).expect("names come from the file's tensors");
-        if let (GgmlType::Q8_0 | GgmlType::Q4_1, [cols, rows]) = (info.ggml_type, info.dims.as_slice()) {
+        if let (true, [cols, rows]) = (is_block_type(info.ggml_type), info.dims.as_slice()) {
             let (rows, cols, ty) = (*rows, *cols, info.ggml_type);
             let mut raw = self.file.raw_bytes(info)?.to_vec();
             let heads = match name {
@@ -59,8 +60,7 @@ impl WeightSource for GgufSource {
                 }
                 raw = unpermute_qk_rows(&raw, h, rows, raw.len() / rows);
             }
-            let data = if ty == GgmlType::Q8_0 { WeightData::Q8_0(raw) } else { WeightData::Q4_1(raw) };
-            return Ok(HostTensor { shape: vec![rows, cols], data });
+            return Ok(HostTensor { shape: vec![rows, cols], data: WeightData::Blocks(ty, raw) });
         }
         let (_, shape, data) = hf_tensor_f32(&self.file, &self.cfg, gname)?;
         Ok(HostTensor { shape, data: WeightData::F32(data) })

@@ -11,7 +11,7 @@ use super::weights::{HostTensor, WeightSource};
 use super::{BatchInput, ModelError};
 use crate::backend::cpu::attention::paged_attention;
 use crate::backend::cpu::ops::{add_inplace, rms_norm, rms_norm_heads_inplace, rms_norm_row, rotary_inplace, silu_and_mul};
-use crate::backend::cpu::{matmul, KvCache, Weight};
+use crate::backend::cpu::{matmul_with, ActQuant, KvCache, Weight};
 
 /// A linear layer: `y = x·Wᵀ + b`, W `[out, in]`.
 pub struct Linear {
@@ -20,9 +20,9 @@ pub struct Linear {
 }
 
 impl Linear {
-    fn forward(&self, x: &[f32], m: usize) -> Vec<f32> {
+    fn forward(&self, x: &[f32], m: usize, act: ActQuant) -> Vec<f32> {
         let mut y = vec![0.0; m * self.w.rows];
-        matmul(x, m, &self.w, self.b.as_deref(), &mut y);
+        matmul_with(x, m, &self.w, self.b.as_deref(), &mut y, act);
         y
     }
 }
@@ -48,6 +48,17 @@ pub struct LlamaModel {
     /// None when the embeddings are tied.
     lm_head: Option<Weight>,
     inv_freq: Vec<f32>,
+    /// How decode-sized matmuls meet block-format weights.
+    act: ActQuant,
+}
+
+/// Runs `f` on a thread of rayon's pool. A parallel loop started from a
+/// thread outside the pool (the engine thread) is injected into the pool and
+/// waited for through a lock: ~240 such hand-offs per decode step of a
+/// 30-layer model. Started from inside, each is a plain join. So a forward
+/// pass pays the hand-off once.
+fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    rayon::scope(|_| f())
 }
 
 /// Loads tensors by name, checking their shapes against the config.
@@ -135,7 +146,13 @@ impl LlamaModel {
         };
         let norm = l.vector("model.norm.weight", h)?;
         let inv_freq = cfg.rope_inv_freq();
-        Ok(LlamaModel { cfg, embed, layers, norm, lm_head, inv_freq })
+        Ok(LlamaModel { cfg, embed, layers, norm, lm_head, inv_freq, act: ActQuant::default() })
+    }
+
+    /// Chooses how decode-sized matmuls meet block-format weights (default
+    /// `ActQuant::F32`, exact).
+    pub fn set_activations(&mut self, act: ActQuant) {
+        self.act = act;
     }
 
     pub fn arch(&self) -> Arch {
@@ -158,25 +175,29 @@ impl LlamaModel {
     /// the logits `[n, vocab]` of the last query token of each sequence with
     /// `want_logits`, in order.
     pub fn forward(&self, batch: &BatchInput, cache: &mut KvCache) -> Vec<f32> {
-        let hs = self.residual_stream(batch, cache);
-        self.logits(batch, &hs)
+        on_pool(|| {
+            let hs = self.residual_stream(batch, cache);
+            self.logits(batch, &hs)
+        })
     }
 
     /// `forward`, plus the logits `[rows, vocab]` of the query tokens whose
     /// next prompt token is wanted (`SeqInput::prompt_targets`): for each
     /// sequence in batch order, its first `prompt_targets.len()` query rows.
     pub fn forward_with_prompt(&self, batch: &BatchInput, cache: &mut KvCache) -> (Vec<f32>, Vec<f32>) {
-        let hs = self.residual_stream(batch, cache);
-        let rows: Vec<usize> =
-            batch.seqs.iter().flat_map(|s| s.q_start..s.q_start + s.prompt_targets.len()).collect();
-        (self.logits(batch, &hs), self.logits_of_rows(&hs, &rows))
+        on_pool(|| {
+            let hs = self.residual_stream(batch, cache);
+            let rows: Vec<usize> =
+                batch.seqs.iter().flat_map(|s| s.q_start..s.q_start + s.prompt_targets.len()).collect();
+            (self.logits(batch, &hs), self.logits_of_rows(&hs, &rows))
+        })
     }
 
     /// The final-normed hidden state `[tokens, hidden]` of every query token
     /// of `batch` (transformers' `last_hidden_state`; decoder embedding
     /// models pool it), writing K/V into `cache` as `forward` does.
     pub fn last_hidden_state(&self, batch: &BatchInput, cache: &mut KvCache) -> Vec<f32> {
-        let hs = self.residual_stream(batch, cache);
+        let hs = on_pool(|| self.residual_stream(batch, cache));
         let mut out = vec![0.0f32; hs.len()];
         rms_norm(&hs, &self.norm, self.cfg.rms_norm_eps, &mut out);
         out
@@ -194,12 +215,12 @@ impl LlamaModel {
         for (li, layer) in self.layers.iter().enumerate() {
             rms_norm(&hs, &layer.input_norm, c.rms_norm_eps, &mut x);
             let attn = self.attention(li, layer, batch, &x, cache);
-            add_inplace(&mut hs, &layer.o.forward(&attn, t));
+            add_inplace(&mut hs, &layer.o.forward(&attn, t, self.act));
             rms_norm(&hs, &layer.post_norm, c.rms_norm_eps, &mut x);
-            let gu = layer.gate_up.forward(&x, t);
+            let gu = layer.gate_up.forward(&x, t, self.act);
             let mut act = vec![0.0f32; t * c.intermediate_size];
             silu_and_mul(&gu, c.intermediate_size, &mut act);
-            add_inplace(&mut hs, &layer.down.forward(&act, t));
+            add_inplace(&mut hs, &layer.down.forward(&act, t, self.act));
         }
         hs
     }
@@ -208,7 +229,7 @@ impl LlamaModel {
         let c = &self.cfg;
         let t = batch.tokens.len();
         let (nq, nk) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
-        let qkv = layer.qkv.forward(x, t);
+        let qkv = layer.qkv.forward(x, t, self.act);
         let (mut q, mut k, mut v) = (Vec::with_capacity(t * nq), Vec::with_capacity(t * nk), Vec::with_capacity(t * nk));
         for row in qkv.chunks(nq + 2 * nk) {
             q.extend_from_slice(&row[..nq]);
@@ -244,7 +265,7 @@ impl LlamaModel {
         }
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
         let mut logits = vec![0.0f32; rows.len() * head.rows];
-        matmul(&x, rows.len(), head, None, &mut logits);
+        matmul_with(&x, rows.len(), head, None, &mut logits, self.act);
         logits
     }
 }

@@ -8,19 +8,24 @@
 //! in tiles of rows so a tile stays in cache while the block's weight rows
 //! stream past. Each task writes a disjoint set of columns of y.
 
-use super::quant::{self, block_sums, dot_q4_1, dot_q8_0};
+use super::quant::{self, quantize_rows, vec_dot, ActBlock};
+use super::quant_f32::{block_sums, dot_f32_blocks};
 use super::simd::{dot_bf16, dot_f32};
+use crate::model::dequant::{dequantize_into, GgmlType};
 use half::bf16;
 use rayon::prelude::*;
 
 /// Weight storage of a matrix. bf16 weights are widened exactly in the dot
-/// product; GGUF Q8_0 / Q4_1 rows stay in their blocks (see `quant`).
+/// product; GGUF block formats (Q4_0 … Q8_0, Q2_K … Q6_K; see
+/// `quant::is_block_type`) stay in their blocks, rows of whole blocks.
 #[derive(Clone, Debug)]
 pub enum WeightData {
     F32(Vec<f32>),
     Bf16(Vec<bf16>),
-    Q8_0(Vec<u8>),
-    Q4_1(Vec<u8>),
+    Blocks(GgmlType, Vec<u8>),
+    /// Matrices with the same columns stacked by rows, each in its own
+    /// storage (a Q4_K_M file's Q4_K q/k beside its Q6_K v, as one qkv).
+    Stack(Vec<Weight>),
 }
 
 impl WeightData {
@@ -29,10 +34,44 @@ impl WeightData {
         match self {
             WeightData::F32(_) => cols * 4,
             WeightData::Bf16(_) => cols * 2,
-            WeightData::Q8_0(_) => cols / quant::QK * quant::Q8_0_BYTES,
-            WeightData::Q4_1(_) => cols / quant::QK * quant::Q4_1_BYTES,
+            WeightData::Blocks(ty, _) => {
+                let (n, bytes) = ty.block_layout().expect("a block type");
+                cols / n * bytes
+            }
+            WeightData::Stack(_) => unreachable!("a stack's rows are its parts'"),
         }
     }
+
+    /// Whether any rows are in a block format.
+    fn has_blocks(&self) -> bool {
+        match self {
+            WeightData::Blocks(..) => true,
+            WeightData::Stack(parts) => parts.iter().any(|p| p.data.has_blocks()),
+            _ => false,
+        }
+    }
+
+    /// Whether any rows are Q4_1 blocks (whose f32 dot wants x's block sums).
+    fn has_q4_1(&self) -> bool {
+        match self {
+            WeightData::Blocks(ty, _) => *ty == GgmlType::Q4_1,
+            WeightData::Stack(parts) => parts.iter().any(|p| p.data.has_q4_1()),
+            _ => false,
+        }
+    }
+}
+
+/// How the activations of a matmul of fewer than `GEMM_MIN_M` rows meet
+/// block-format weights (`kiln … --cpu-activations`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ActQuant {
+    /// f32 activations, weights widened in registers: equal to the f32 dot
+    /// with the dequantized weights up to summation order (transformers').
+    #[default]
+    F32,
+    /// Activations quantized once per matmul to 16-bit blocks, integer dots
+    /// (`quant`): fewer instructions per weight, logits within ~1e-3 of f32.
+    Int16,
 }
 
 /// A row-major `[rows, cols]` matrix of weights.
@@ -49,28 +88,56 @@ impl Weight {
         Weight { rows, cols, data: WeightData::F32(data) }
     }
 
-    /// x · row r; `xsum` holds x's 32-wide block sums (Q4_1 only).
+    /// x · row r; `xq` holds x as activation blocks (block formats with
+    /// `ActQuant::Int16`), `xsum` its 32-wide sums (Q4_1 with `ActQuant::F32`).
     #[inline]
-    fn dot_row(&self, r: usize, x: &[f32], xsum: &[f32]) -> f32 {
+    fn dot_row(&self, r: usize, x: &[f32], xsum: &[f32], xq: &[ActBlock]) -> f32 {
         let (a, b) = (r * self.cols, (r + 1) * self.cols);
-        let rb = self.data.row_bytes(self.cols);
         match &self.data {
             WeightData::F32(w) => dot_f32(x, &w[a..b]),
             WeightData::Bf16(w) => dot_bf16(x, &w[a..b]),
-            WeightData::Q8_0(w) => dot_q8_0(x, &w[r * rb..(r + 1) * rb]),
-            WeightData::Q4_1(w) => dot_q4_1(x, xsum, &w[r * rb..(r + 1) * rb]),
+            WeightData::Blocks(ty, w) => {
+                let rb = self.data.row_bytes(self.cols);
+                let row = &w[r * rb..(r + 1) * rb];
+                if xq.is_empty() {
+                    dot_f32_blocks(*ty, x, xsum, row)
+                } else {
+                    vec_dot(*ty, row, xq)
+                }
+            }
+            WeightData::Stack(parts) => {
+                let (p, r) = Self::part(parts, r);
+                p.dot_row(r, x, xsum, xq)
+            }
         }
+    }
+
+    /// The part of a stack holding row `r`, and the row inside it.
+    #[inline]
+    fn part(parts: &[Weight], mut r: usize) -> (&Weight, usize) {
+        for p in parts {
+            if r < p.rows {
+                return (p, r);
+            }
+            r -= p.rows;
+        }
+        panic!("row out of range")
     }
 
     /// Copies row `r` into `out` as f32 (embedding lookup).
     pub fn row_into(&self, r: usize, out: &mut [f32]) {
         let (a, b) = (r * self.cols, (r + 1) * self.cols);
-        let rb = self.data.row_bytes(self.cols);
         match &self.data {
             WeightData::F32(w) => out.copy_from_slice(&w[a..b]),
             WeightData::Bf16(w) => out.iter_mut().zip(&w[a..b]).for_each(|(o, v)| *o = v.to_f32()),
-            WeightData::Q8_0(w) => quant::row_q8_0(&w[r * rb..(r + 1) * rb], out),
-            WeightData::Q4_1(w) => quant::row_q4_1(&w[r * rb..(r + 1) * rb], out),
+            WeightData::Blocks(ty, w) => {
+                let rb = self.data.row_bytes(self.cols);
+                dequantize_into(*ty, &w[r * rb..(r + 1) * rb], out)
+            }
+            WeightData::Stack(parts) => {
+                let (p, r) = Self::part(parts, r);
+                p.row_into(r, out)
+            }
         }
     }
 
@@ -84,28 +151,33 @@ impl Weight {
     }
 
     /// Stacks matrices with the same number of columns (e.g. q, k, v into
-    /// qkv). Parts of one storage type keep it; mixed parts become f32.
+    /// qkv). Parts of one storage type keep it; mixed parts with blocks
+    /// become a `Stack` (each keeps its blocks); other mixes become f32.
     pub fn concat_rows(parts: &[&Weight]) -> Weight {
         let cols = parts[0].cols;
         assert!(parts.iter().all(|p| p.cols == cols));
         let rows = parts.iter().map(|p| p.rows).sum();
-        let same = parts.iter().all(|p| std::mem::discriminant(&p.data) == std::mem::discriminant(&parts[0].data));
         let data = match &parts[0].data {
-            WeightData::Bf16(_) if same => {
-                WeightData::Bf16(parts.iter().flat_map(|p| if let WeightData::Bf16(d) = &p.data { d.clone() } else { vec![] }).collect())
+            WeightData::Bf16(_) if parts.iter().all(|p| matches!(p.data, WeightData::Bf16(_))) => {
+                let mut v = Vec::with_capacity(rows * cols);
+                parts.iter().for_each(|p| if let WeightData::Bf16(d) = &p.data { v.extend_from_slice(d) });
+                WeightData::Bf16(v)
             }
-            WeightData::Q8_0(_) if same => {
-                WeightData::Q8_0(parts.iter().flat_map(|p| if let WeightData::Q8_0(d) = &p.data { d.clone() } else { vec![] }).collect())
+            WeightData::Blocks(ty, _) if parts.iter().all(|p| matches!(&p.data, WeightData::Blocks(t, _) if t == ty)) => {
+                let mut v = Vec::with_capacity(parts.iter().map(|p| p.bytes()).sum());
+                parts.iter().for_each(|p| if let WeightData::Blocks(_, d) = &p.data { v.extend_from_slice(d) });
+                WeightData::Blocks(*ty, v)
             }
-            WeightData::Q4_1(_) if same => {
-                WeightData::Q4_1(parts.iter().flat_map(|p| if let WeightData::Q4_1(d) = &p.data { d.clone() } else { vec![] }).collect())
-            }
+            _ if parts.iter().any(|p| p.data.has_blocks()) => WeightData::Stack(parts.iter().map(|&p| p.clone()).collect()),
             _ => WeightData::F32(parts.iter().flat_map(|p| p.to_f32()).collect()),
         };
         Weight { rows, cols, data }
     }
 
     pub fn bytes(&self) -> usize {
+        if let WeightData::Stack(parts) = &self.data {
+            return parts.iter().map(Weight::bytes).sum();
+        }
         self.rows * self.data.row_bytes(self.cols)
     }
 }
@@ -120,8 +192,14 @@ const X_TILE: usize = 32;
 /// Rows of x from which the matmul runs as a GEMM.
 const GEMM_MIN_M: usize = 8;
 
-/// y[m, n] = x[m, k] · Wᵀ + bias.
+/// y[m, n] = x[m, k] · Wᵀ + bias, exact f32 activations.
 pub fn matmul(x: &[f32], m: usize, w: &Weight, bias: Option<&[f32]>, y: &mut [f32]) {
+    matmul_with(x, m, w, bias, y, ActQuant::F32)
+}
+
+/// y[m, n] = x[m, k] · Wᵀ + bias; `act` chooses how activations meet
+/// block-format weights below `GEMM_MIN_M` rows.
+pub fn matmul_with(x: &[f32], m: usize, w: &Weight, bias: Option<&[f32]>, y: &mut [f32], act: ActQuant) {
     let (n, k) = (w.rows, w.cols);
     assert_eq!(x.len(), m * k, "matmul: x is not [m, k]");
     assert_eq!(y.len(), m * n, "matmul: y is not [m, n]");
@@ -131,9 +209,11 @@ pub fn matmul(x: &[f32], m: usize, w: &Weight, bias: Option<&[f32]>, y: &mut [f3
     let threads = rayon::current_num_threads().max(1);
     // Enough blocks to balance, few enough to amortise task overhead.
     let block = (n / (threads * 8)).clamp(4, 256);
-    let xsums: Vec<f32> = match w.data {
-        WeightData::Q4_1(_) if m < GEMM_MIN_M => x.chunks(k).flat_map(block_sums).collect(),
-        _ => Vec::new(),
+    // Block-format weights: x quantized once, here, for every task.
+    let (xq, xsums): (Vec<ActBlock>, Vec<f32>) = match (&w.data, act) {
+        (d, ActQuant::Int16) if m < GEMM_MIN_M && d.has_blocks() => (quantize_rows(x, k), Vec::new()),
+        (d, ActQuant::F32) if m < GEMM_MIN_M && d.has_q4_1() => (Vec::new(), x.chunks(k).flat_map(block_sums).collect()),
+        _ => (Vec::new(), Vec::new()),
     };
     let kb = k.div_ceil(quant::QK);
     let out = SyncPtr(y.as_mut_ptr());
@@ -187,8 +267,9 @@ pub fn matmul(x: &[f32], m: usize, w: &Weight, bias: Option<&[f32]>, y: &mut [f3
             let i1 = (i0 + X_TILE).min(m);
             for j in j0..j1 {
                 for i in i0..i1 {
+                    let xq = xq.get(i * kb..(i + 1) * kb).unwrap_or(&[]);
                     let xs = xsums.get(i * kb..(i + 1) * kb).unwrap_or(&[]);
-                    put(i, j, w.dot_row(j, &x[i * k..(i + 1) * k], xs));
+                    put(i, j, w.dot_row(j, &x[i * k..(i + 1) * k], xs, xq));
                 }
             }
         }
@@ -233,21 +314,52 @@ mod tests {
     }
 
     #[test]
+    fn mixed_block_types_stack_and_match_their_f32_values() {
+        use crate::backend::cpu::quant::random_blocks;
+        let k = 256;
+        let part = |ty: GgmlType, rows: usize, seed| Weight { rows, cols: k, data: WeightData::Blocks(ty, random_blocks(ty, rows * k / 256 * (256 / ty.block_layout().unwrap().0), seed)) };
+        let (q, kk, v) = (part(GgmlType::Q4_K, 8, 1), part(GgmlType::Q4_K, 4, 2), part(GgmlType::Q6_K, 4, 3));
+        let qkv = Weight::concat_rows(&[&q, &kk, &v]);
+        assert!(matches!(qkv.data, WeightData::Stack(_)));
+        assert_eq!((qkv.rows, qkv.bytes()), (16, q.bytes() + kk.bytes() + v.bytes()));
+        let wf = Weight::f32(16, k, [q.to_f32(), kk.to_f32(), v.to_f32()].concat());
+        for m in [1usize, 9] {
+            let x: Vec<f32> = (0..m * k).map(|i| ((i * 13) % 29) as f32 / 14.0 - 1.0).collect();
+            let (mut ys, mut yf) = (vec![0.0; m * 16], vec![0.0; m * 16]);
+            matmul(&x, m, &wf, None, &mut yf);
+            for act in [ActQuant::F32, ActQuant::Int16] {
+                matmul_with(&x, m, &qkv, None, &mut ys, act);
+                let wv = wf.to_f32();
+                for (r, (a, b)) in ys.iter().zip(&yf).enumerate() {
+                    let (i, j) = (r / 16, r % 16);
+                    let mag: f32 = x[i * k..(i + 1) * k].iter().zip(&wv[j * k..(j + 1) * k]).map(|(x, w)| (x * w).abs()).sum();
+                    assert!((a - b).abs() <= 1e-4 * mag, "{act:?} m={m} y[{i},{j}]: {a} vs {b} (sum |x*w| {mag})");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn block_format_weights_match_their_f32_values() {
-        use crate::backend::cpu::quant::{random_blocks, Q4_1_BYTES, Q8_0_BYTES};
-        let (n, k) = (70, 128);
-        for (bytes, seed) in [(Q8_0_BYTES, 5), (Q4_1_BYTES, 6)] {
-            let raw = random_blocks(n * k / 32, bytes, seed);
-            let data = if bytes == Q8_0_BYTES { WeightData::Q8_0(raw) } else { WeightData::Q4_1(raw) };
-            let wq = Weight { rows: n, cols: k, data };
+        use crate::backend::cpu::quant::random_blocks;
+        let (n, k) = (70, 512);
+        for (ti, ty) in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K].into_iter().enumerate() {
+            let (be, _) = ty.block_layout().unwrap();
+            let wq = Weight { rows: n, cols: k, data: WeightData::Blocks(ty, random_blocks(ty, n * k / be, 5 + ti as u32)) };
             let wf = Weight::f32(n, k, wq.to_f32());
             for m in [1usize, 2, 4, 40] {
                 let x: Vec<f32> = (0..m * k).map(|i| ((i * 31) % 23) as f32 / 11.0 - 1.0).collect();
                 let (mut yq, mut yf) = (vec![0.0; m * n], vec![0.0; m * n]);
-                matmul(&x, m, &wq, None, &mut yq);
                 matmul(&x, m, &wf, None, &mut yf);
-                for (a, b) in yq.iter().zip(&yf) {
-                    assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "m={m} {bytes}: {a} vs {b}");
+                for (act, tol) in [(ActQuant::F32, 1e-5), (ActQuant::Int16, 1e-4)] {
+                    matmul_with(&x, m, &wq, None, &mut yq, act);
+                    // compared against the sum of |products|
+                    for (r, (a, b)) in yq.iter().zip(&yf).enumerate() {
+                        let (i, j) = (r / n, r % n);
+                        let wr = &wf.to_f32()[j * k..(j + 1) * k];
+                        let mag: f32 = x[i * k..(i + 1) * k].iter().zip(wr).map(|(x, w)| (x * w).abs()).sum();
+                        assert!((a - b).abs() <= tol * mag.max(1e-3), "{} {act:?} m={m} row {r}: {a} vs {b}", ty.name());
+                    }
                 }
             }
         }

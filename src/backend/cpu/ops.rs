@@ -46,7 +46,7 @@ pub fn rms_norm_heads_inplace(x: &mut [f32], w: &[f32], eps: f32) {
 pub fn rotary_inplace(x: &mut [f32], positions: &[u32], heads: usize, inv_freq: &[f32]) {
     let half = inv_freq.len();
     let d = 2 * half;
-    x.par_chunks_mut(heads * d).zip(positions.par_iter()).for_each(|(row, &pos)| {
+    let rotate = |(row, &pos): (&mut [f32], &u32)| {
         let (sin, cos): (Vec<f32>, Vec<f32>) = inv_freq.iter().map(|&f| (pos as f32 * f).sin_cos()).unzip();
         for h in row.chunks_mut(d) {
             for i in 0..half {
@@ -55,18 +55,28 @@ pub fn rotary_inplace(x: &mut [f32], positions: &[u32], heads: usize, inv_freq: 
                 h[i + half] = b * cos[i] + a * sin[i];
             }
         }
-    });
+    };
+    if x.len() < PAR_MIN {
+        x.chunks_mut(heads * d).zip(positions).for_each(rotate);
+    } else {
+        x.par_chunks_mut(heads * d).zip(positions.par_iter()).for_each(rotate);
+    }
 }
 
 /// out[t, i] = silu(gu[t, i]) * gu[t, inter + i] for `gu: [tokens, 2*inter]`
 /// (gate and up projections stacked).
 pub fn silu_and_mul(gu: &[f32], inter: usize, out: &mut [f32]) {
-    out.par_chunks_mut(inter).zip(gu.par_chunks(2 * inter)).for_each(|(o, gu)| {
+    let row = |(o, gu): (&mut [f32], &[f32])| {
         let (g, u) = gu.split_at(inter);
         for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
             *o = g / (1.0 + (-g).exp()) * u;
         }
-    });
+    };
+    if out.len() < PAR_MIN {
+        out.chunks_mut(inter).zip(gu.chunks(2 * inter)).for_each(row);
+    } else {
+        out.par_chunks_mut(inter).zip(gu.par_chunks(2 * inter)).for_each(row);
+    }
 }
 
 /// x += y

@@ -1,312 +1,325 @@
-//! Dot products straight from GGUF blocks, so quantized models keep their
-//! weights as stored (the exact values transformers dequantizes) and decode
-//! reads 4-8x fewer bytes than with f32 weights.
+//! Dot products straight from GGUF blocks: weights stay in the blocks the file
+//! stores (4-8x fewer bytes than f32), activations are quantized once per
+//! matmul to 16-bit integer blocks, and each block's dot is an integer sum
+//! scaled once.
 //!
 //! ```text
-//! Q8_0 block (34 B): d f16 | q i8[32]             w = d*q
-//! Q4_1 block (20 B): d f16 | m f16 | nib u8[16]   w = d*nib + m  (w[j]: low nibble of
-//!                                                   byte j, w[j+16]: its high nibble)
-//! dot(x, Q4_1 block) = d * sum(x*nib) + m * sum(x)   -- sum(x) per block is computed
-//!                                                       once per activation row
+//! activations, per 32 values:  ActBlock { q: i16[32], d: f32, sum: f32[2] }
+//!                              x[i] ≈ d * q[i], d = max|x| / 32767;
+//!                              sum = exact f32 sums of x[0..16], x[16..32]
+//! weights, per 16 values g:    w[i] = scale[g] * v[i] - min[g]   (v small ints)
+//! dot = Σ_g scale[g] * d * Σ_{i∈g} v[i]*q[i]  -  Σ_g min[g] * sum_g
 //! ```
+//! llama.cpp quantizes activations to 8 bits; kiln keeps 16 (pmaddwd instead
+//! of pmaddubsw, half the integer throughput) so that its logits stay within
+//! 2e-5 of transformers' f32 reference with the weights' own values
+//! (tests/default_model.rs). Integer sums cannot overflow: |v| ≤ 63, so a
+//! 16-value group sums to at most 16 * 63 * 32767 < 2^25.
+//!
+//! The block layouts are ggml's (see `crate::model::dequant`). `vec_dot` picks
+//! at run time: AVX2 kernels (`quant_x86`) for the common types, the portable
+//! `dot_generic` (unpack a block to small ints, then multiply) for the rest
+//! and on other CPUs.
 
+use crate::model::dequant::{q3_k_scales, q4_k_scale_min, GgmlType};
 use half::f16;
 
 pub const QK: usize = 32;
 pub const Q8_0_BYTES: usize = 34;
 pub const Q4_1_BYTES: usize = 20;
 
+/// 32 activations as 16-bit integers with one scale: x[i] ≈ d * q[i].
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub struct ActBlock {
+    pub q: [i16; QK],
+    pub d: f32,
+    /// Exact sums of x[0..16] and x[16..32] (for the weights' min terms).
+    pub sum: [f32; 2],
+}
+
+/// Quantizes `x` (a multiple of 32 long) into `out` (x.len() / 32 blocks).
+pub fn quantize_acts(x: &[f32], out: &mut [ActBlock]) {
+    debug_assert_eq!(x.len(), out.len() * QK);
+    for (xb, b) in x.chunks_exact(QK).zip(out.iter_mut()) {
+        let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let d = amax / 32767.0;
+        let id = if amax > 0.0 { 32767.0 / amax } else { 0.0 };
+        for (q, &v) in b.q.iter_mut().zip(xb) {
+            *q = (v * id).round() as i16;
+        }
+        b.d = d;
+        b.sum = [xb[..16].iter().sum(), xb[16..].iter().sum()];
+    }
+}
+
+/// `x` (rows of `k` values) as activation blocks, row after row.
+pub fn quantize_rows(x: &[f32], k: usize) -> Vec<ActBlock> {
+    let mut out = vec![ActBlock::default(); x.len() / QK];
+    for (xr, or) in x.chunks(k).zip(out.chunks_mut(k / QK)) {
+        quantize_acts(xr, or);
+    }
+    out
+}
+
+/// Whether kiln multiplies blocks of `ty` directly.
+pub fn is_block_type(ty: GgmlType) -> bool {
+    use GgmlType::*;
+    matches!(ty, Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K)
+}
+
+/// row · x for one weight row of `ty` (`row` holds whole blocks) against its
+/// activation blocks `x` (one per 32 values of the row).
 #[inline]
-fn f16_at(b: &[u8], i: usize) -> f32 {
+pub fn vec_dot(ty: GgmlType, row: &[u8], x: &[ActBlock]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::has_avx2_fma() {
+        // SAFETY: avx2, fma and f16c are present (checked above).
+        if let Some(v) = unsafe { super::quant_x86::vec_dot(ty, row, x) } {
+            return v;
+        }
+    }
+    dot_generic(ty, row, x)
+}
+
+#[inline]
+pub(crate) fn f16_at(b: &[u8], i: usize) -> f32 {
     f16::from_bits(u16::from_le_bytes([b[i], b[i + 1]])).to_f32()
 }
 
-/// AVX-512F (with F16C), checked once; KILN_NO_AVX512=1 turns it off.
-#[cfg(target_arch = "x86_64")]
-fn has_avx512() -> bool {
-    static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *FLAG.get_or_init(|| {
-        is_x86_feature_detected!("avx512f")
-            && super::simd::has_avx2_fma()
-            && std::env::var_os("KILN_NO_AVX512").is_none()
-    })
+/// One block unpacked: w[i] = scale[i/16] * v[i] - min[i/16].
+struct Unpacked {
+    v: [i8; 256],
+    scale: [f32; 16],
+    min: [f32; 16],
 }
 
-/// Sums of each 32-wide block of `x` (for Q4_1's `m` term).
-pub fn block_sums(x: &[f32]) -> Vec<f32> {
-    x.chunks(QK).map(|c| c.iter().sum()).collect()
+/// (values per block, bytes per block) of a block type.
+fn layout(ty: GgmlType) -> (usize, usize) {
+    ty.block_layout().expect("a block type")
 }
 
-/// x · row, row = k/32 Q8_0 blocks.
-#[inline]
-pub fn dot_q8_0(x: &[f32], row: &[u8]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx512() {
-        // SAFETY: avx512f and f16c are present.
-        return unsafe { x86::dot_q8_0_512(x, row) };
+/// The 5-bit values of a Q5_0/Q5_1 block: `qh` (LE u32 at 0..4) then 16 nibble bytes.
+fn q5_values(s: &[u8], v: &mut [i8], offset: i8) {
+    let qh = u32::from_le_bytes([s[0], s[1], s[2], s[3]]);
+    for j in 0..16 {
+        v[j] = ((s[4 + j] & 0x0f) | ((((qh >> j) & 1) as u8) << 4)) as i8 - offset;
+        v[j + 16] = ((s[4 + j] >> 4) | ((((qh >> (j + 16)) & 1) as u8) << 4)) as i8 - offset;
     }
-    #[cfg(target_arch = "x86_64")]
-    if super::simd::has_avx2_fma() {
-        // SAFETY: avx2, fma and f16c are present.
-        return unsafe { x86::dot_q8_0(x, row) };
-    }
-    dot_q8_0_portable(x, row)
 }
 
-fn dot_q8_0_portable(x: &[f32], row: &[u8]) -> f32 {
-    let mut s = 0.0;
-    for (xb, b) in x.chunks_exact(QK).zip(row.chunks_exact(Q8_0_BYTES)) {
-        let d = f16_at(b, 0);
-        let acc: f32 = xb.iter().zip(&b[2..]).map(|(x, &q)| x * (q as i8) as f32).sum();
-        s += d * acc;
-    }
-    s
-}
-
-/// x · row, row = k/32 Q4_1 blocks; `xsum` = block_sums(x).
-#[inline]
-pub fn dot_q4_1(x: &[f32], xsum: &[f32], row: &[u8]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx512() {
-        // SAFETY: avx512f and f16c are present.
-        return unsafe { x86::dot_q4_1_512(x, xsum, row) };
-    }
-    #[cfg(target_arch = "x86_64")]
-    if super::simd::has_avx2_fma() {
-        // SAFETY: avx2, fma and f16c are present.
-        return unsafe { x86::dot_q4_1(x, xsum, row) };
-    }
-    dot_q4_1_portable(x, xsum, row)
-}
-
-fn dot_q4_1_portable(x: &[f32], xsum: &[f32], row: &[u8]) -> f32 {
-    let mut s = 0.0;
-    for ((xb, b), &xs) in x.chunks_exact(QK).zip(row.chunks_exact(Q4_1_BYTES)).zip(xsum) {
-        let (d, m) = (f16_at(b, 0), f16_at(b, 2));
-        let mut acc = 0.0;
-        for j in 0..16 {
-            acc += xb[j] * (b[4 + j] & 0xF) as f32 + xb[j + 16] * (b[4 + j] >> 4) as f32;
+/// Unpacks one block of `ty` (see `crate::model::dequant` for the layouts).
+fn unpack(ty: GgmlType, b: &[u8], u: &mut Unpacked) {
+    u.min = [0.0; 16];
+    match ty {
+        GgmlType::Q8_0 => {
+            u.scale[..2].fill(f16_at(b, 0));
+            b[2..34].iter().zip(u.v.iter_mut()).for_each(|(&q, v)| *v = q as i8);
         }
-        s += d * acc + m * xs;
+        GgmlType::Q4_0 | GgmlType::Q4_1 => {
+            let (qs, off) = if ty == GgmlType::Q4_0 { (&b[2..18], 8) } else { (&b[4..20], 0) };
+            for j in 0..16 {
+                u.v[j] = (qs[j] & 0x0f) as i8 - off;
+                u.v[j + 16] = (qs[j] >> 4) as i8 - off;
+            }
+            u.scale[..2].fill(f16_at(b, 0));
+            if ty == GgmlType::Q4_1 {
+                u.min[..2].fill(-f16_at(b, 2));
+            }
+        }
+        GgmlType::Q5_0 => {
+            q5_values(&b[2..22], &mut u.v, 16);
+            u.scale[..2].fill(f16_at(b, 0));
+        }
+        GgmlType::Q5_1 => {
+            q5_values(&b[4..24], &mut u.v, 0);
+            u.scale[..2].fill(f16_at(b, 0));
+            u.min[..2].fill(-f16_at(b, 2));
+        }
+        GgmlType::Q2_K => {
+            let (scales, qs) = (&b[0..16], &b[16..80]);
+            let (d, dmin) = (f16_at(b, 80), f16_at(b, 82));
+            for i in 0..256 {
+                let (h, g, l) = (i / 128, (i % 128) / 32, i % 32);
+                u.v[i] = ((qs[32 * h + l] >> (2 * g)) & 3) as i8;
+            }
+            for (g, &sc) in scales.iter().enumerate() {
+                u.scale[g] = d * (sc & 0x0f) as f32;
+                u.min[g] = dmin * (sc >> 4) as f32;
+            }
+        }
+        GgmlType::Q3_K => {
+            let (hmask, qs) = (&b[0..32], &b[32..96]);
+            let d = f16_at(b, 108);
+            for i in 0..256 {
+                let (h, g, l) = (i / 128, (i % 128) / 32, i % 32);
+                let hi = if hmask[l] & (1 << (4 * h + g)) != 0 { 0 } else { 4 };
+                u.v[i] = ((qs[32 * h + l] >> (2 * g)) & 3) as i8 - hi;
+            }
+            for (s, sc) in u.scale.iter_mut().zip(q3_k_scales(&b[96..108])) {
+                *s = d * sc as f32;
+            }
+        }
+        GgmlType::Q4_K | GgmlType::Q5_K => {
+            let (d, dmin, scales) = (f16_at(b, 0), f16_at(b, 2), &b[4..16]);
+            let (qh, qs) = if ty == GgmlType::Q5_K { (Some(&b[16..48]), &b[48..176]) } else { (None, &b[16..144]) };
+            for i in 0..256 {
+                let (g, l) = (i / 64, i % 64);
+                let byte = qs[32 * g + l % 32];
+                let mut q = if l < 32 { byte & 0x0f } else { byte >> 4 };
+                if let Some(qh) = qh {
+                    q |= ((qh[l % 32] >> (i / 32)) & 1) << 4;
+                }
+                u.v[i] = q as i8;
+            }
+            for j in 0..8 {
+                let (sc, m) = q4_k_scale_min(j, scales);
+                u.scale[2 * j..2 * j + 2].fill(d * sc as f32);
+                u.min[2 * j..2 * j + 2].fill(dmin * m as f32);
+            }
+        }
+        GgmlType::Q6_K => {
+            let (ql, qh, sc) = (&b[0..128], &b[128..192], &b[192..208]);
+            let d = f16_at(b, 208);
+            for i in 0..256 {
+                let (h, k, l) = (i / 128, (i % 128) / 32, i % 32);
+                let lo = ql[64 * h + l + 32 * (k % 2)] >> (4 * (k / 2)) & 0x0f;
+                let hi = (qh[32 * h + l] >> (2 * k)) & 3;
+                u.v[i] = (lo | (hi << 4)) as i8 - 32;
+            }
+            for (s, &c) in u.scale.iter_mut().zip(sc) {
+                *s = d * (c as i8) as f32;
+            }
+        }
+        other => panic!("{} is not a block type", other.name()),
     }
-    s
 }
 
-/// Dequantizes one row into `out` (embedding lookup).
+/// Portable `vec_dot`: unpack each block, integer sums per 16 values.
+pub fn dot_generic(ty: GgmlType, row: &[u8], x: &[ActBlock]) -> f32 {
+    let (n, bytes) = layout(ty);
+    let mut u = Unpacked { v: [0; 256], scale: [0.0; 16], min: [0.0; 16] };
+    let mut acc = 0f32;
+    for (bi, b) in row.chunks_exact(bytes).enumerate() {
+        unpack(ty, b, &mut u);
+        let xs = &x[bi * n / QK..(bi + 1) * n / QK];
+        for g in 0..n / 16 {
+            let a = &xs[g / 2];
+            let half = g % 2;
+            let s: i32 = (0..16).map(|i| u.v[16 * g + i] as i32 * a.q[16 * half + i] as i32).sum();
+            acc += u.scale[g] * a.d * s as f32 - u.min[g] * a.sum[half];
+        }
+    }
+    acc
+}
+
+/// Dequantizes one Q8_0 row into `out` (as `crate::model::dequant` does).
 pub fn row_q8_0(row: &[u8], out: &mut [f32]) {
-    for (o, b) in out.chunks_exact_mut(QK).zip(row.chunks_exact(Q8_0_BYTES)) {
-        let d = f16_at(b, 0);
-        o.iter_mut().zip(&b[2..]).for_each(|(o, &q)| *o = d * (q as i8) as f32);
-    }
+    crate::model::dequant::dequantize_into(GgmlType::Q8_0, row, out)
 }
 
+/// Dequantizes one Q4_1 row into `out`.
 pub fn row_q4_1(row: &[u8], out: &mut [f32]) {
-    for (o, b) in out.chunks_exact_mut(QK).zip(row.chunks_exact(Q4_1_BYTES)) {
-        let (d, m) = (f16_at(b, 0), f16_at(b, 2));
-        for j in 0..16 {
-            o[j] = d * (b[4 + j] & 0xF) as f32 + m;
-            o[j + 16] = d * (b[4 + j] >> 4) as f32 + m;
-        }
-    }
+    crate::model::dequant::dequantize_into(GgmlType::Q4_1, row, out)
 }
 
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use super::{Q4_1_BYTES, Q8_0_BYTES, QK};
-    use std::arch::x86_64::*;
-
-    /// The little-endian f16 at b[i..i+2] as f32 (F16C).
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn f16_at(b: &[u8], i: usize) -> f32 {
-        let bits = u16::from_le_bytes([*b.get_unchecked(i), *b.get_unchecked(i + 1)]);
-        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
-    }
-
-    /// 8 bytes at p (as i32 lanes, signed or not) -> f32 lanes.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn i8x8(v: __m128i) -> __m256 {
-        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v))
-    }
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn u8x8(v: __m128i) -> __m256 {
-        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v))
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    unsafe fn hsum512(v: __m512) -> f32 {
-        _mm512_reduce_add_ps(v)
-    }
-
-    /// 16 bytes -> 16 f32 lanes (unsigned).
-    #[inline]
-    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    unsafe fn u8x16(v: __m128i) -> __m512 {
-        _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v))
-    }
-
-    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    pub unsafe fn dot_q8_0_512(x: &[f32], row: &[u8]) -> f32 {
-        let mut acc = [_mm512_setzero_ps(); 2];
-        let px = x.as_ptr();
-        for (bi, b) in row.chunks_exact(Q8_0_BYTES).enumerate() {
-            let xp = px.add(bi * QK);
-            let q = b.as_ptr().add(2);
-            let lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q as *const __m128i)));
-            let hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q.add(16) as *const __m128i)));
-            let v = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xp.add(16)), _mm512_mul_ps(lo, _mm512_loadu_ps(xp)));
-            acc[bi & 1] = _mm512_fmadd_ps(_mm512_set1_ps(f16_at(b, 0)), v, acc[bi & 1]);
-        }
-        hsum512(_mm512_add_ps(acc[0], acc[1]))
-    }
-
-    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    pub unsafe fn dot_q4_1_512(x: &[f32], xsum: &[f32], row: &[u8]) -> f32 {
-        let mut acc = [_mm512_setzero_ps(); 2];
-        let mut macc = 0.0f32;
-        let px = x.as_ptr();
-        let mask = _mm_set1_epi8(0x0F);
-        for (bi, b) in row.chunks_exact(Q4_1_BYTES).enumerate() {
-            let xp = px.add(bi * QK);
-            let raw = _mm_loadu_si128(b.as_ptr().add(4) as *const __m128i);
-            let lo = u8x16(_mm_and_si128(raw, mask));
-            let hi = u8x16(_mm_and_si128(_mm_srli_epi16(raw, 4), mask));
-            let v = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xp.add(16)), _mm512_mul_ps(lo, _mm512_loadu_ps(xp)));
-            acc[bi & 1] = _mm512_fmadd_ps(_mm512_set1_ps(f16_at(b, 0)), v, acc[bi & 1]);
-            macc += f16_at(b, 2) * *xsum.get_unchecked(bi);
-        }
-        hsum512(_mm512_add_ps(acc[0], acc[1])) + macc
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_q8_0(x: &[f32], row: &[u8]) -> f32 {
-        let mut acc = _mm256_setzero_ps();
-        let px = x.as_ptr();
-        for (bi, b) in row.chunks_exact(Q8_0_BYTES).enumerate() {
-            let xp = px.add(bi * QK);
-            let q = b.as_ptr().add(2);
-            let lo = _mm_loadu_si128(q as *const __m128i);
-            let hi = _mm_loadu_si128(q.add(16) as *const __m128i);
-            let mut v = _mm256_mul_ps(i8x8(lo), _mm256_loadu_ps(xp));
-            v = _mm256_fmadd_ps(i8x8(_mm_srli_si128(lo, 8)), _mm256_loadu_ps(xp.add(8)), v);
-            v = _mm256_fmadd_ps(i8x8(hi), _mm256_loadu_ps(xp.add(16)), v);
-            v = _mm256_fmadd_ps(i8x8(_mm_srli_si128(hi, 8)), _mm256_loadu_ps(xp.add(24)), v);
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_at(b, 0)), v, acc);
-        }
-        hsum(acc)
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_q4_1(x: &[f32], xsum: &[f32], row: &[u8]) -> f32 {
-        let mut acc = _mm256_setzero_ps();
-        let mut macc = 0.0f32;
-        let px = x.as_ptr();
-        let mask = _mm_set1_epi8(0x0F);
-        for (bi, b) in row.chunks_exact(Q4_1_BYTES).enumerate() {
-            let xp = px.add(bi * QK);
-            let raw = _mm_loadu_si128(b.as_ptr().add(4) as *const __m128i);
-            let lo = _mm_and_si128(raw, mask);
-            let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
-            let mut v = _mm256_mul_ps(u8x8(lo), _mm256_loadu_ps(xp));
-            v = _mm256_fmadd_ps(u8x8(_mm_srli_si128(lo, 8)), _mm256_loadu_ps(xp.add(8)), v);
-            v = _mm256_fmadd_ps(u8x8(hi), _mm256_loadu_ps(xp.add(16)), v);
-            v = _mm256_fmadd_ps(u8x8(_mm_srli_si128(hi, 8)), _mm256_loadu_ps(xp.add(24)), v);
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_at(b, 0)), v, acc);
-            macc += f16_at(b, 2) * *xsum.get_unchecked(bi);
-        }
-        hsum(acc) + macc
-    }
-}
-
-/// Random blocks with finite, moderate scales (tests).
+/// Random blocks of `ty` with finite, moderate scales (tests).
 #[cfg(test)]
-pub(crate) fn random_blocks(n: usize, bytes: usize, seed: u32) -> Vec<u8> {
-    tests::blocks(n, bytes, seed)
+pub(crate) fn random_blocks(ty: GgmlType, n: usize, seed: u32) -> Vec<u8> {
+    let (_, bytes) = layout(ty);
+    let mut s = seed;
+    let mut v: Vec<u8> = (0..n * bytes)
+        .map(|_| {
+            s = s.wrapping_mul(1664525).wrapping_add(1013904223);
+            (s >> 24) as u8
+        })
+        .collect();
+    // byte offsets of the f16 scales in each block
+    let at: &[usize] = match ty {
+        GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 => &[0],
+        GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K => &[0, 2],
+        GgmlType::Q2_K => &[80, 82],
+        GgmlType::Q3_K => &[108],
+        GgmlType::Q6_K => &[208],
+        _ => &[],
+    };
+    for b in v.chunks_exact_mut(bytes) {
+        for (j, &i) in at.iter().enumerate() {
+            let val = 0.01 + b[i] as f32 * 1e-4 - j as f32 * 0.02;
+            b[i..i + 2].copy_from_slice(&f16::from_f32(val).to_bits().to_le_bytes());
+        }
+    }
+    v
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::dequant::dequantize;
 
-    pub(super) fn blocks(n: usize, bytes: usize, seed: u32) -> Vec<u8> {
-        let mut s = seed;
-        let mut v: Vec<u8> = (0..n * bytes)
-            .map(|_| {
-                s = s.wrapping_mul(1664525).wrapping_add(1013904223);
-                (s >> 24) as u8
-            })
-            .collect();
-        for b in v.chunks_exact_mut(bytes) {
-            // finite, moderate f16 scales
-            let (d, m) = (0.01 + b[4] as f32 * 1e-4, -0.05 + b[5] as f32 * 1e-4);
-            b[0..2].copy_from_slice(&f16::from_f32(d).to_bits().to_le_bytes());
-            if bytes == Q4_1_BYTES {
-                b[2..4].copy_from_slice(&f16::from_f32(m).to_bits().to_le_bytes());
-            }
-        }
-        v
+    pub(crate) const TYPES: [GgmlType; 10] = [
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q8_0,
+        GgmlType::Q2_K,
+        GgmlType::Q3_K,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+    ];
+
+    fn acts(k: usize, seed: usize) -> Vec<f32> {
+        (0..k).map(|i| ((i * 31 + seed * 7) % 17) as f32 / 7.0 - 1.1 + if i % 97 == 5 { 9.0 } else { 0.0 }).collect()
     }
 
-    type Q8 = Box<dyn Fn(&[f32], &[u8]) -> f32>;
-    type Q4 = Box<dyn Fn(&[f32], &[f32], &[u8]) -> f32>;
-
-    /// Every implementation this CPU can run, by name.
-    fn implementations() -> Vec<(&'static str, Q8, Q4)> {
-        let mut v: Vec<(&'static str, Q8, Q4)> =
-            vec![("portable", Box::new(dot_q8_0_portable), Box::new(dot_q4_1_portable))];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if crate::backend::cpu::simd::has_avx2_fma() {
-                // SAFETY: the features were checked.
-                v.push(("avx2", Box::new(|x, r| unsafe { x86::dot_q8_0(x, r) }), Box::new(|x, s, r| unsafe { x86::dot_q4_1(x, s, r) })));
-            }
-            if has_avx512() {
-                // SAFETY: the features were checked.
-                v.push(("avx512", Box::new(|x, r| unsafe { x86::dot_q8_0_512(x, r) }), Box::new(|x, s, r| unsafe { x86::dot_q4_1_512(x, s, r) })));
-            }
-        }
-        v
-    }
-
+    /// Every block dot, generic and SIMD, against the f64 dot of the
+    /// dequantized weights with the activations as quantized.
     #[test]
-    fn quantized_dots_equal_dequantized_dots() {
-        for k in [32usize, 64, 576, 1536] {
-            let x: Vec<f32> = (0..k).map(|i| ((i * 31 % 17) as f32 - 8.0) / 7.0).collect();
-            let (r8, r4) = (blocks(k / QK, Q8_0_BYTES, 1), blocks(k / QK, Q4_1_BYTES, 2));
-            let (mut w8, mut w4) = (vec![0f32; k], vec![0f32; k]);
-            row_q8_0(&r8, &mut w8);
-            row_q4_1(&r4, &mut w4);
-            let want = |w: &[f32]| -> f64 { x.iter().zip(w).map(|(a, b)| *a as f64 * *b as f64).sum() };
-            let (want8, want4) = (want(&w8), want(&w4));
-            for (name, q8, q4) in implementations() {
-                let (g8, g4) = (q8(&x, &r8) as f64, q4(&x, &block_sums(&x), &r4) as f64);
-                assert!((g8 - want8).abs() < 1e-4 * (1.0 + want8.abs()), "{name} q8_0 k={k}: {g8} vs {want8}");
-                assert!((g4 - want4).abs() < 1e-4 * (1.0 + want4.abs()), "{name} q4_1 k={k}: {g4} vs {want4}");
+    fn block_dots_equal_dequantized_dots() {
+        for ty in TYPES {
+            let (n, _) = layout(ty);
+            for k in [256usize, 512, 1536] {
+                let nb = k / n;
+                let row = random_blocks(ty, nb, 7 + k as u32);
+                let w = dequantize(ty, &row, k).unwrap();
+                let x = acts(k, 3);
+                let mut a = vec![ActBlock::default(); k / QK];
+                quantize_acts(&x, &mut a);
+                // the reference sees the activations' quantized values
+                let xq: Vec<f64> = a.iter().flat_map(|b| b.q.iter().map(move |&q| q as f64 * b.d as f64)).collect();
+                let want: f64 = w.iter().zip(&xq).map(|(w, x)| *w as f64 * x).sum();
+                let exact: f64 = w.iter().zip(&x).map(|(w, x)| *w as f64 * *x as f64).sum();
+                let mag: f64 = w.iter().zip(&x).map(|(w, x)| (*w as f64 * *x as f64).abs()).sum();
+                // the sums of x used for the min terms are exact: compare those
+                // types against the exact dot, others against the quantized one
+                let uses_min = matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q2_K | GgmlType::Q4_K | GgmlType::Q5_K);
+                let target = if uses_min { exact } else { want };
+                let tol = if uses_min { 1e-4 } else { 1e-5 } * mag.max(1.0);
+                let g = dot_generic(ty, &row, &a) as f64;
+                assert!((g - target).abs() <= tol, "{} k={k} generic: {g} vs {target}", ty.name());
+                let v = vec_dot(ty, &row, &a) as f64;
+                assert!((v - target).abs() <= tol, "{} k={k} vec_dot: {v} vs {target}", ty.name());
+                // 16-bit activations keep the dot within 1e-4 of the f32 one
+                assert!((v - exact).abs() <= 1e-4 * mag.max(1.0), "{} k={k}: {v} vs exact {exact}", ty.name());
             }
         }
     }
 
     #[test]
-    fn row_dequant_matches_ggml_dequant() {
-        use crate::model::dequant::dequantize;
-        use crate::model::gguf::GgmlType;
-        for (ty, bytes) in [(GgmlType::Q8_0, Q8_0_BYTES), (GgmlType::Q4_1, Q4_1_BYTES)] {
-            let row = blocks(4, bytes, 9);
-            let want = dequantize(ty, &row, 4 * QK).unwrap();
-            let mut got = vec![0f32; 4 * QK];
-            if bytes == Q8_0_BYTES { row_q8_0(&row, &mut got) } else { row_q4_1(&row, &mut got) }
-            assert_eq!(got, want);
+    fn activation_quantization_error_is_below_half_a_step() {
+        let x = acts(512, 1);
+        let mut a = vec![ActBlock::default(); 16];
+        quantize_acts(&x, &mut a);
+        for (xb, b) in x.chunks(QK).zip(&a) {
+            for (v, q) in xb.iter().zip(b.q) {
+                assert!((v - b.d * q as f32).abs() <= 0.5001 * b.d, "{v} vs {}", b.d * q as f32);
+            }
+            assert_eq!(b.sum[0], xb[..16].iter().sum::<f32>());
         }
+        let mut z = [ActBlock::default()];
+        quantize_acts(&[0.0; 32], &mut z);
+        assert_eq!((z[0].d, z[0].q), (0.0, [0; 32]));
     }
 }

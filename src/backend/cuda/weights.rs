@@ -8,6 +8,7 @@
 use super::device::{Device, DeviceMem};
 use super::ops::{self, Quant};
 use crate::backend::cpu::WeightData;
+use crate::model::dequant::GgmlType;
 use crate::model::weights::{HostTensor, WeightSource};
 use crate::model::{ModelConfig, ModelError};
 use anyhow::Context;
@@ -100,8 +101,8 @@ impl Uploader<'_> {
                 self.dev.upload(dst, bytemuck::cast_slice(v))?;
                 self.dev.synchronize()?;
             }
-            WeightData::Q8_0(b) => quant(Quant::Q8_0, b)?,
-            WeightData::Q4_1(b) => quant(Quant::Q4_1, b)?,
+            WeightData::Blocks(GgmlType::Q8_0, b) => quant(Quant::Q8_0, b)?,
+            WeightData::Blocks(GgmlType::Q4_1, b) => quant(Quant::Q4_1, b)?,
             _ => {
                 let v: Vec<bf16> = t.to_f32().into_iter().map(bf16::from_f32).collect();
                 self.dev.upload(dst, bytemuck::cast_slice(&v))?;

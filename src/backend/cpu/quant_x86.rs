@@ -1,0 +1,157 @@
+//! AVX2 block dots for the common GGUF types (see `quant` for the scheme):
+//! weight values are widened to 16-bit lanes and multiplied with the 16-bit
+//! activations by `vpmaddwd` (16 products summed in pairs into 8 i32 lanes);
+//! each 16- or 32-value group's i32 lanes go to f32 once, times its scale.
+//! AVX-512 VNNI (`vpdpwssd`) would fuse the multiply and the add; the CPUs
+//! kiln is measured on have no AVX-512, so it is not written yet.
+
+use super::quant::ActBlock;
+use crate::model::dequant::{q4_k_scale_min, GgmlType};
+use std::arch::x86_64::*;
+
+/// `vec_dot` for the types with a kernel here; None for the others.
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn vec_dot(ty: GgmlType, row: &[u8], x: &[ActBlock]) -> Option<f32> {
+    Some(match ty {
+        GgmlType::Q8_0 => dot_q8_0(row, x),
+        GgmlType::Q4_0 => dot_q4(row, x, false),
+        GgmlType::Q4_1 => dot_q4(row, x, true),
+        GgmlType::Q4_K => dot_q4_k(row, x),
+        GgmlType::Q6_K => dot_q6_k(row, x),
+        _ => return None,
+    })
+}
+
+/// The little-endian f16 at b[i..i+2] as f32 (F16C; `half`'s conversion
+/// checks CPU features on every call).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16_at(b: &[u8], i: usize) -> f32 {
+    let bits = u16::from_le_bytes([*b.get_unchecked(i), *b.get_unchecked(i + 1)]);
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
+}
+
+/// Σ w[i] * q[i] over 16 lanes, as 8 i32 lanes (pairs summed).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn madd16(w: __m256i, q: *const i16) -> __m256i {
+    _mm256_madd_epi16(w, _mm256_loadu_si256(q as *const __m256i))
+}
+
+/// The 32 products of one activation block with 32 weight values given as
+/// 16 + 16 i16 lanes, as 8 i32 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot32(w0: __m256i, w1: __m256i, a: &ActBlock) -> __m256i {
+    let q = a.q.as_ptr();
+    _mm256_add_epi32(madd16(w0, q), madd16(w1, q.add(16)))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q8_0(row: &[u8], x: &[ActBlock]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for (b, a) in row.chunks_exact(34).zip(x) {
+        let p = b.as_ptr().add(2);
+        let w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(p as *const __m128i));
+        let w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(16) as *const __m128i));
+        let s = _mm256_cvtepi32_ps(dot32(w0, w1, a));
+        acc = _mm256_fmadd_ps(s, _mm256_set1_ps(f16_at(b, 0) * a.d), acc);
+    }
+    hsum(acc)
+}
+
+/// Q4_0 (`with_min` false: values nib - 8) and Q4_1 (true: d * nib + m).
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q4(row: &[u8], x: &[ActBlock], with_min: bool) -> f32 {
+    let (bytes, qs_at) = if with_min { (20, 4) } else { (18, 2) };
+    let mask = _mm_set1_epi8(0x0f);
+    let off = _mm256_set1_epi16(if with_min { 0 } else { 8 });
+    let mut acc = _mm256_setzero_ps();
+    let mut macc = 0f32;
+    for (b, a) in row.chunks_exact(bytes).zip(x) {
+        let raw = _mm_loadu_si128(b.as_ptr().add(qs_at) as *const __m128i);
+        let lo = _mm256_sub_epi16(_mm256_cvtepu8_epi16(_mm_and_si128(raw, mask)), off);
+        let hi = _mm256_sub_epi16(_mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(raw, 4), mask)), off);
+        let s = _mm256_cvtepi32_ps(dot32(lo, hi, a));
+        acc = _mm256_fmadd_ps(s, _mm256_set1_ps(f16_at(b, 0) * a.d), acc);
+        if with_min {
+            macc += f16_at(b, 2) * (a.sum[0] + a.sum[1]);
+        }
+    }
+    hsum(acc) + macc
+}
+
+/// The low and high 16 bytes of `v` widened to i16 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn widen_u8(v: __m256i) -> (__m256i, __m256i) {
+    (_mm256_cvtepu8_epi16(_mm256_castsi256_si128(v)), _mm256_cvtepu8_epi16(_mm256_extracti128_si256(v, 1)))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q4_k(row: &[u8], x: &[ActBlock]) -> f32 {
+    let mask = _mm256_set1_epi8(0x0f);
+    let mut acc = _mm256_setzero_ps();
+    let mut macc = 0f32;
+    for (b, xs) in row.chunks_exact(144).zip(x.chunks_exact(8)) {
+        let (d, dmin, scales) = (f16_at(b, 0), f16_at(b, 2), &b[4..16]);
+        for g in 0..4 {
+            let raw = _mm256_loadu_si256(b.as_ptr().add(16 + 32 * g) as *const __m256i);
+            for (j, nib) in [_mm256_and_si256(raw, mask), _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask)].into_iter().enumerate() {
+                let sub = 2 * g + j;
+                let (sc, m) = q4_k_scale_min(sub, scales);
+                let a = &xs[sub];
+                let (w0, w1) = widen_u8(nib);
+                let s = _mm256_cvtepi32_ps(dot32(w0, w1, a));
+                acc = _mm256_fmadd_ps(s, _mm256_set1_ps(d * sc as f32 * a.d), acc);
+                macc += dmin * m as f32 * (a.sum[0] + a.sum[1]);
+            }
+        }
+    }
+    hsum(acc) - macc
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q6_k(row: &[u8], x: &[ActBlock]) -> f32 {
+    let (m4, m2) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(3));
+    let off = _mm256_set1_epi16(32);
+    let mut acc = _mm256_setzero_ps();
+    for (b, xs) in row.chunks_exact(210).zip(x.chunks_exact(8)) {
+        let d = f16_at(b, 208);
+        let p = b.as_ptr();
+        for h in 0..2 {
+            let ql0 = _mm256_loadu_si256(p.add(64 * h) as *const __m256i);
+            let ql1 = _mm256_loadu_si256(p.add(64 * h + 32) as *const __m256i);
+            let qh = _mm256_loadu_si256(p.add(128 + 32 * h) as *const __m256i);
+            // quarter k of this half: 32 values 128h + 32k .. from ql (low or
+            // high nibbles of ql0 / ql1) and bits 2k, 2k+1 of qh
+            for k in 0..4 {
+                let ql = if k % 2 == 0 { ql0 } else { ql1 };
+                let lo = if k < 2 { _mm256_and_si256(ql, m4) } else { _mm256_and_si256(_mm256_srli_epi16(ql, 4), m4) };
+                let hi = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * k as i32)), m2);
+                let hi = _mm256_slli_epi16(hi, 4);
+                let (w0, w1) = widen_u8(_mm256_or_si256(lo, hi));
+                let a = &xs[4 * h + k];
+                let q = a.q.as_ptr();
+                let s0 = _mm256_cvtepi32_ps(madd16(_mm256_sub_epi16(w0, off), q));
+                let s1 = _mm256_cvtepi32_ps(madd16(_mm256_sub_epi16(w1, off), q.add(16)));
+                let sc = 8 * h + 2 * k;
+                let (c0, c1) = (*b.get_unchecked(192 + sc) as i8, *b.get_unchecked(193 + sc) as i8);
+                acc = _mm256_fmadd_ps(s0, _mm256_set1_ps(d * c0 as f32 * a.d), acc);
+                acc = _mm256_fmadd_ps(s1, _mm256_set1_ps(d * c1 as f32 * a.d), acc);
+            }
+        }
+    }
+    hsum(acc)
+}
