@@ -10,7 +10,7 @@ use std::sync::Arc;
 use super::port::EngineGauges;
 use super::vllm_metrics::{self, VllmMetrics};
 
-pub(crate) const META: Metadata<'static> = Metadata::new("kiln::api", Level::INFO, Some(module_path!()));
+const META: Metadata<'static> = Metadata::new("kiln::api", Level::INFO, Some(module_path!()));
 
 /// Latency buckets in seconds, from 1 ms to 5 minutes.
 const LATENCY_BUCKETS: &[f64] =

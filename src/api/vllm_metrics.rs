@@ -20,12 +20,14 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use metrics::{Counter, Gauge, Histogram, Key, Label, Recorder, SharedString, Unit};
+use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder, SharedString, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusRecorder};
 
-use super::metrics::META;
 use super::port::EngineGauges;
 use crate::engine::{FinishReason, SeqUsage};
+
+/// The metadata every vllm:* series is registered with.
+const META: Metadata<'static> = Metadata::new("kiln::api::vllm", Level::INFO, Some(module_path!()));
 
 /// `vllm:time_to_first_token_seconds` buckets (seconds).
 const TTFT_BUCKETS: &[f64] = &[
