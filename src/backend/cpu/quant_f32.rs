@@ -112,24 +112,9 @@ fn dot_q4_1_portable(x: &[f32], xsum: &[f32], row: &[u8]) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use super::super::quant_x86::{f16_at, hsum};
     use super::{Q4_1_BYTES, Q8_0_BYTES, QK};
     use std::arch::x86_64::*;
-
-    /// The little-endian f16 at b[i..i+2] as f32 (F16C).
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn f16_at(b: &[u8], i: usize) -> f32 {
-        let bits = u16::from_le_bytes([*b.get_unchecked(i), *b.get_unchecked(i + 1)]);
-        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
-    }
 
     /// 8 bytes at p (as i32 lanes, signed or not) -> f32 lanes.
     #[inline]
