@@ -84,13 +84,59 @@ fn input_limit(args: &EngineArgs, pooling: &Pooling, positions: usize) -> anyhow
     Ok(want)
 }
 
-/// Loads the embedding model at `path` on the CPU and starts its engine.
-/// Encoders have no CUDA path yet: `--device cuda` is refused for them and
-/// `auto` means the CPU.
-pub fn start_embedding(args: &EngineArgs, path: &Path) -> anyhow::Result<EmbedEngine> {
-    if let crate::backend::cuda::select::DeviceChoice::Cuda(_) = args.device {
-        bail!("{}: embedding models run on the CPU backend only for now: pass --device cpu (or auto)", path.display());
+/// The runner of a loaded BERT encoder on the device `--device` names (see
+/// `start_embedding`).
+fn bert_runner(args: &EngineArgs, model: BertModel, pooling: Pooling) -> anyhow::Result<Box<dyn EncoderRunner>> {
+    let cell = std::cell::RefCell::new(Some(model));
+    let cpu = || -> anyhow::Result<Box<dyn EncoderRunner>> {
+        let model = cell.borrow_mut().take().expect("the model is taken once");
+        tracing::info!(device = "cpu", threads = rayon::current_num_threads(), "starting the embedding engine");
+        Ok(Box::new(BertRunner { model, pooling: pooling.clone() }))
+    };
+    let gpu = |choice| -> anyhow::Result<Box<dyn EncoderRunner>> {
+        let guard = cell.borrow();
+        let model = guard.as_ref().expect("the model is still here");
+        cuda_bert_runner(args, choice, model, pooling.clone())
+    };
+    let (runner, why_cpu) = crate::launch::start_on(args.device, crate::backend::cuda::select::resolve, gpu, cpu)?;
+    if let Some(why) = why_cpu {
+        tracing::warn!("device auto: using the CPU ({why})");
     }
+    Ok(runner)
+}
+
+/// The CUDA encoder on GPU n or on the emulated device.
+#[cfg(any(feature = "cuda", feature = "emu"))]
+fn cuda_bert_runner(
+    args: &EngineArgs,
+    choice: crate::backend::cuda::select::DeviceChoice,
+    model: &BertModel,
+    pooling: Pooling,
+) -> anyhow::Result<Box<dyn EncoderRunner>> {
+    let dev = crate::backend::cuda::select::open(choice)?;
+    let name = dev.name.clone();
+    let runner = crate::backend::cuda::encoder::CudaBertRunner::new(dev, model, pooling, args.max_num_batched_tokens, args.max_num_seqs)?;
+    tracing::info!(device = %name, "starting the embedding engine");
+    Ok(Box::new(runner))
+}
+
+#[cfg(not(any(feature = "cuda", feature = "emu")))]
+fn cuda_bert_runner(
+    _: &EngineArgs,
+    _: crate::backend::cuda::select::DeviceChoice,
+    _: &BertModel,
+    _: Pooling,
+) -> anyhow::Result<Box<dyn EncoderRunner>> {
+    bail!("this kiln was built without CUDA support: rebuild with `cargo build --release --features cuda`, or pass --device cpu")
+}
+
+/// Loads the embedding model at `path` and starts its engine. BERT-family
+/// encoders run where `--device` says: the CPU, a GPU or the emulated
+/// device (the CUDA encoder, src/backend/cuda/encoder.rs); `auto` takes the
+/// first GPU when one is usable and falls back to the CPU when starting on
+/// it fails, as generation models do. Decoders used for embeddings run on
+/// the CPU only: `--device cuda` or `emu` is refused for them.
+pub fn start_embedding(args: &EngineArgs, path: &Path) -> anyhow::Result<EmbedEngine> {
     if let Some(n) = args.threads {
         let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
     }
@@ -104,8 +150,12 @@ pub fn start_embedding(args: &EngineArgs, path: &Path) -> anyhow::Result<EmbedEn
             let tokenizer = Tokenizer::from_hf_dir(path).map_err(|e| anyhow::anyhow!("{}: tokenizer: {e}", path.display()))?;
             let (matryoshka, vocab) = (pooling.matryoshka.clone(), cfg.vocab_size);
             let model = BertModel::load(cfg, &src, |_| {})?;
-            (Box::new(BertRunner { model, pooling }), tokenizer, limit, matryoshka, vocab)
+            (bert_runner(args, model, pooling)?, tokenizer, limit, matryoshka, vocab)
         } else {
+            use crate::backend::cuda::select::DeviceChoice;
+            if matches!(args.device, DeviceChoice::Cuda(_) | DeviceChoice::Emu) {
+                bail!("{}: decoder embedding models run on the CPU backend only for now: pass --device cpu (or auto)", path.display());
+            }
             let pooling = if path.is_dir() { Pooling::from_dir(path)? } else { None }.unwrap_or_else(Pooling::decoder_default);
             let loaded = crate::model::loader::load(path, |_, _| {})?;
             let limit = input_limit(args, &pooling, loaded.model.cfg.max_position_embeddings)?;

@@ -155,6 +155,52 @@ pub struct BertModel {
     layers: Vec<Layer>,
 }
 
+/// f32 views of one layer's tensors (`BertModel::view`), Hugging Face
+/// shapes: weights `[out, in]` row-major, biases `[out]`.
+pub struct BertLayerView<'a> {
+    /// query, key and value stacked: [3 * hidden, hidden] and [3 * hidden].
+    pub qkv_w: &'a [f32],
+    pub qkv_b: &'a [f32],
+    /// attention.output.dense: [hidden, hidden], [hidden].
+    pub attn_out_w: &'a [f32],
+    pub attn_out_b: &'a [f32],
+    /// attention.output.LayerNorm: [hidden] each.
+    pub attn_norm_w: &'a [f32],
+    pub attn_norm_b: &'a [f32],
+    /// intermediate.dense: [intermediate, hidden], [intermediate].
+    pub inter_w: &'a [f32],
+    pub inter_b: &'a [f32],
+    /// output.dense: [hidden, intermediate], [hidden].
+    pub out_w: &'a [f32],
+    pub out_b: &'a [f32],
+    /// output.LayerNorm: [hidden] each.
+    pub out_norm_w: &'a [f32],
+    pub out_norm_b: &'a [f32],
+}
+
+/// f32 views of every tensor of a `BertModel`, for a backend that uploads
+/// them (the CUDA encoder, src/backend/cuda/encoder.rs).
+pub struct BertView<'a> {
+    /// [vocab, hidden]
+    pub word: &'a [f32],
+    /// [max_position_embeddings, hidden]
+    pub position: &'a [f32],
+    /// The token-type-0 row, [hidden] (single-sentence inputs).
+    pub token_type: &'a [f32],
+    /// embeddings.LayerNorm: [hidden] each.
+    pub embed_norm_w: &'a [f32],
+    pub embed_norm_b: &'a [f32],
+    pub layers: Vec<BertLayerView<'a>>,
+}
+
+/// The f32 data of a weight `BertModel::load` made (always f32).
+fn f32_data(w: &Weight) -> &[f32] {
+    match &w.data {
+        WeightData::F32(v) => v,
+        _ => unreachable!("BertModel::load keeps every weight in f32"),
+    }
+}
+
 struct Loader<'a> {
     src: &'a dyn WeightSource,
     prefix: &'static str,
@@ -212,6 +258,35 @@ impl BertModel {
         // Single-sentence inputs: every token has token type 0.
         let token_type = types[..h].to_vec();
         Ok(BertModel { cfg, word, position, token_type, embed_norm, layers })
+    }
+
+    /// Views of every tensor (see `BertView`).
+    pub fn view(&self) -> BertView<'_> {
+        BertView {
+            word: f32_data(&self.word),
+            position: f32_data(&self.position),
+            token_type: &self.token_type,
+            embed_norm_w: &self.embed_norm.w,
+            embed_norm_b: &self.embed_norm.b,
+            layers: self
+                .layers
+                .iter()
+                .map(|l| BertLayerView {
+                    qkv_w: f32_data(&l.qkv.w),
+                    qkv_b: &l.qkv.b,
+                    attn_out_w: f32_data(&l.attn_out.w),
+                    attn_out_b: &l.attn_out.b,
+                    attn_norm_w: &l.attn_norm.w,
+                    attn_norm_b: &l.attn_norm.b,
+                    inter_w: f32_data(&l.inter.w),
+                    inter_b: &l.inter.b,
+                    out_w: f32_data(&l.out.w),
+                    out_b: &l.out.b,
+                    out_norm_w: &l.out_norm.w,
+                    out_norm_b: &l.out_norm.b,
+                })
+                .collect(),
+        }
     }
 
     /// The last hidden state `[tokens, hidden]` of packed sequences:

@@ -229,6 +229,14 @@ impl Device {
         dispatch!(self, d => d.linear(y, out, x, w, mnk))
     }
 
+    /// y[m, n] = x[m, k] · w[n, k]ᵀ with f32 operands, f32 accumulation and
+    /// f32 output (the encoders' GEMMs: their checkpoints are f32 and they
+    /// are held to the CPU encoder at cosine >= 0.99999; docs/gpu.md);
+    /// `mnk` = [m, n, k], row-major. m = 0 is a no-op.
+    pub fn linear_f32(&self, y: u64, x: u64, w: u64, mnk: [usize; 3]) -> Result<(), CudaError> {
+        dispatch!(self, d => d.linear_f32(y, x, w, mnk))
+    }
+
     /// A device allocation of `bytes` bytes (contents undefined).
     pub fn alloc(&self, bytes: usize) -> Result<DeviceMem, CudaError> {
         dispatch!(self, d => d.alloc(bytes))

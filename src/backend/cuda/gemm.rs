@@ -88,4 +88,43 @@ impl Gemm {
         }
         .map_err(blas_err("cublasGemmEx"))
     }
+
+    /// y[m, n] = x[m, k] · w[n, k]ᵀ with every operand f32 (the encoders'
+    /// GEMMs), same layouts as `linear`. CUBLAS_COMPUTE_32F: plain FP32
+    /// arithmetic, no TF32 tensor-core rounding of the inputs (that would
+    /// need CUBLAS_COMPUTE_32F_FAST_TF32), so the result agrees with the
+    /// CPU encoder to f32 rounding. m = 0 is a no-op.
+    pub fn linear_f32(&self, y: u64, x: u64, w: u64, mnk: [usize; 3]) -> Result<(), CudaError> {
+        let [m, n, k] = mnk;
+        if m == 0 {
+            return Ok(());
+        }
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        let f32t = sys::cudaDataType::CUDA_R_32F;
+        // SAFETY: as in `linear`.
+        unsafe {
+            result::gemm_ex(
+                *self.blas.handle(),
+                sys::cublasOperation_t::CUBLAS_OP_T,
+                sys::cublasOperation_t::CUBLAS_OP_N,
+                n as i32,
+                m as i32,
+                k as i32,
+                (&alpha as *const f32).cast(),
+                w as *const c_void,
+                f32t,
+                k as i32,
+                x as *const c_void,
+                f32t,
+                k as i32,
+                (&beta as *const f32).cast(),
+                y as *mut c_void,
+                f32t,
+                n as i32,
+                sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(blas_err("cublasGemmEx"))
+    }
 }

@@ -131,6 +131,11 @@ impl Gpu {
         self.gemm.as_ref().expect("cuBLAS handle made in open()").linear(y, out, x, w, mnk)
     }
 
+    /// y[m, n] = x[m, k] · w[n, k]ᵀ in f32 on cuBLAS (see gemm.rs).
+    pub fn linear_f32(&self, y: u64, x: u64, w: u64, mnk: [usize; 3]) -> Result<(), CudaError> {
+        self.gemm.as_ref().expect("cuBLAS handle made in open()").linear_f32(y, x, w, mnk)
+    }
+
     pub fn alloc(&self, bytes: usize) -> Result<DeviceMem, CudaError> {
         self.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
         if bytes == 0 {

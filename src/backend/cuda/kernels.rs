@@ -76,6 +76,18 @@ pub const FILES: &[KernelFile] = &[
     kernel_file!("gather_last", ["gather_rows_bf16"]),
     kernel_file!("sampling", ["apply_penalties_f32", "apply_token_mask_f32", "sample_f32", "top_logprobs_f32"]),
     kernel_file!("dequant", ["dequant_q8_0_bf16", "dequant_q4_1_bf16"]),
+    kernel_file!(
+        "encoder",
+        [
+            "bert_embeddings_f32",
+            "layer_norm_f32",
+            "gelu_erf_f32",
+            "encoder_attention_f32_hd32",
+            "encoder_attention_f32_hd64",
+            "encoder_attention_f32_hd128",
+            "embedding_pool_f32",
+        ]
+    ),
 ];
 
 /// The file exporting `function`, if any.

@@ -115,6 +115,7 @@ pub fn prefill_dims(num_tiles: usize, num_heads: usize, num_kv_heads: usize, hea
 pub fn smem_opt_in(function: &str) -> Option<usize> {
     let need = match function {
         "prefill_attention_bf16_hd256" => prefill_smem_bytes(256),
+        "encoder_attention_f32_hd128" => encoder_attention_smem_bytes(128),
         _ => return None,
     };
     (need > SMEM_DEFAULT_LIMIT).then_some(need)
@@ -136,6 +137,47 @@ pub fn penalties_dims(rows: usize) -> Dims {
 /// apply_token_mask_f32: a block of 256 per row.
 pub fn token_mask_dims(rows: usize) -> Dims {
     Dims::new((rows.max(1), 1, 1), 256, 0)
+}
+
+/// bert_embeddings_f32: one block per token, a thread per 4 floats.
+pub fn encoder_row_dims(rows: usize, hidden: usize) -> Dims {
+    Dims::new((rows.max(1), 1, 1), round_up(hidden / 4, 32).clamp(32, 1024), 0)
+}
+
+/// float4 vectors each thread of layer_norm_f32 keeps in registers (LN_MAX_VPT).
+pub const LN_MAX_VPT: usize = 4;
+
+/// layer_norm_f32: one block per row; every thread holds at most LN_MAX_VPT
+/// float4 vectors of the row (hidden <= 16384).
+pub fn layer_norm_dims(rows: usize, hidden: usize) -> Dims {
+    let threads = round_up((hidden / 4).div_ceil(LN_MAX_VPT), 32).clamp(32, 1024);
+    Dims::new((rows.max(1), 1, 1), threads, 0)
+}
+
+/// Query rows per encoder attention block (EA_ROWS) and its threads (EA_THREADS).
+pub const ENCODER_ATTN_ROWS: usize = 32;
+const ENCODER_ATTN_THREADS: usize = 128;
+
+/// Head dims encoder_attention_f32 is compiled for.
+pub const ENCODER_HEAD_DIMS: [usize; 3] = [32, 64, 128];
+
+/// sizeof(EncoderAttnSmem<HD>) in encoder.cu: q, k (rows padded by one
+/// float), v and the per-warp probabilities, all f32.
+pub fn encoder_attention_smem_bytes(head_dim: usize) -> usize {
+    4 * (ENCODER_ATTN_ROWS * head_dim + 32 * (head_dim + 1) + 32 * head_dim + 4 * 8 * 32)
+}
+
+/// encoder_attention_f32_hd{head_dim}: a block per (32-row tile of the
+/// longest sequence, sequence, head); tiles past a shorter sequence's end
+/// return at once.
+pub fn encoder_attention_dims(max_len: usize, num_seqs: usize, num_heads: usize, head_dim: usize) -> Dims {
+    let tiles = max_len.div_ceil(ENCODER_ATTN_ROWS).max(1);
+    Dims::new((tiles, num_seqs.max(1), num_heads.max(1)), ENCODER_ATTN_THREADS, encoder_attention_smem_bytes(head_dim))
+}
+
+/// embedding_pool_f32: a block per sequence, a thread per column (up to 1024).
+pub fn pool_dims(num_seqs: usize, hidden: usize) -> Dims {
+    Dims::new((num_seqs.max(1), 1, 1), round_up(hidden, 32).clamp(32, 1024), 0)
 }
 
 #[cfg(test)]
@@ -206,6 +248,22 @@ mod tests {
         assert_eq!(smem_opt_in("prefill_attention_bf16_hd128"), None);
         let d = prefill_dims(5, 64, 1, 128); // group 64 > 32 rows: two head chunks
         assert_eq!(d.grid, (5, 2, 1));
+    }
+
+    #[test]
+    fn encoder_geometry() {
+        for hidden in (4..=16384).step_by(4) {
+            let d = layer_norm_dims(2, hidden);
+            assert_eq!(d.block.0 % 32, 0);
+            assert!(d.block.0 as usize * LN_MAX_VPT * 4 >= hidden, "hidden {hidden}");
+        }
+        assert_eq!(encoder_attention_smem_bytes(32), 16_512);
+        assert!(encoder_attention_smem_bytes(64) <= SMEM_DEFAULT_LIMIT);
+        assert_eq!(smem_opt_in("encoder_attention_f32_hd128"), Some(encoder_attention_smem_bytes(128)));
+        assert_eq!(smem_opt_in("encoder_attention_f32_hd64"), None);
+        assert_eq!(encoder_attention_dims(33, 3, 12, 32).grid, (2, 3, 12));
+        assert_eq!(pool_dims(5, 384).block.0, 384);
+        assert_eq!(encoder_row_dims(7, 384).block.0, 96);
     }
 
     #[test]

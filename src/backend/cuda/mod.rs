@@ -16,7 +16,8 @@
 //!
 //! Built with `--features cuda` or `--features emu`: the device interface
 //! (`device`: alloc, copy, memset, launch by name, GEMM, sync, graphs), kernel
-//! launchers, weights upload, the forward pass and the `ModelRunner`. Behind
+//! launchers, weights upload, the forward pass and the `ModelRunner`, and
+//! the encoder runner of embedding models (`encoder`). Behind
 //! `device` sit `gpu` + `gemm` (feature `cuda`: cudarc with dynamic loading,
 //! so building still needs no toolkit; cuBLAS) and `emu` (feature `emu`: the
 //! emulated device, host memory with guard bytes and the kernels compiled
@@ -44,6 +45,8 @@ pub mod step_inputs;
 pub mod device;
 #[cfg(feature = "emu")]
 pub mod emu;
+#[cfg(any(feature = "cuda", feature = "emu"))]
+pub mod encoder;
 #[cfg(any(feature = "cuda", feature = "emu"))]
 pub mod forward;
 #[cfg(feature = "cuda")]

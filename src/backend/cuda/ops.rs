@@ -244,3 +244,116 @@ pub fn dequant(dev: &Device, q: Quant, out: u64, blocks: u64, num_blocks: usize)
     let d = launch::Dims { grid: (num_blocks.div_ceil(256).max(1) as u32, 1, 1), block: (256, 1, 1), smem: 0 };
     dev.launch(name, d, &[Arg::Ptr(out), Arg::Ptr(blocks), Arg::I64(num_blocks as i64)])
 }
+
+// ---- encoders (kernels/encoder.cu), all f32 ----
+
+/// Arguments of bert_embeddings_f32: `out[t] = word[ids[t]] +
+/// (position[positions[t]] + token_type[type_ids[t]])`, every array f32
+/// row-major; `type_ids` 0 means every token has type 0.
+pub struct BertEmbeddings {
+    /// [tokens, hidden]
+    pub out: u64,
+    /// [vocab, hidden]
+    pub word: u64,
+    /// [max_pos, hidden]
+    pub position: u64,
+    /// [type_vocab, hidden]
+    pub token_type: u64,
+    /// [tokens] u32
+    pub ids: u64,
+    /// [tokens] i32
+    pub positions: u64,
+    /// [tokens] i32, or 0
+    pub type_ids: u64,
+    pub tokens: usize,
+    pub hidden: usize,
+    pub vocab: usize,
+    pub max_pos: usize,
+    pub type_vocab: usize,
+}
+
+/// Sums the three embedding rows of every token (see `BertEmbeddings`).
+pub fn bert_embeddings(dev: &Device, a: &BertEmbeddings) -> R {
+    if a.tokens == 0 {
+        return Ok(());
+    }
+    let p = Arg::Ptr;
+    let args = [
+        p(a.out), p(a.word), p(a.position), p(a.token_type), p(a.ids), p(a.positions), p(a.type_ids), i(a.tokens),
+        i(a.hidden), i(a.vocab), i(a.max_pos), i(a.type_vocab),
+    ];
+    dev.launch("bert_embeddings_f32", launch::encoder_row_dims(a.tokens, a.hidden), &args)
+}
+
+/// `out = LayerNorm((x + x_bias) + residual) * w + b` per row of `[rows,
+/// hidden]` f32 (`x_bias` [hidden] and `residual` [rows, hidden] may be 0:
+/// absent); `out` may be `residual`. hidden % 4 == 0, hidden <= 16384.
+#[allow(clippy::too_many_arguments)] // the kernel's own argument list
+pub fn layer_norm(dev: &Device, out: u64, x: u64, x_bias: u64, residual: u64, w: u64, b: u64, rows: usize, hidden: usize, eps: f32) -> R {
+    if rows == 0 {
+        return Ok(());
+    }
+    let p = Arg::Ptr;
+    let args = [p(out), p(x), p(x_bias), p(residual), p(w), p(b), i(rows), i(hidden), Arg::F32(eps)];
+    dev.launch("layer_norm_f32", launch::layer_norm_dims(rows, hidden), &args)
+}
+
+/// `out = gelu(x + bias)` (exact erf GELU) over `[rows, cols]` f32; `bias`
+/// [cols] may be 0, `out` may be `x`. cols % 4 == 0.
+pub fn gelu_erf(dev: &Device, out: u64, x: u64, bias: u64, rows: usize, cols: usize) -> R {
+    if rows == 0 {
+        return Ok(());
+    }
+    let d = launch::elementwise_dims(rows * cols / 4, dev.num_sms);
+    dev.launch("gelu_erf_f32", d, &[Arg::Ptr(out), Arg::Ptr(x), Arg::Ptr(bias), i(rows), i(cols)])
+}
+
+/// Arguments of the encoder attention (bidirectional, packed sequences).
+pub struct EncoderAttention {
+    /// [tokens, num_heads * head_dim] f32
+    pub out: u64,
+    /// [tokens, 3 * num_heads * head_dim] f32: q, k, v side by side
+    pub qkv: u64,
+    /// [3 * num_heads * head_dim] f32, or 0
+    pub qkv_bias: u64,
+    /// [num_seqs + 1] i32: sequence s owns rows cu_seqlens[s]..cu_seqlens[s + 1]
+    pub cu_seqlens: u64,
+    pub num_seqs: usize,
+    /// The longest sequence (sizes the grid).
+    pub max_len: usize,
+    pub num_heads: usize,
+    /// 32, 64 or 128 (`launch::ENCODER_HEAD_DIMS`).
+    pub head_dim: usize,
+}
+
+/// softmax(q·kᵀ/√d)·v within each sequence (kernels/encoder.cu).
+pub fn encoder_attention(dev: &Device, a: &EncoderAttention) -> R {
+    if a.num_seqs == 0 {
+        return Ok(());
+    }
+    let d = launch::encoder_attention_dims(a.max_len, a.num_seqs, a.num_heads, a.head_dim);
+    let scale = 1.0 / (a.head_dim as f32).sqrt();
+    let p = Arg::Ptr;
+    let args = [p(a.out), p(a.qkv), p(a.qkv_bias), p(a.cu_seqlens), i(a.num_heads), Arg::F32(scale)];
+    dev.launch(&format!("encoder_attention_f32_hd{}", a.head_dim), d, &args)
+}
+
+/// How `embedding_pool` reduces a sequence (the kernel's `mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolMode {
+    Mean = 0,
+    First = 1,
+    Last = 2,
+}
+
+/// One vector per sequence into `out [num_seqs, hidden]` f32 from
+/// `hidden_states [tokens, hidden]` f32, L2-normalised when `normalize`.
+#[allow(clippy::too_many_arguments)] // the kernel's own argument list
+pub fn embedding_pool(dev: &Device, out: u64, hidden_states: u64, cu_seqlens: u64, num_seqs: usize, hidden: usize, mode: PoolMode, normalize: bool) -> R {
+    if num_seqs == 0 {
+        return Ok(());
+    }
+    let p = Arg::Ptr;
+    let args = [p(out), p(hidden_states), p(cu_seqlens), i(num_seqs), i(hidden), Arg::I32(mode as i32), Arg::I32(normalize as i32)];
+    dev.launch("embedding_pool_f32", launch::pool_dims(num_seqs, hidden), &args)
+}

@@ -49,10 +49,38 @@ pub unsafe fn linear(y: u64, out: Out, x: u64, w: u64, [m, n, k]: [usize; 3]) {
     });
 }
 
+/// The f32 GEMM (`Device::linear_f32`): y[m, n] = x[m, k] · W[n, k]ᵀ, all
+/// f32, one sequential f32 sum per output (deterministic).
+///
+/// # Safety
+/// `x` must hold m*k f32, `w` n*k f32 and `y` m*n f32, all readable (y
+/// writable), `y` disjoint from `x` and `w`.
+pub unsafe fn linear_f32(y: u64, x: u64, w: u64, [m, n, k]: [usize; 3]) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let xs = std::slice::from_raw_parts(x as *const f32, m * k);
+    let ws = std::slice::from_raw_parts(w as *const f32, n * k);
+    let chunks = n.div_ceil(COLS_PER_TASK);
+    (0..m * chunks).into_par_iter().for_each(|task| {
+        let (row, chunk) = (task / chunks, task % chunks);
+        let xr = &xs[row * k..(row + 1) * k];
+        for col in chunk * COLS_PER_TASK..((chunk + 1) * COLS_PER_TASK).min(n) {
+            let acc = xr.iter().zip(&ws[col * k..(col + 1) * k]).fold(0f32, |a, (&p, &q)| a + p * q);
+            // SAFETY: row * n + col < m*n and every task writes distinct indices.
+            *(y as *mut f32).add(row * n + col) = acc;
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use half::bf16;
+
+    fn to_f32s(v: &[bf16]) -> Vec<f32> {
+        v.iter().map(|b| b.to_f32()).collect()
+    }
 
     #[test]
     fn matches_a_plain_triple_loop_and_rounds_to_nearest_even() {
@@ -73,6 +101,12 @@ mod tests {
                 assert_eq!(y16[r * n + c], bf16::from_f32(want).to_bits());
             }
         }
+        // The f32 GEMM on the same values (exact in f32: small sums of bf16 products).
+        let (xf, wf) = (to_f32s(&x), to_f32s(&w));
+        let mut yf = vec![0f32; m * n];
+        // SAFETY: sizes as documented.
+        unsafe { linear_f32(yf.as_mut_ptr() as u64, xf.as_ptr() as u64, wf.as_ptr() as u64, [m, n, k]) };
+        assert_eq!(yf, y32);
         // Sums halfway between two bf16 values go to the even one.
         for (x1, want) in [(1.0f32, 1.0f32), (1.0 + 1.0 / 128.0, 1.0 + 2.0 / 128.0)] {
             let x = [bf16::from_f32(x1), bf16::from_f32(1.0 / 256.0)];

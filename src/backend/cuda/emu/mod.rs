@@ -11,7 +11,8 @@
 //! - kernels: kernels/*.cu compiled for the host as C++, CUDA threads run as
 //!   fibers (host_kernels.rs, which also refuses launches the driver would:
 //!   threads per block, dynamic shared memory, grid size);
-//! - GEMM: a reference bf16 x bf16 -> f32 GEMM standing in for cuBLAS (gemm.rs);
+//! - GEMM: reference bf16 x bf16 -> f32 and f32 x f32 -> f32 GEMMs standing
+//!   in for cuBLAS (gemm.rs);
 //! - graphs: capture records the launch list (kernels and GEMMs with their
 //!   argument values) instead of running it; replay runs it again.
 //!
@@ -39,6 +40,7 @@ pub const NUM_SMS: usize = 8;
 enum Op {
     Launch { name: String, dims: Dims, slots: Vec<u64> },
     Linear { y: u64, out: Out, x: u64, w: u64, mnk: [usize; 3] },
+    LinearF32 { y: u64, x: u64, w: u64, mnk: [usize; 3] },
 }
 
 /// A captured graph: its operations in order.
@@ -113,6 +115,16 @@ impl Emu {
                 unsafe { gemm::linear(y, out, x, w, mnk) };
                 self.heap.check(&what)
             }
+            &Op::LinearF32 { y, x, w, mnk } => {
+                let [m, n, k] = mnk;
+                let what = format!("f32 GEMM [m {m}, n {n}, k {k}]");
+                self.heap.check_range(x, m * k * 4, &format!("{what} reading x"))?;
+                self.heap.check_range(w, n * k * 4, &format!("{what} reading W"))?;
+                self.heap.check_range(y, m * n * 4, &format!("{what} writing y"))?;
+                // SAFETY: as for Op::Linear.
+                unsafe { gemm::linear_f32(y, x, w, mnk) };
+                self.heap.check(&what)
+            }
         }
     }
 
@@ -129,6 +141,17 @@ impl Emu {
             return Ok(());
         }
         let op = Op::Linear { y, out, x, w, mnk };
+        if self.record(&op) {
+            return Ok(());
+        }
+        self.run(&op)
+    }
+
+    pub fn linear_f32(&self, y: u64, x: u64, w: u64, mnk: [usize; 3]) -> Result<(), CudaError> {
+        if mnk[0] == 0 {
+            return Ok(());
+        }
+        let op = Op::LinearF32 { y, x, w, mnk };
         if self.record(&op) {
             return Ok(());
         }
