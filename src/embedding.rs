@@ -130,12 +130,42 @@ fn cuda_bert_runner(
     bail!("this kiln was built without CUDA support: rebuild with `cargo build --release --features cuda`, or pass --device cpu")
 }
 
+/// A decoder embedding runner with its tokenizer, input limit and vocabulary size.
+type Decoder = (Box<dyn EncoderRunner>, Tokenizer, usize, usize);
+
+/// A decoder used for embeddings on GPU n or the emulated device (the CUDA
+/// generation runner under `CudaDecoderEmbedRunner`).
+#[cfg(any(feature = "cuda", feature = "emu"))]
+fn cuda_decoder_runner(args: &EngineArgs, choice: crate::backend::cuda::select::DeviceChoice, path: &Path, pooling: &Pooling) -> anyhow::Result<Decoder> {
+    let o = crate::model::loader::open(path)?;
+    let limit = input_limit(args, pooling, o.config.max_position_embeddings)?;
+    crate::backend::cuda::runner::check_model(&o.config)?;
+    let dev = crate::backend::cuda::select::open(choice)?;
+    let name = dev.name.clone();
+    let runner = crate::backend::cuda::encoder::CudaDecoderEmbedRunner::load_on(
+        dev,
+        &o.config,
+        o.source.as_ref(),
+        pooling.clone(),
+        args.max_num_batched_tokens,
+        args.max_num_seqs,
+        limit,
+    )?;
+    tracing::info!(device = %name, "starting the embedding engine");
+    Ok((Box::new(runner), o.tokenizer, limit, o.config.vocab_size))
+}
+
+#[cfg(not(any(feature = "cuda", feature = "emu")))]
+fn cuda_decoder_runner(_: &EngineArgs, _: crate::backend::cuda::select::DeviceChoice, _: &Path, _: &Pooling) -> anyhow::Result<Decoder> {
+    bail!("this kiln was built without CUDA support: rebuild with `cargo build --release --features cuda`, or pass --device cpu")
+}
+
 /// Loads the embedding model at `path` and starts its engine. BERT-family
 /// encoders run where `--device` says: the CPU, a GPU or the emulated
 /// device (the CUDA encoder, src/backend/cuda/encoder.rs); `auto` takes the
 /// first GPU when one is usable and falls back to the CPU when starting on
-/// it fails, as generation models do. Decoders used for embeddings run on
-/// the CPU only: `--device cuda` or `emu` is refused for them.
+/// it fails, as generation models do. Decoders used for embeddings
+/// likewise (the CUDA generation runner, `CudaDecoderEmbedRunner`).
 pub fn start_embedding(args: &EngineArgs, path: &Path) -> anyhow::Result<EmbedEngine> {
     if let Some(n) = args.threads {
         let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
@@ -152,16 +182,22 @@ pub fn start_embedding(args: &EngineArgs, path: &Path) -> anyhow::Result<EmbedEn
             let model = BertModel::load(cfg, &src, |_| {})?;
             (bert_runner(args, model, pooling)?, tokenizer, limit, matryoshka, vocab)
         } else {
-            use crate::backend::cuda::select::DeviceChoice;
-            if matches!(args.device, DeviceChoice::Cuda(_) | DeviceChoice::Emu) {
-                bail!("{}: decoder embedding models run on the CPU backend only for now: pass --device cpu (or auto)", path.display());
-            }
             let pooling = if path.is_dir() { Pooling::from_dir(path)? } else { None }.unwrap_or_else(Pooling::decoder_default);
-            let loaded = crate::model::loader::load(path, |_, _| {})?;
-            let limit = input_limit(args, &pooling, loaded.model.cfg.max_position_embeddings)?;
-            let (matryoshka, vocab) = (pooling.matryoshka.clone(), loaded.model.cfg.vocab_size);
-            let runner = DecoderEmbedRunner::new(loaded.model, pooling, args.max_num_batched_tokens, args.max_num_seqs);
-            (Box::new(runner), loaded.tokenizer, limit, matryoshka, vocab)
+            let matryoshka = pooling.matryoshka.clone();
+            let cpu = || -> anyhow::Result<Decoder> {
+                let loaded = crate::model::loader::load(path, |_, _| {})?;
+                let limit = input_limit(args, &pooling, loaded.model.cfg.max_position_embeddings)?;
+                let vocab = loaded.model.cfg.vocab_size;
+                tracing::info!(device = "cpu", threads = rayon::current_num_threads(), "starting the embedding engine");
+                let runner = DecoderEmbedRunner::new(loaded.model, pooling.clone(), args.max_num_batched_tokens, args.max_num_seqs);
+                Ok((Box::new(runner), loaded.tokenizer, limit, vocab))
+            };
+            let gpu = |choice| cuda_decoder_runner(args, choice, path, &pooling);
+            let ((runner, tokenizer, limit, vocab), why_cpu) = crate::launch::start_on(args.device, crate::backend::cuda::select::resolve, gpu, cpu)?;
+            if let Some(why) = why_cpu {
+                tracing::warn!("device auto: using the CPU ({why})");
+            }
+            (runner, tokenizer, limit, matryoshka, vocab)
         };
     let config = EmbedConfig {
         max_num_batched_tokens: args.max_num_batched_tokens,

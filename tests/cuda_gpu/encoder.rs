@@ -460,3 +460,51 @@ fn minilm_serves_through_the_embedding_engine_on_the_device() {
     }
     e.handle.shutdown();
 }
+
+// ---- decoders used for embeddings ------------------------------------------
+
+/// The bar of the decoder embedding path on the device: it is the generation
+/// runner, bf16 weights and activations (docs/gpu.md), not f32 like the
+/// CPU's and transformers'.
+const DECODER_COSINE: f64 = 0.999;
+
+/// The tiny random Qwen3 embedding model (tests/fixtures/embeddings/qwen3_embed:
+/// last-token pooling, normalised) through `start_embedding` on the device
+/// and the embedding engine, against transformers' vectors.
+#[test]
+fn qwen3_embedding_fixture_on_the_device_matches_transformers() {
+    use clap::Parser;
+    use kiln::engine::embed::EmbedRequest;
+    use kiln::engine::Priority;
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        engine: kiln::launch::EngineArgs,
+    }
+    let Some(dev) = device_or_skip("qwen3_embed") else { return };
+    let device = if emulated(&dev) { "emu" } else { "cuda" };
+    drop(dev);
+    let dir = repo_root().join("tests/fixtures/embeddings/qwen3_embed");
+    let g: Golden = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+    let cli = Cli::parse_from(["test", "--device", device, "--max-num-batched-tokens", "256", "--max-num-seqs", "3"]);
+    let e = kiln::embedding::start_embedding(&cli.engine, &dir).expect("starts on the device");
+    let rxs: Vec<_> = g
+        .cases
+        .chunks(2)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let inputs = chunk.iter().map(|c| c.ids.clone()).collect();
+            e.handle.submit(EmbedRequest { request_id: format!("q{i}"), inputs, priority: Priority::Interactive }).expect("accepted")
+        })
+        .collect();
+    let got: Vec<Vec<f32>> = rxs.into_iter().flat_map(|rx| rx.blocking_recv().expect("reply").expect("vectors")).collect();
+    assert_eq!(got.len(), g.cases.len());
+    let mut worst = 1f64;
+    for (c, v) in g.cases.iter().zip(&got) {
+        let cos = cosine(v, &decode_b64(&c.embedding_f32_b64));
+        assert!(cos >= DECODER_COSINE, "{} ids: cosine {cos}", c.ids.len());
+        worst = worst.min(cos);
+    }
+    println!("KEY qwen3_embed on the device: worst 1 - cosine {:.1e} vs transformers ({} inputs, bf16)", 1.0 - worst, g.cases.len());
+    e.handle.shutdown();
+}

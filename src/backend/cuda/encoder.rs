@@ -1,6 +1,8 @@
-//! BERT-family encoders (embedding models) on the CUDA backend: the
-//! `EncoderRunner` of the embedding engine over a `Device` (a GPU or the
-//! emulated device).
+//! Embedding models on the CUDA backend: the `EncoderRunner`s of the
+//! embedding engine over a `Device` (a GPU or the emulated device). BERT-
+//! family encoders get their own f32 pass below (`CudaBertRunner`);
+//! decoders used for embeddings reuse the generation runner
+//! (`CudaDecoderEmbedRunner`, at the end).
 //!
 //! ```text
 //! step:  tokens of every input back to back (at most max_tokens of them,
@@ -347,6 +349,65 @@ impl EncoderRunner for CudaBertRunner {
 
     fn dimensions(&self) -> usize {
         self.cfg.hidden_size
+    }
+}
+
+/// A Llama-family decoder used as an embedding model (Qwen3-Embedding, ...)
+/// on a device: the generation runner (`CudaRunner`, bf16 weights and
+/// activations, eager: no graphs) over a scratch KV pool sized for one step,
+/// causal prefill of every input, the final-norm hidden states copied back
+/// and pooled on the host (`Pooling::pool`, as the CPU's
+/// `DecoderEmbedRunner` does).
+pub struct CudaDecoderEmbedRunner {
+    runner: super::runner::CudaRunner,
+    pooling: Pooling,
+    hidden: usize,
+    num_blocks: usize,
+}
+
+impl CudaDecoderEmbedRunner {
+    /// Uploads the model in `src` to `dev` with a KV pool for steps of at
+    /// most `max_tokens` tokens in `max_seqs` inputs, each at most
+    /// `max_len` tokens long. Errors: shapes the CUDA runner does not
+    /// support (`runner::check_model`), device memory.
+    pub fn load_on(
+        dev: Device,
+        cfg: &crate::model::ModelConfig,
+        src: &dyn crate::model::weights::WeightSource,
+        pooling: Pooling,
+        max_tokens: usize,
+        max_seqs: usize,
+        max_len: usize,
+    ) -> anyhow::Result<CudaDecoderEmbedRunner> {
+        use crate::runner::encoder::{scratch_blocks, SCRATCH_BLOCK};
+        let num_blocks = scratch_blocks(max_tokens, max_seqs, SCRATCH_BLOCK);
+        let opts = super::runner::CudaRunnerOptions {
+            block_size: SCRATCH_BLOCK,
+            max_model_len: max_len.max(1),
+            max_num_seqs: max_seqs,
+            max_num_batched_tokens: max_tokens,
+            enforce_eager: true,
+            num_kv_blocks: Some(num_blocks),
+            ..Default::default()
+        };
+        let runner = super::runner::CudaRunner::load_on(dev, cfg, src, opts, |_| {})?;
+        let num_blocks = crate::runner::ModelRunner::num_kv_blocks(&runner);
+        Ok(CudaDecoderEmbedRunner { runner, pooling, hidden: cfg.hidden_size, num_blocks })
+    }
+}
+
+impl EncoderRunner for CudaDecoderEmbedRunner {
+    fn encode(&mut self, tokens: &[u32], seqs: &[(usize, usize)]) -> anyhow::Result<Vec<Vec<f32>>> {
+        if seqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let batch = crate::runner::encoder::scratch_batch(tokens, seqs, crate::runner::encoder::SCRATCH_BLOCK, self.num_blocks)?;
+        let hidden = self.runner.forward_hidden(&batch)?;
+        Ok(self.pooling.pool(&hidden, self.hidden, seqs))
+    }
+
+    fn dimensions(&self) -> usize {
+        self.hidden
     }
 }
 

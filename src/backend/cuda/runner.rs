@@ -306,6 +306,30 @@ impl CudaRunner {
     /// [rows, vocab] of the sequences that want them, in order. For tests and
     /// benchmarks; serving goes through `execute`.
     pub fn forward_logits(&mut self, batch: &BatchInput) -> anyhow::Result<Vec<f32>> {
+        let layout = self.run_eager(batch)?;
+        let n = layout.sizes.rows * self.cfg.vocab_size;
+        let mut out = vec![0f32; n];
+        self.dev.download(bytemuck::cast_slice_mut(&mut out), self.ws.at(self.act.logits))?;
+        self.dev.synchronize()?;
+        Ok(out)
+    }
+
+    /// Runs `batch` eagerly (writing its K/V) and returns the final-norm
+    /// hidden state of every token, `[tokens, hidden]` (bf16 on the device,
+    /// widened to f32): what a decoder used as an embedding model pools
+    /// (transformers' `last_hidden_state`). Sequences that want logits also
+    /// get them computed, unused.
+    pub fn forward_hidden(&mut self, batch: &BatchInput) -> anyhow::Result<Vec<f32>> {
+        let layout = self.run_eager(batch)?;
+        let n = layout.sizes.tokens * self.cfg.hidden_size;
+        let mut raw = vec![0u16; n];
+        self.dev.download(bytemuck::cast_slice_mut(&mut raw), self.ws.at(self.act.normed))?;
+        self.dev.synchronize()?;
+        Ok(raw.into_iter().map(|b| half::bf16::from_bits(b).to_f32()).collect())
+    }
+
+    /// Validates, stages and enqueues the forward pass of `batch` (no graph).
+    fn run_eager(&mut self, batch: &BatchInput) -> anyhow::Result<InputLayout> {
         self.dev.bind()?;
         self.validate_batch(batch)?;
         let group = self.cfg.num_heads / self.cfg.num_kv_heads;
@@ -314,11 +338,7 @@ impl CudaRunner {
         let layout = self.stage(&step)?;
         let split = decode_split(self.kv_chunks * layout.sizes.decode_seqs, step.plan.max_decode_ctx(), self.dev.num_sms);
         self.forward().run(&layout, split)?;
-        let n = layout.sizes.rows * self.cfg.vocab_size;
-        let mut out = vec![0f32; n];
-        self.dev.download(bytemuck::cast_slice_mut(&mut out), self.ws.at(self.act.logits))?;
-        self.dev.synchronize()?;
-        Ok(out)
+        Ok(layout)
     }
 
     /// Copies ids and logprobs of `rows` rows back and waits for them.
