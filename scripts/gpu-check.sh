@@ -22,8 +22,12 @@
 #   attention    rotary + cache write, paged decode and prefill attention vs the CPU
 #   sampling     GPU sampling vs the CPU sampler's semantics
 #   models       fixture models vs the CPU and transformers, quantized GGUF fixtures, every
-#                --max-num-seqs 1..40, long contexts (graphs and eager), constrained decoding
-#   memcheck     compute-sanitizer memcheck on the attention and fixture-model tests
+#                --max-num-seqs 1..40, long contexts (graphs and eager), constrained decoding,
+#                embedding models: the encoder's kernels and random BERTs vs the CPU encoder,
+#                the Qwen3 embedding fixture vs transformers, all-MiniLM-L6-v2 vs
+#                sentence-transformers where models/ has it (not on the device machine: its
+#                87 MiB are over the carry limit; those two tests say so and pass)
+#   memcheck     compute-sanitizer memcheck on the attention, fixture-model and random-BERT tests
 #   initcheck    compute-sanitizer initcheck on the kernel tests
 #   make_models  random-weight bf16 Qwen3-0.6B and Llama-3.1-8B shapes, made there with torch
 #   decode       batch-1 decode ms/token, graphs and eager, vs weight bytes / copy bandwidth
@@ -191,8 +195,8 @@ run_steps() {
   step kernels      90 tests gpu::kernels
   step attention    90 tests gpu::attention
   step sampling     60 tests gpu::sampling
-  step models      150 tests gpu::model::fixture_models gpu::runner gpu::structured
-  step memcheck    120 sanitize memcheck gpu::attention gpu::model::fixture_models
+  step models      150 tests gpu::model::fixture_models gpu::runner gpu::structured gpu::encoder
+  step memcheck    120 sanitize memcheck gpu::attention gpu::model::fixture_models gpu::encoder::random_berts
   step initcheck    60 sanitize initcheck gpu::kernels
   if [ "$device" = gpu ]; then
     step make_models 150 bash -c "$(declare -f make_model); models=$models; make_model qwen3-0.6b && make_model llama-3.1-8b"

@@ -13,8 +13,9 @@
 //! - runner:    quantized GGUF fixtures, every --max-num-seqs 1..40, long contexts
 //! - structured: constrained decoding (a JSON schema) through the engine, vs the CPU
 //! - prompt_logprobs: echo with logprobs through the engine vs transformers' logits
-//! - encoder:   the CUDA encoder (embedding models): its kernels, random BERTs
-//!              and all-MiniLM-L6-v2 vs the CPU encoder and sentence-transformers
+//! - encoder:   embedding models: the f32 encoder's kernels, random BERTs and
+//!              all-MiniLM-L6-v2 vs the CPU encoder and sentence-transformers,
+//!              the Qwen3 embedding fixture (decoder runner) vs transformers
 //! - bench:     timings against the memory floor (env-gated; a real GPU only)
 
 #[cfg(any(feature = "cuda", feature = "emu"))]
