@@ -52,7 +52,8 @@ prepare() { # [--device emu]: the dev profile (faster to build; for the emulated
   set -e
   local profile=(--release)
   [ "${1:-}" = "--device" ] && [ "${2:-}" = emu ] && profile=()
-  grep -qx '/.gpu-bin/' .git/info/exclude 2>/dev/null || echo '/.gpu-bin/' >> .git/info/exclude
+  # .gitignore names it; the exclude file (found through git: .git is a file in a worktree) is the fallback.
+  git check-ignore -q .gpu-bin/ || echo '/.gpu-bin/' >> "$(git rev-parse --git-path info/exclude)"
   mkdir -p "$bin_dir"
   if [ -z "${KILN_NVRTC_LIB:-}" ] && lib="$(scripts/install-nvrtc.sh 2>/dev/null)"; then
     export KILN_NVRTC_LIB="$lib" # the cubins for sm_80/86/89/90 are embedded at build time

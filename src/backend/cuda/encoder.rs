@@ -133,6 +133,10 @@ fn upload_f32(dev: &Device, v: &[f32]) -> Result<DeviceMem, CudaError> {
     Ok(m)
 }
 
+/// The most blocks a grid may have in y or z (the attention grid's inputs
+/// and heads).
+const MAX_GRID_Y: usize = 65_535;
+
 /// Whether the CUDA encoder supports `cfg`'s shapes; the error names what it
 /// does not.
 pub fn check_bert(cfg: &BertConfig) -> Result<(), CudaError> {
@@ -142,6 +146,9 @@ pub fn check_bert(cfg: &BertConfig) -> Result<(), CudaError> {
     }
     if cfg.hidden_size % 4 != 0 || cfg.intermediate_size % 4 != 0 {
         return Err(CudaError::Unsupported(format!("hidden {} / intermediate {} not multiples of 4", cfg.hidden_size, cfg.intermediate_size)));
+    }
+    if cfg.num_attention_heads > MAX_GRID_Y {
+        return Err(CudaError::Unsupported(format!("{} attention heads", cfg.num_attention_heads)));
     }
     if cfg.hidden_size > 4 * launch::LN_MAX_VPT * 1024 {
         return Err(CudaError::Unsupported(format!("encoder hidden_size {} above 16384", cfg.hidden_size)));
@@ -159,6 +166,10 @@ impl CudaBertRunner {
         check_bert(&cfg)?;
         if max_tokens == 0 || max_seqs == 0 {
             return Err(CudaError::BadBatch("the encoder needs room for at least one token and one input".into()));
+        }
+        if max_seqs > MAX_GRID_Y {
+            // The attention grid has a y block per input (CUDA allows 65535).
+            return Err(CudaError::Unsupported(format!("the encoder takes at most {MAX_GRID_Y} inputs per step, not {max_seqs}")));
         }
         dev.bind()?;
         let v = model.view();
