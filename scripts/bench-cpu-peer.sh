@@ -18,7 +18,8 @@
 #   python3 scripts/gen_quant_fixtures.py bench-model q4_k_m ~/.cache/kiln-peer/random-0.4b-q4_k_m.gguf
 #   python3 scripts/gen_quant_fixtures.py bench-model q8_0 ~/.cache/kiln-peer/random-0.4b-q8_0.gguf
 #
-# Environment: ROUNDS (3), THREADS (all cores), INPUT_LEN (128), PROMPTS_C1
+# Environment: SERVING (1; 0 = decode and prompt only, for the larger
+# models), ROUNDS (3), THREADS (all cores), INPUT_LEN (128), PROMPTS_C1
 # (8), PROMPTS_C16 (32), KILN (a built kiln; default: cargo build --release),
 # KILN_FLAGS (extra flags for kiln generate/serve, e.g. "--cpu-activations
 # int16"), OUT (target/bench-peer). llama.cpp comes from
@@ -33,6 +34,7 @@ INPUT_LEN="${INPUT_LEN:-128}"
 OUTPUT_LEN=128
 PROMPTS_C1="${PROMPTS_C1:-8}"
 PROMPTS_C16="${PROMPTS_C16:-32}"
+SERVING="${SERVING:-1}"
 OUT="${OUT:-target/bench-peer}"
 read -r -a KFLAGS <<<"${KILN_FLAGS:-}"
 mkdir -p "$OUT"
@@ -113,6 +115,7 @@ serve_round() { # NAME ROUND -> output tok/s at c1 and c16 into $OUT/NAME-cC-rR.
 }
 
 for r in $(seq "$ROUNDS"); do
+  [ "$SERVING" = 0 ] && break
   serve_round llama.cpp "$r"
   serve_round kiln "$r"
   echo "serving round $r done" >&2
@@ -141,11 +144,12 @@ LLAMA_COMMIT=$(sed -n 's/.*"build_commit": *"\([^"]*\)".*/\1/p' <("$BIN/llama-be
   echo "| decode, 128 tokens (llama-bench tg128; kiln generate) | $l_tg tok/s | $k_tg tok/s | $(ratio "$k_tg" "$l_tg") |"
   echo "| prompt (llama-bench pp512; kiln generate, ~512-token prompt) | $l_pp tok/s | $k_pp tok/s | $(ratio "$k_pp" "$l_pp") |"
   for c in 1 16; do
+    [ "$SERVING" = 0 ] && break
     l=$(serve_median llama.cpp "$c" output_throughput); k=$(serve_median kiln "$c" output_throughput)
     lt=$(serve_median llama.cpp "$c" median_ttft_ms); kt=$(serve_median kiln "$c" median_ttft_ms)
     echo "| serving, $c client(s), greedy chat, 128 tokens, streamed: output tok/s (median TTFT ms) | $(printf '%.1f (%.0f)' "$l" "$lt") | $(printf '%.1f (%.0f)' "$k" "$kt") | $(ratio "$k" "$l") |"
   done
   echo
-  echo "tokens generated/asked: llama.cpp c1 $(tokens llama.cpp 1), c16 $(tokens llama.cpp 16); kiln c1 $(tokens kiln 1), c16 $(tokens kiln 16)"
+  [ "$SERVING" = 0 ] || echo "tokens generated/asked: llama.cpp c1 $(tokens llama.cpp 1), c16 $(tokens llama.cpp 16); kiln c1 $(tokens kiln 1), c16 $(tokens kiln 16)"
 } | tee "$OUT/table.md"
 echo "(per-round figures: $OUT/rounds.txt and $OUT/*.json)" >&2
