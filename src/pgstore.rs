@@ -103,6 +103,12 @@ impl PgError {
 impl From<tokio_postgres::Error> for PgError {
     fn from(e: tokio_postgres::Error) -> Self {
         match e.as_db_error() {
+            // Connection exceptions (08), insufficient resources (53) and
+            // operator intervention (57: shutting down, connection killed)
+            // pass: they are the database being away, not a wrong query.
+            Some(db) if ["08", "53", "57"].iter().any(|class| db.code().code().starts_with(class)) => {
+                PgError::Unreachable(format!("{}: {}", db.code().code(), db.message()))
+            }
             Some(db) => PgError::Sql(format!("{}: {}", db.code().code(), db.message())),
             None => PgError::Unreachable(e.to_string()),
         }
