@@ -81,8 +81,8 @@ pub struct ServerConfig {
     /// Shared store for replicas: postgres://USER[:PASSWORD]@HOST[:PORT]/DB.
     /// Batch API files (bytes included), batches and stored responses then
     /// live in that PostgreSQL database, and replicas pointed at it share
-    /// batch work line by line. Unset: SQLite under --data-dir (then only
-    /// used for uploads in transit when a store is set).
+    /// batch work line by line. Unset or empty: SQLite under --data-dir
+    /// (with a store set, --data-dir only holds uploads in transit).
     #[arg(long, env = "KILN_STORE")]
     pub store: Option<String>,
     /// Seconds a replica's claim on batch lines lasts unless renewed (it
@@ -160,6 +160,12 @@ pub enum ConfigError {
 }
 
 impl ServerConfig {
+    /// The shared store's URL (`--store`); None when unset or empty (an
+    /// empty KILN_STORE, e.g. from an empty Secret, means SQLite).
+    pub fn store_url(&self) -> Option<&str> {
+        self.store.as_deref().map(str::trim).filter(|u| !u.is_empty())
+    }
+
     /// Checks numeric limits once, before the server starts.
     pub fn check(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
@@ -178,7 +184,7 @@ impl ServerConfig {
         if self.store_lease == 0 {
             return bad("--store-lease must be at least 1 second");
         }
-        if let Some(url) = &self.store {
+        if let Some(url) = self.store_url() {
             crate::pgstore::parse_url(url).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         }
         Ok(())

@@ -240,6 +240,36 @@ async fn replicas_share_batches_and_responses() {
     let (code, _) = api_a.get(&format!("/v1/responses/{}", second["id"].as_str().unwrap())).await;
     assert_eq!(code, 200, "A reads B's response");
 
+    // Cancel on B while both replicas run the batch: both stop; every
+    // custom_id once, across the output and the error file.
+    let (code, batch) = api_a.post("/v1/batches", &json!({"input_file_id": file_id, "endpoint": "/v1/chat/completions", "completion_window": "24h"})).await;
+    assert_eq!(code, 200, "{batch}");
+    let cid = batch["id"].as_str().unwrap().to_string();
+    let end = Instant::now() + Duration::from_secs(120);
+    while status_and_done(&api_a, &cid).await.1 < 2 {
+        assert!(Instant::now() < end, "no progress before the cancel");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (code, cancelling) = api_b.post(&format!("/v1/batches/{cid}/cancel"), &json!({})).await;
+    assert_eq!(code, 200, "{cancelling}");
+    let cancelled = api_a.wait_final(&cid, 120).await;
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+    let outputs = api_a.result_lines(&cancelled["output_file_id"]).await;
+    let errors = api_b.result_lines(&cancelled["error_file_id"]).await;
+    assert!(!outputs.is_empty() && !errors.is_empty() && outputs.len() < N, "{} answered, {} not", outputs.len(), errors.len());
+    let mut ids: Vec<String> = outputs.iter().chain(&errors).map(|l| l["custom_id"].as_str().unwrap().to_string()).collect();
+    ids.sort();
+    let mut want: Vec<String> = (0..N).map(|i| format!("req-{i}")).collect();
+    want.sort();
+    assert_eq!(ids, want, "each custom_id exactly once after a cancel");
+    assert!(errors.iter().all(|e| e["response"].is_null() && e["error"]["code"] == "batch_cancelled"), "{errors:?}");
+    assert_eq!(cancelled["request_counts"]["completed"], outputs.len());
+    let answers_kept = answers(&outputs);
+    let want_answers = answers(&reference);
+    for (id, got) in &answers_kept {
+        assert_eq!(got, &want_answers[id], "{id} before the cancel equals the offline answer");
+    }
+
     // 3. kill -9 of A mid-batch: B finishes, nothing lost, nothing twice.
     let (code, file) = api_b.upload(content.as_bytes(), "batch").await;
     assert_eq!(code, 200, "{file}");
@@ -278,4 +308,97 @@ async fn replicas_share_batches_and_responses() {
     assert_eq!(body["error"]["code"], "store_unavailable", "{body}");
     let (code, health) = api_b.get("/v1/models").await;
     assert_eq!(code, 200, "the rest still works: {health}");
+}
+
+/// The claim protocol itself, on the library's store with two "replicas"
+/// and a 1 s lease: claims never overlap, an answer counts only from the
+/// claim holder, a lapsed lease hands lines over, and a batch ends once.
+#[tokio::test]
+async fn claims_are_exclusive_and_leases_lapse() {
+    use kiln::batch::pg::PgBatchStore;
+    use kiln::batch::store::{new_batch, BatchRow, FileRow};
+    use kiln::batch::wire::{BatchStatus, ResultLine};
+    let pg = match Postgres::start() {
+        Ok(pg) => pg,
+        Err(why) => {
+            eprintln!("SKIP: PostgreSQL cannot start here: {why}");
+            return;
+        }
+    };
+    let shared = kiln::pgstore::SharedStore::new(&pg.url(), 1).unwrap();
+    shared.init().await.unwrap();
+    shared.init().await.expect("creating the schema twice is fine");
+    let store = PgBatchStore { shared };
+    let n = 40;
+    let content = chat_file(n, 4);
+    let file = FileRow { id: "file-1".into(), owner: "o".into(), filename: "in.jsonl".into(), purpose: "batch".into(), bytes: content.len() as u64, created_at: 1 };
+    store.insert_file(&file, content.as_bytes()).await.unwrap();
+    assert_eq!(store.file_content("file-1").await.unwrap().unwrap(), content.as_bytes());
+    let lines = kiln::batch::input::scan(content.as_bytes()).unwrap();
+    let mut b = new_batch("batch_1".into(), "/v1/chat/completions", "file-1", None, 1);
+    store.insert_batch(&BatchRow { owner: "o".into(), object: b.clone() }).await.unwrap();
+    b.status = BatchStatus::InProgress;
+    assert!(store.start_batch(&b, &lines).await.unwrap());
+    assert!(!store.start_batch(&b, &lines).await.unwrap(), "lines are recorded once");
+    assert_eq!(store.todo("batch_1").await.unwrap(), n as u64);
+
+    // Eight claimers racing, one line at a time: each line goes to one.
+    let mut racers = tokio::task::JoinSet::new();
+    for r in 0..8 {
+        let store = store.clone();
+        racers.spawn(async move {
+            let mut got = Vec::new();
+            while let Some(line) = store.claim("batch_1", &format!("r{r}"), 1).await.unwrap().pop() {
+                got.push(line.idx);
+            }
+            got
+        });
+    }
+    let mut all: Vec<i32> = racers.join_all().await.into_iter().flatten().collect();
+    all.sort();
+    assert_eq!(all, (0..n as i32).collect::<Vec<_>>(), "every line claimed exactly once");
+
+    // Only the holder's answer counts.
+    let ok = |id: &str| ResultLine::answered(id, 200, "req".into(), json!({"x": 1}));
+    let holder = pg.query("SELECT claimed_by FROM kiln_batch_lines WHERE batch_id = 'batch_1' AND idx = 0")[0][0].clone();
+    let other = if holder == "r0" { "r1" } else { "r0" };
+    assert!(!store.complete("batch_1", 0, other, &ok("req-0")).await.unwrap(), "not the holder");
+    assert!(store.complete("batch_1", 0, &holder, &ok("req-0")).await.unwrap());
+    assert!(!store.complete("batch_1", 0, &holder, &ok("req-0")).await.unwrap(), "answered once");
+
+    // Leases lapse after 1 s without renewal: a new replica takes the lines,
+    // and the old holder's late answers are dropped.
+    assert!(store.claim("batch_1", "late", 100).await.unwrap().is_empty(), "all lines are held");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let taken = store.claim("batch_1", "late", 100).await.unwrap();
+    assert_eq!(taken.len(), n - 1, "every unanswered line came back");
+    let first = &taken[0];
+    let old = pg.query("SELECT count(*) FROM kiln_batch_lines WHERE claimed_by <> 'late' AND state = 0")[0][0].clone();
+    assert_eq!(old, "0");
+    for r in 0..8 {
+        assert!(!store.complete("batch_1", first.idx, &format!("r{r}"), &ok(&first.custom_id)).await.unwrap());
+    }
+    // A renewing holder keeps its lines.
+    assert_eq!(store.renew("late").await.unwrap(), (n - 1) as u64);
+    let half: Vec<_> = taken.iter().take(n / 2).collect();
+    for l in &half {
+        assert!(store.complete("batch_1", l.idx, "late", &ok(&l.custom_id)).await.unwrap());
+    }
+    assert_eq!(store.release("batch_1", "late").await.unwrap(), (n - 1 - half.len()) as u64);
+
+    // Completing waits for every line; then it happens once.
+    let why = ("batch_cancelled", "cancelled");
+    assert!(store.finish("o", b.clone(), BatchStatus::InProgress, BatchStatus::Completed, why, 2).await.unwrap().is_none(), "lines remain");
+    let rest = store.claim("batch_1", "r9", 100).await.unwrap();
+    for l in &rest {
+        assert!(store.complete("batch_1", l.idx, "r9", &ok(&l.custom_id)).await.unwrap());
+    }
+    let fin = store.finish("o", b.clone(), BatchStatus::InProgress, BatchStatus::Completed, why, 2).await.unwrap().expect("finishes");
+    assert_eq!((fin.object.status, fin.object.request_counts.completed), (BatchStatus::Completed, n as u64));
+    assert!(store.finish("o", b.clone(), BatchStatus::InProgress, BatchStatus::Completed, why, 2).await.unwrap().is_none(), "once");
+    let out = store.file_content(fin.object.output_file_id.as_deref().unwrap()).await.unwrap().unwrap();
+    let ids: Vec<String> = String::from_utf8(out).unwrap().lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["custom_id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(ids, (0..n).map(|i| format!("req-{i}")).collect::<Vec<_>>(), "in input order, once each");
+    let by: u64 = store.done_by("batch_1").await.unwrap().iter().map(|(_, c)| c).sum();
+    assert_eq!(by, n as u64);
 }

@@ -48,7 +48,7 @@ pub fn routes(state: &Arc<AppState>) -> axum::Router<Arc<AppState>> {
 
 fn open_service(state: &Arc<AppState>) -> Result<Arc<service::BatchService>, Arc<str>> {
     let dir = &state.config.data_dir;
-    if dir.as_os_str().is_empty() && state.config.store.is_none() {
+    if dir.as_os_str().is_empty() && state.config.store_url().is_none() {
         return Err("it is turned off (empty --data-dir)".into());
     }
     if tokio::runtime::Handle::try_current().is_err() {

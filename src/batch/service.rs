@@ -98,7 +98,7 @@ impl BatchService {
     /// clears leftovers of a crash: partial uploads, files no row names,
     /// result folders of batches no longer active.
     pub fn open(main: &Arc<AppState>) -> Result<Arc<BatchService>, ServiceError> {
-        if let Some(url) = &main.config.store {
+        if let Some(url) = main.config.store_url() {
             return Self::open_shared(main, url);
         }
         let dir = DataDir { root: main.config.data_dir.clone() };

@@ -57,7 +57,7 @@ impl FromRef<ResponsesHttp> for Arc<AppState> {
 /// Opens the store in `--data-dir` (none when it is empty or cannot be
 /// opened: the reason is logged and given to `previous_response_id`).
 fn open_store(state: &AppState) -> Result<Arc<ResponseStore>, Arc<str>> {
-    if let Some(url) = &state.config.store {
+    if let Some(url) = state.config.store_url() {
         return match crate::pgstore::SharedStore::new(url, state.config.store_lease) {
             Ok(shared) => Ok(Arc::new(ResponseStore::shared(shared))),
             Err(e) => {
