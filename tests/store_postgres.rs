@@ -401,4 +401,26 @@ async fn claims_are_exclusive_and_leases_lapse() {
     assert_eq!(ids, (0..n).map(|i| format!("req-{i}")).collect::<Vec<_>>(), "in input order, once each");
     let by: u64 = store.done_by("batch_1").await.unwrap().iter().map(|(_, c)| c).sum();
     assert_eq!(by, n as u64);
+
+    // Expiry (or cancel) ends a batch with lines still held by a replica:
+    // the answered keep their answers, the rest are listed as never run, and
+    // a late answer from the holder is dropped.
+    let mut e = new_batch("batch_2".into(), "/v1/chat/completions", "file-1", None, 1);
+    store.insert_batch(&BatchRow { owner: "o".into(), object: e.clone() }).await.unwrap();
+    e.status = BatchStatus::InProgress;
+    assert!(store.start_batch(&e, &lines).await.unwrap());
+    let some = store.claim("batch_2", "r1", 5).await.unwrap();
+    for l in &some[..3] {
+        assert!(store.complete("batch_2", l.idx, "r1", &ok(&l.custom_id)).await.unwrap());
+    }
+    let why = ("batch_expired", "too late");
+    let fin = store.finish("o", e.clone(), BatchStatus::InProgress, BatchStatus::Expired, why, 3).await.unwrap().expect("expires");
+    assert_eq!((fin.object.status, fin.object.request_counts.completed, fin.object.expired_at), (BatchStatus::Expired, 3, Some(3)));
+    assert!(!store.complete("batch_2", some[4].idx, "r1", &ok(&some[4].custom_id)).await.unwrap(), "too late");
+    let errors = store.file_content(fin.object.error_file_id.as_deref().unwrap()).await.unwrap().unwrap();
+    let errors: Vec<Value> = String::from_utf8(errors).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(errors.len(), n - 3);
+    assert!(errors.iter().all(|e| e["error"]["code"] == "batch_expired" && e["response"].is_null()));
+    assert_eq!(store.todo("batch_2").await.unwrap(), 0);
+    assert!(store.active_batches().await.unwrap().is_empty());
 }

@@ -22,10 +22,13 @@ use super::store::{BatchRow, FileRow};
 use super::wire::{BatchObject, BatchStatus, ResultLine};
 use crate::pgstore::{PgError, SharedStore};
 
-/// Line states (`kiln_batch_lines.state`).
+/// Line state (`kiln_batch_lines.state`): not answered yet.
 pub const TODO: i16 = 0;
+/// Line state: answered with a 2xx (goes to the output file).
 pub const ANSWERED_OK: i16 = 1;
+/// Line state: answered with an error status (goes to the error file).
 pub const ANSWERED_ERROR: i16 = 2;
+/// Line state: never ran (the batch was cancelled or expired first).
 pub const NOT_RUN: i16 = 3;
 
 /// A line this replica claimed: where it lives in the input file.
@@ -41,9 +44,12 @@ pub struct ClaimedLine {
     pub weight: usize,
 }
 
-/// The batch tables of the shared store.
+/// The batch tables of the shared store. Every method takes a pooled
+/// connection; errors are `PgError` (`Unreachable` when the database is
+/// away, which the routes answer with 503).
 #[derive(Clone, Debug)]
 pub struct PgBatchStore {
+    /// The connection pool (and the lease length).
     pub shared: SharedStore,
 }
 
@@ -71,12 +77,14 @@ fn active_statuses() -> Vec<String> {
     BatchStatus::ALL.iter().filter(|s| s.is_active()).map(|s| s.as_str().to_string()).collect()
 }
 
-/// What finishing a batch wrote: its stored object and result files.
+/// What finishing a batch wrote.
 pub struct Finished {
+    /// The batch's final object as stored (status, counts, result file ids).
     pub object: BatchObject,
 }
 
 impl PgBatchStore {
+    /// Records a file with its bytes.
     pub async fn insert_file(&self, f: &FileRow, content: &[u8]) -> Result<(), PgError> {
         let c = self.shared.client().await?;
         c.execute(
@@ -87,6 +95,7 @@ impl PgBatchStore {
         Ok(())
     }
 
+    /// A file's metadata.
     pub async fn file(&self, id: &str) -> Result<Option<FileRow>, PgError> {
         let c = self.shared.client().await?;
         let row = c.query_opt("SELECT id, owner, filename, purpose, bytes, created_at FROM kiln_files WHERE id = $1", &[&id]).await?;
@@ -138,6 +147,7 @@ impl PgBatchStore {
         Ok(Ok(n > 0))
     }
 
+    /// Records a new batch.
     pub async fn insert_batch(&self, b: &BatchRow) -> Result<(), PgError> {
         let o = &b.object;
         let c = self.shared.client().await?;

@@ -135,6 +135,14 @@ impl BatchService {
         let dir = DataDir { root };
         let tmp = dir.tmp();
         std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+        // Other servers may share this folder (one host, several replicas):
+        // only uploads left for an hour (a crash mid-upload) are removed.
+        let stale = std::time::SystemTime::now() - Duration::from_secs(3600);
+        for entry in std::fs::read_dir(&tmp).map_err(io_err(&tmp))?.flatten() {
+            if entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| t < stale) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
         let shared = crate::pgstore::SharedStore::new(url, main.config.store_lease).map_err(StoreError::from)?;
         let cap = main.config.max_batch_inflight.get();
         let svc = BatchService {

@@ -262,7 +262,9 @@ impl Store {
 /// database). Methods are async for the latter; the SQLite ones run
 /// inline, as before.
 pub enum BatchStore {
+    /// `--data-dir/kiln-batch.sqlite`, exclusively locked (one server).
     Sqlite(std::sync::Mutex<Store>),
+    /// `--store postgres://…`, shared by replicas.
     Postgres(super::pg::PgBatchStore),
 }
 
@@ -287,6 +289,7 @@ impl BatchStore {
         }
     }
 
+    /// A file's metadata.
     pub async fn file(&self, id: &str) -> Result<Option<FileRow>, StoreError> {
         match self {
             BatchStore::Sqlite(m) => Self::sqlite(m).file(id),
@@ -324,6 +327,7 @@ impl BatchStore {
         }
     }
 
+    /// Records a new batch.
     pub async fn insert_batch(&self, b: &BatchRow) -> Result<(), StoreError> {
         match self {
             BatchStore::Sqlite(m) => Self::sqlite(m).insert_batch(b),
@@ -331,6 +335,8 @@ impl BatchStore {
         }
     }
 
+    /// A batch (with the shared store, a running batch's counts are its
+    /// lines' so far).
     pub async fn batch(&self, id: &str) -> Result<Option<BatchRow>, StoreError> {
         match self {
             BatchStore::Sqlite(m) => Self::sqlite(m).batch(id),
@@ -346,6 +352,7 @@ impl BatchStore {
         }
     }
 
+    /// Every batch not final yet, oldest first.
     pub async fn active_batches(&self) -> Result<Vec<BatchRow>, StoreError> {
         match self {
             BatchStore::Sqlite(m) => Self::sqlite(m).active_batches(),

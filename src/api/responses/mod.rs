@@ -221,7 +221,8 @@ pub async fn create(
     }
     drive(running, &mut run).await?;
     // Answer once the response is stored: another replica asked for it
-    // right after must find it.
+    // right after must find it. (A stream's last event may reach the client
+    // a moment before its row is written.)
     let stored = saving.lock().unwrap_or_else(|p| p.into_inner()).take();
     if let Some(task) = stored {
         let _ = task.await;
