@@ -3,8 +3,9 @@ schemas bundled in the `kubernetes-validate` package (strict: unknown fields
 are errors), offline; then what a schema cannot see: probes on /health and
 /live, a grace period that covers preStop plus kiln's --shutdown-timeout,
 selectors that match the pods, the Secret the pods read, the KEDA trigger on
-the served model's vllm:num_requests_waiting, and that every `--flag` the
-Deployments pass is one `kiln serve --help` lists.
+the served model's vllm:num_requests_waiting, and that every `--flag` (and
+every KILN_* variable, such as KILN_STORE from the Secret) the Deployments
+pass is one `kiln serve --help` lists.
 
 Usage: python deploy/check_manifests.py KILN_BINARY [KUBERNETES_VERSION]
 Exit status 0 when everything holds; each failure is printed.
@@ -92,6 +93,9 @@ def check_deployment(path, d, docs, help_text):
         if m and not re.search(rf"--{re.escape(m.group(1))}(?![a-z0-9-])", help_text):
             fail(f"{where}: kiln serve has no flag --{m.group(1)}")
     for env in c.get("env", []):
+        # kiln's own variables must be ones a flag reads ([env: KILN_...]).
+        if env["name"].startswith("KILN_") and not re.search(rf"\[env:\s+{re.escape(env['name'])}=", help_text):
+            fail(f"{where}: env {env['name']} is read by no kiln serve flag")
         ref = env.get("valueFrom", {}).get("secretKeyRef")
         if ref:
             secrets = [x for _, x in docs if x["kind"] == "Secret" and x["metadata"]["name"] == ref["name"]]

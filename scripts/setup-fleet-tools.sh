@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What the fleet tests need beyond Rust: the Kubernetes manifests' validator
-# (PyPI's kubernetes-validate, in .venv-k8s) and Debian's nginx, driven as a
-# real proxy by tests/http_affinity.rs. Installs what is missing (apt-get as
+# (PyPI's kubernetes-validate, in .venv-k8s), Debian's nginx, driven as a
+# real proxy by tests/http_affinity.rs, and Debian's PostgreSQL, which
+# tests/store_postgres.rs starts (as the postgres user) for the shared store. Installs what is missing (apt-get as
 # root or with passwordless sudo); otherwise says so and the tests that need
 # it print SKIP. Never fails the suite.
 set -uo pipefail
@@ -16,7 +17,8 @@ venv="${KILN_K8S_VENV:-$root/.venv-k8s}"
 
 want=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || want+=(nginx-light)
-[ ${#want[@]} -eq 0 ] && { echo "fleet tools: nginx present"; exit 0; }
+compgen -G "/usr/lib/postgresql/*/bin/pg_ctl" >/dev/null || want+=(postgresql)
+[ ${#want[@]} -eq 0 ] && { echo "fleet tools: nginx and PostgreSQL present"; exit 0; }
 
 if [ "$(id -u)" -eq 0 ]; then
   sudo=()
@@ -32,6 +34,7 @@ if ! "${sudo[@]}" apt-get install -y --no-install-recommends "${want[@]}" >/dev/
   "${sudo[@]}" apt-get install -y --no-install-recommends "${want[@]}" >/dev/null 2>&1 \
     || echo "warning: apt-get could not install ${want[*]}: the fleet tests will skip" >&2
 fi
-# Debian starts the service where it can; the test runs its own nginx.
+# Debian starts the services where it can; the tests run their own.
 "${sudo[@]}" service nginx stop >/dev/null 2>&1 || true
+"${sudo[@]}" service postgresql stop >/dev/null 2>&1 || true
 exit 0

@@ -78,6 +78,18 @@ pub struct ServerConfig {
     /// interactive requests and only fills the capacity they leave.
     #[arg(long, default_value_t = std::num::NonZeroUsize::new(32).unwrap())]
     pub max_batch_inflight: std::num::NonZeroUsize,
+    /// Shared store for replicas: postgres://USER[:PASSWORD]@HOST[:PORT]/DB.
+    /// Batch API files (bytes included), batches and stored responses then
+    /// live in that PostgreSQL database, and replicas pointed at it share
+    /// batch work line by line. Unset or empty: SQLite under --data-dir
+    /// (with a store set, --data-dir only holds uploads in transit).
+    #[arg(long, env = "KILN_STORE")]
+    pub store: Option<String>,
+    /// Seconds a replica's claim on batch lines lasts unless renewed (it
+    /// renews every third of it while working): after a replica dies, its
+    /// lines go to the others this long after its last renewal.
+    #[arg(long, env = "KILN_STORE_LEASE", default_value_t = 30)]
+    pub store_lease: u64,
     /// How tool calls are written and read back, by vLLM's parser name:
     /// hermes, llama3_json or mistral. Default: the format the chat template
     /// shows (hermes, with kiln's generic tool prompt, when it shows none).
@@ -110,6 +122,8 @@ impl Default for ServerConfig {
             data_dir: PathBuf::new(),
             max_file_bytes: 200 * 1024 * 1024,
             max_batch_inflight: std::num::NonZeroUsize::new(32).unwrap(),
+            store: None,
+            store_lease: 30,
             tool_call_parser: None,
             grammar_cache_size: crate::structured::DEFAULT_CACHE_SIZE,
         }
@@ -146,6 +160,12 @@ pub enum ConfigError {
 }
 
 impl ServerConfig {
+    /// The shared store's URL (`--store`); None when unset or empty (an
+    /// empty KILN_STORE, e.g. from an empty Secret, means SQLite).
+    pub fn store_url(&self) -> Option<&str> {
+        self.store.as_deref().map(str::trim).filter(|u| !u.is_empty())
+    }
+
     /// Checks numeric limits once, before the server starts.
     pub fn check(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
@@ -160,6 +180,12 @@ impl ServerConfig {
         }
         if self.sse_keepalive == 0 {
             return bad("--sse-keepalive must be at least 1 second");
+        }
+        if self.store_lease == 0 {
+            return bad("--store-lease must be at least 1 second");
+        }
+        if let Some(url) = self.store_url() {
+            crate::pgstore::parse_url(url).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         }
         Ok(())
     }

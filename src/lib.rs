@@ -15,6 +15,7 @@ pub mod embedding;
 pub mod engine;
 pub mod launch;
 pub mod model;
+pub mod pgstore;
 pub mod runner;
 pub mod sampling;
 pub mod serve;

@@ -47,6 +47,10 @@ pub enum ApiError {
     ShuttingDown,
     #[error("The model is still loading")]
     Loading,
+    /// The shared store (`--store`) cannot be reached right now; the text
+    /// says what needed it.
+    #[error("{0}")]
+    StoreUnavailable(String),
     /// The engine refused or failed the request; the text is the engine's
     /// own (user-facing) message.
     #[error("{0}")]
@@ -86,6 +90,7 @@ impl ApiError {
             QueueFull { .. } => (StatusCode::SERVICE_UNAVAILABLE, "server_error", Some("queue_full")),
             ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "server_error", Some("shutting_down")),
             Loading => (StatusCode::SERVICE_UNAVAILABLE, "server_error", Some("model_loading")),
+            StoreUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "server_error", Some("store_unavailable")),
             Engine(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", Some("engine_error")),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", Some("internal_error")),
         }
@@ -106,7 +111,7 @@ impl ApiError {
         match self {
             ApiError::RateLimited { retry_after_secs, .. } => Some(*retry_after_secs),
             ApiError::QueueFull { retry_after_secs, .. } => Some(*retry_after_secs),
-            ApiError::ShuttingDown | ApiError::Loading => Some(5),
+            ApiError::ShuttingDown | ApiError::Loading | ApiError::StoreUnavailable(_) => Some(5),
             _ => None,
         }
     }

@@ -29,6 +29,8 @@ pub enum DriveError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Shared(#[from] crate::pgstore::PgError),
     #[error("input file: {0}")]
     Input(#[from] InputError),
     #[error("blocking task: {0}")]
@@ -50,7 +52,7 @@ fn read_input(dir: &DataDir, file_id: &str) -> Result<Vec<LineRef>, InputError> 
 /// is unavailable (the supervisor retries later).
 pub async fn drive(svc: &Arc<BatchService>, id: &str, live: &Arc<Live>) -> Result<(), DriveError> {
     loop {
-        let Some(row) = svc.store().batch(id)? else { return Ok(()) };
+        let Some(row) = svc.local_store().batch(id)? else { return Ok(()) };
         let b = row.object;
         match b.status {
             BatchStatus::Validating => validate(svc, b).await?,
@@ -62,7 +64,7 @@ pub async fn drive(svc: &Arc<BatchService>, id: &str, live: &Arc<Live>) -> Resul
                     let mut b = b;
                     b.status = BatchStatus::Finalizing;
                     b.finalizing_at = Some(unix_now());
-                    svc.store().update_batch(&b, BatchStatus::InProgress)?;
+                    svc.local_store().update_batch(&b, BatchStatus::InProgress)?;
                 }
                 // Cancelled: the store already says cancelling. Expired: the check above.
                 RunEnd::Stopped(Stop::Cancelled | Stop::Expired) => {}
@@ -84,38 +86,47 @@ pub async fn drive(svc: &Arc<BatchService>, id: &str, live: &Arc<Live>) -> Resul
 async fn validate(svc: &Arc<BatchService>, mut b: BatchObject) -> Result<(), DriveError> {
     let (dir, file_id) = (svc.dir.clone(), b.input_file_id.clone());
     let scanned = tokio::task::spawn_blocking(move || read_input(&dir, &file_id)).await?;
+    judge(&mut b, scanned);
+    svc.local_store().update_batch(&b, BatchStatus::Validating)?;
+    Ok(())
+}
+
+/// Sets a validating batch's next state from its scanned input file:
+/// `in_progress` with its total, or `failed` with the errors (line numbers
+/// included). Returns the lines when it may run.
+pub(crate) fn judge(b: &mut BatchObject, scanned: Result<Vec<LineRef>, InputError>) -> Option<Vec<LineRef>> {
     let item = |code: &str, message: String, param: Option<&str>, line: Option<u64>| BatchErrorItem {
         code: code.into(),
         message,
         param: param.map(String::from),
         line,
     };
-    let (errors, total) = match scanned {
+    let (errors, lines) = match scanned {
         Ok(lines) => {
             let wrong = lines.iter().filter(|l| l.endpoint.as_str() != b.endpoint).take(MAX_ERRORS);
-            let errors = wrong
+            let errors: Vec<BatchErrorItem> = wrong
                 .map(|l| {
                     let msg = format!("line {}: url '{}' does not match the batch's endpoint '{}'", l.line, l.endpoint.as_str(), b.endpoint);
                     item("mismatched_endpoint", msg, Some("url"), Some(l.line))
                 })
                 .collect();
-            (errors, lines.len() as u64)
+            (errors, lines)
         }
-        Err(InputError::Line { line, reason }) => (vec![item("invalid_request", format!("line {line}: {reason}"), None, Some(line))], 0),
-        Err(e) => (vec![item("invalid_file", e.to_string(), Some("input_file_id"), None)], 0),
+        Err(InputError::Line { line, reason }) => (vec![item("invalid_request", format!("line {line}: {reason}"), None, Some(line))], Vec::new()),
+        Err(e) => (vec![item("invalid_file", e.to_string(), Some("input_file_id"), None)], Vec::new()),
     };
     let now = unix_now();
     if errors.is_empty() {
         b.status = BatchStatus::InProgress;
         b.in_progress_at = Some(now);
-        b.request_counts.total = total;
+        b.request_counts.total = lines.len() as u64;
+        Some(lines)
     } else {
         b.status = BatchStatus::Failed;
         b.failed_at = Some(now);
         b.errors = Some(BatchErrors { object: "list".into(), data: errors });
+        None
     }
-    svc.store().update_batch(&b, BatchStatus::Validating)?;
-    Ok(())
 }
 
 /// Runs the batch's unanswered requests.
@@ -152,7 +163,7 @@ async fn run(svc: &Arc<BatchService>, b: &BatchObject, live: &Arc<Live>) -> Resu
 }
 
 /// Why a request never ran, by the batch's final status.
-fn not_run_reason(outcome: BatchStatus) -> (&'static str, &'static str) {
+pub(crate) fn not_run_reason(outcome: BatchStatus) -> (&'static str, &'static str) {
     match outcome {
         BatchStatus::Expired => ("batch_expired", "This request could not be executed before the completion window expired."),
         _ => ("batch_cancelled", "This request was not executed because the batch was cancelled."),
@@ -166,10 +177,10 @@ async fn finalize(svc: &Arc<BatchService>, owner: &str, b: BatchObject, outcome:
     let (b, files) = blocking(move || finalize_files(&dir, &owner, b, outcome)).await?;
     if b.status == BatchStatus::InProgress {
         tracing::error!(batch = %b.id, "finalizing found unanswered requests; running them again");
-        svc.store().update_batch(&b, from)?;
+        svc.local_store().update_batch(&b, from)?;
         return Ok(());
     }
-    if svc.store().finish_batch(&b, from, &files)? {
+    if svc.local_store().finish_batch(&b, from, &files)? {
         let _ = std::fs::remove_dir_all(svc.dir.batch(&b.id));
         tracing::info!(batch = %b.id, status = b.status.as_str(), completed = b.request_counts.completed,
             failed = b.request_counts.failed, "batch finished");

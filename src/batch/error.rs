@@ -35,6 +35,10 @@ pub enum BatchApiError {
 
 impl From<StoreError> for BatchApiError {
     fn from(e: StoreError) -> Self {
+        if e.is_unavailable() {
+            tracing::error!(error = %e, "batch API: the shared store is unreachable");
+            return BatchApiError::Unavailable("the shared store cannot be reached; retry later".into());
+        }
         BatchApiError::Internal(e.to_string())
     }
 }

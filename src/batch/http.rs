@@ -75,8 +75,8 @@ fn check_limit(limit: Option<i64>, max: i64, default: i64) -> Result<usize, Batc
 }
 
 /// A file the caller owns, or 404.
-fn owned_file(svc: &BatchService, owner: &str, id: &str, param: &'static str) -> Result<FileRow, BatchApiError> {
-    match svc.store().file(id)? {
+async fn owned_file(svc: &BatchService, owner: &str, id: &str, param: &'static str) -> Result<FileRow, BatchApiError> {
+    match svc.store.file(id).await? {
         Some(f) if f.owner == owner => Ok(f),
         _ => Err(BatchApiError::NotFound { kind: "File", id: id.into(), param: Some(param) }),
     }
@@ -122,19 +122,26 @@ async fn list_files(
         Some(o) => return Err(BatchApiError::invalid(format!("order must be 'asc' or 'desc', got '{o}'"), "order")),
     };
     let owner = owner_of(&h.app, &headers);
-    let (rows, more) = svc.store().list_files(&owner, q.purpose.as_deref(), q.after.as_deref(), limit, ascending)?;
+    let (rows, more) = svc.store.list_files(&owner, q.purpose.as_deref(), q.after.as_deref(), limit, ascending).await?;
     let data = rows.iter().map(FileRow::to_object).collect();
     Ok(Json(ListPage::new(data, more, |f: &FileObject| &f.id)))
 }
 
 async fn retrieve_file(State(h): State<BatchHttp>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<FileObject>, BatchApiError> {
     let svc = h.svc()?;
-    Ok(Json(owned_file(svc, &owner_of(&h.app, &headers), &id, "file_id")?.to_object()))
+    Ok(Json(owned_file(svc, &owner_of(&h.app, &headers), &id, "file_id").await?.to_object()))
 }
 
 async fn file_content(State(h): State<BatchHttp>, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, BatchApiError> {
     let svc = h.svc()?;
-    let row = owned_file(svc, &owner_of(&h.app, &headers), &id, "file_id")?;
+    let row = owned_file(svc, &owner_of(&h.app, &headers), &id, "file_id").await?;
+    let disposition = format!("attachment; filename=\"{}\"", row.filename.replace(['"', '\\', '\r', '\n'], "_"));
+    if let Some(pg) = svc.store.shared() {
+        let bytes = pg.file_content(&row.id).await.map_err(super::store::StoreError::from)?;
+        let bytes = bytes.ok_or_else(|| BatchApiError::NotFound { kind: "File", id: id.clone(), param: Some("file_id") })?;
+        let headers = [(header::CONTENT_TYPE, "application/octet-stream".to_string()), (header::CONTENT_DISPOSITION, disposition)];
+        return Ok((headers, bytes).into_response());
+    }
     let file = tokio::fs::File::open(svc.dir.file(&row.id)).await?;
     let stream = futures::stream::unfold(file, |mut f| async move {
         use tokio::io::AsyncReadExt;
@@ -148,7 +155,6 @@ async fn file_content(State(h): State<BatchHttp>, headers: HeaderMap, Path(id): 
             Err(e) => Some((Err(e), f)),
         }
     });
-    let disposition = format!("attachment; filename=\"{}\"", row.filename.replace(['"', '\\', '\r', '\n'], "_"));
     let headers = [
         (header::CONTENT_TYPE, "application/octet-stream".to_string()),
         (header::CONTENT_LENGTH, row.bytes.to_string()),
@@ -159,16 +165,14 @@ async fn file_content(State(h): State<BatchHttp>, headers: HeaderMap, Path(id): 
 
 async fn delete_file(State(h): State<BatchHttp>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<DeletedFile>, BatchApiError> {
     let svc = h.svc()?;
-    let row = owned_file(svc, &owner_of(&h.app, &headers), &id, "file_id")?;
-    {
-        let store = svc.store();
-        if let Some(batch) = store.batch_using_file(&row.id)? {
-            let msg = format!("File {} is the input of batch {batch}, which is still running; cancel it or wait for it to end first.", row.id);
-            return Err(BatchApiError::Conflict(msg));
-        }
-        store.delete_file(&row.id)?;
+    let row = owned_file(svc, &owner_of(&h.app, &headers), &id, "file_id").await?;
+    if let Err(batch) = svc.store.delete_file(&row.id).await? {
+        let msg = format!("File {} is the input of batch {batch}, which is still running; cancel it or wait for it to end first.", row.id);
+        return Err(BatchApiError::Conflict(msg));
     }
-    if let Err(e) = std::fs::remove_file(svc.dir.file(&row.id)) {
+    if svc.store.shared().is_some() {
+        // The bytes went with the row.
+    } else if let Err(e) = std::fs::remove_file(svc.dir.file(&row.id)) {
         tracing::warn!(file = %row.id, error = %e, "removing a deleted file's bytes");
     }
     Ok(Json(DeletedFile { id: row.id, object: "file".into(), deleted: true }))
@@ -205,18 +209,20 @@ async fn create_batch(State(h): State<BatchHttp>, headers: HeaderMap, ApiJson(re
     }
     check_metadata(&req.metadata)?;
     let owner = owner_of(&h.app, &headers);
-    let file = owned_file(svc, &owner, &req.input_file_id, "input_file_id")?;
+    let file = owned_file(svc, &owner, &req.input_file_id, "input_file_id").await?;
     if file.purpose != "batch" {
         let msg = format!("File {} has purpose '{}': a batch's input file must have purpose 'batch'", file.id, file.purpose);
         return Err(BatchApiError::invalid(msg, "input_file_id"));
     }
     let object = new_batch(new_id("batch_"), endpoint.as_str(), &file.id, req.metadata, unix_now());
-    svc.store().insert_batch(&BatchRow { owner, object: object.clone() })?;
+    svc.store.insert_batch(&BatchRow { owner, object: object.clone() }).await?;
     svc.wake();
     Ok(Json(object))
 }
 
-/// The stored object with the counts of a running batch brought up to date.
+/// The stored object with the counts of a running batch brought up to
+/// date (the shared store counts every replica's lines itself; the live
+/// counts there would be this replica's only, so none are kept).
 fn present(svc: &BatchService, mut b: BatchObject) -> BatchObject {
     if let Some(live) = svc.live(&b.id) {
         if let Some(c) = *live.counts.lock().unwrap_or_else(|p| p.into_inner()) {
@@ -227,8 +233,8 @@ fn present(svc: &BatchService, mut b: BatchObject) -> BatchObject {
     b
 }
 
-fn owned_batch(svc: &BatchService, owner: &str, id: &str) -> Result<BatchObject, BatchApiError> {
-    match svc.store().batch(id)? {
+async fn owned_batch(svc: &BatchService, owner: &str, id: &str) -> Result<BatchObject, BatchApiError> {
+    match svc.store.batch(id).await? {
         Some(b) if b.owner == owner => Ok(b.object),
         _ => Err(BatchApiError::NotFound { kind: "Batch", id: id.into(), param: Some("batch_id") }),
     }
@@ -236,7 +242,7 @@ fn owned_batch(svc: &BatchService, owner: &str, id: &str) -> Result<BatchObject,
 
 async fn retrieve_batch(State(h): State<BatchHttp>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<BatchObject>, BatchApiError> {
     let svc = h.svc()?;
-    let b = owned_batch(svc, &owner_of(&h.app, &headers), &id)?;
+    let b = owned_batch(svc, &owner_of(&h.app, &headers), &id).await?;
     Ok(Json(present(svc, b)))
 }
 
@@ -255,7 +261,7 @@ async fn list_batches(
     let Query(q) = query.map_err(bad_query)?;
     let limit = check_limit(q.limit, 100, 20)?;
     let owner = owner_of(&h.app, &headers);
-    let (rows, more) = svc.store().list_batches(&owner, q.after.as_deref(), limit)?;
+    let (rows, more) = svc.store.list_batches(&owner, q.after.as_deref(), limit).await?;
     let data = rows.into_iter().map(|r| present(svc, r.object)).collect();
     Ok(Json(ListPage::new(data, more, |b: &BatchObject| &b.id)))
 }
@@ -264,13 +270,13 @@ async fn cancel_batch(State(h): State<BatchHttp>, headers: HeaderMap, Path(id): 
     let svc = h.svc()?;
     let owner = owner_of(&h.app, &headers);
     loop {
-        let mut b = owned_batch(svc, &owner, &id)?;
+        let mut b = owned_batch(svc, &owner, &id).await?;
         let from = b.status;
         match from {
             BatchStatus::Validating | BatchStatus::InProgress => {
                 b.status = BatchStatus::Cancelling;
                 b.cancelling_at = Some(unix_now());
-                if !svc.store().update_batch(&b, from)? {
+                if !svc.store.update_batch(&b, from).await? {
                     continue; // the driver moved it on meanwhile: decide again
                 }
                 if let Some(live) = svc.live(&b.id) {

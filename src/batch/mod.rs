@@ -11,6 +11,8 @@
 //! runner.rs  requests in flight under --max-batch-inflight, answers to sink.rs
 //!            (append + fsync), each request through exec.rs: the live handlers
 //!            at Priority::Batch
+//! pg.rs      the same state in the shared store (--store postgres://…)
+//! shared.rs  a batch's lines claimed and answered by several replicas
 //! cli.rs     kiln batch INPUT -o OUTPUT
 //! ```
 
@@ -20,8 +22,10 @@ pub mod error;
 pub mod exec;
 pub mod http;
 pub mod input;
+pub mod pg;
 pub mod runner;
 pub mod service;
+pub mod shared;
 pub mod sink;
 pub mod store;
 pub mod upload;
@@ -44,7 +48,7 @@ pub fn routes(state: &Arc<AppState>) -> axum::Router<Arc<AppState>> {
 
 fn open_service(state: &Arc<AppState>) -> Result<Arc<service::BatchService>, Arc<str>> {
     let dir = &state.config.data_dir;
-    if dir.as_os_str().is_empty() {
+    if dir.as_os_str().is_empty() && state.config.store_url().is_none() {
         return Err("it is turned off (empty --data-dir)".into());
     }
     if tokio::runtime::Handle::try_current().is_err() {

@@ -10,6 +10,11 @@
 //!   batches/BATCH_ID/      results of a running batch (sink.rs)
 //!   tmp/                   uploads being received
 //! ```
+//!
+//! With `--store postgres://…` the database holds all of it (files' bytes
+//! included) and only `tmp/` is used; every replica's supervisor drives
+//! every active batch, sharing its lines (`shared.rs`), and a background
+//! task renews this replica's claims.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -21,7 +26,7 @@ use tokio::sync::{Notify, Semaphore};
 
 use super::exec::LineExecutor;
 use super::sink::SinkCounts;
-use super::store::{Store, StoreError};
+use super::store::{BatchStore, Store, StoreError};
 use crate::api::AppState;
 
 #[derive(Debug, thiserror::Error)]
@@ -70,7 +75,10 @@ pub struct Live {
 
 pub struct BatchService {
     pub dir: DataDir,
-    store: Mutex<Store>,
+    /// Files and batches: SQLite, or the shared store.
+    pub store: BatchStore,
+    /// This process's name in line claims (`--store` only).
+    pub replica: String,
     live: Mutex<HashMap<String, Arc<Live>>>,
     wake: Notify,
     /// In-flight batch sequences (`--max-batch-inflight` places).
@@ -90,6 +98,9 @@ impl BatchService {
     /// clears leftovers of a crash: partial uploads, files no row names,
     /// result folders of batches no longer active.
     pub fn open(main: &Arc<AppState>) -> Result<Arc<BatchService>, ServiceError> {
+        if let Some(url) = main.config.store_url() {
+            return Self::open_shared(main, url);
+        }
         let dir = DataDir { root: main.config.data_dir.clone() };
         for d in [dir.root.clone(), dir.files(), dir.batches(), dir.tmp()] {
             std::fs::create_dir_all(&d).map_err(io_err(&d))?;
@@ -101,7 +112,8 @@ impl BatchService {
         let cap = main.config.max_batch_inflight.get();
         let svc = BatchService {
             dir,
-            store: Mutex::new(store),
+            store: BatchStore::Sqlite(Mutex::new(store)),
+            replica: String::new(),
             live: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             slots: Arc::new(Semaphore::new(cap)),
@@ -113,8 +125,45 @@ impl BatchService {
         Ok(Arc::new(svc))
     }
 
-    pub fn store(&self) -> MutexGuard<'_, Store> {
-        self.store.lock().unwrap_or_else(|p| p.into_inner())
+    /// Over the shared store: uploads in transit under `--data-dir/tmp`
+    /// (or the system's temporary folder when it is empty).
+    fn open_shared(main: &Arc<AppState>, url: &str) -> Result<Arc<BatchService>, ServiceError> {
+        let root = match &main.config.data_dir {
+            d if d.as_os_str().is_empty() => std::env::temp_dir().join("kiln"),
+            d => d.clone(),
+        };
+        let dir = DataDir { root };
+        let tmp = dir.tmp();
+        std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+        // Other servers may share this folder (one host, several replicas):
+        // only uploads left for an hour (a crash mid-upload) are removed.
+        let stale = std::time::SystemTime::now() - Duration::from_secs(3600);
+        for entry in std::fs::read_dir(&tmp).map_err(io_err(&tmp))?.flatten() {
+            if entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| t < stale) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        let shared = crate::pgstore::SharedStore::new(url, main.config.store_lease).map_err(StoreError::from)?;
+        let cap = main.config.max_batch_inflight.get();
+        let svc = BatchService {
+            dir,
+            store: BatchStore::Postgres(super::pg::PgBatchStore { shared }),
+            replica: crate::pgstore::replica_name(),
+            live: Mutex::new(HashMap::new()),
+            wake: Notify::new(),
+            slots: Arc::new(Semaphore::new(cap)),
+            cap,
+            exec: Arc::new(LineExecutor::new(main)?),
+            max_file_bytes: main.config.max_file_bytes,
+            main: main.clone(),
+        };
+        Ok(Arc::new(svc))
+    }
+
+    /// The SQLite store: only the local driver (`driver.rs`) uses it, and
+    /// it only runs over SQLite.
+    pub fn local_store(&self) -> MutexGuard<'_, Store> {
+        self.store.local().expect("the local batch driver runs on the SQLite store only")
     }
 
     fn live_map(&self) -> MutexGuard<'_, HashMap<String, Arc<Live>>> {
@@ -138,6 +187,9 @@ impl BatchService {
     /// Starts the supervisor on the current tokio runtime.
     pub fn start(self: &Arc<Self>) {
         tokio::spawn(supervise(self.clone()));
+        if let Some(pg) = self.store.shared() {
+            tokio::spawn(renew_claims(pg.clone(), self.replica.clone()));
+        }
     }
 }
 
@@ -163,12 +215,33 @@ fn collect_garbage(dir: &DataDir, store: &Store) -> Result<(), ServiceError> {
     Ok(())
 }
 
+/// Renews this replica's line claims every third of a lease; runs until
+/// the runtime stops. A replica that stops renewing (killed, cut off)
+/// loses its claims one lease later.
+async fn renew_claims(pg: super::pg::PgBatchStore, me: String) {
+    let every = Duration::from_millis(pg.shared.lease_secs * 1000 / 3).max(Duration::from_millis(200));
+    loop {
+        tokio::time::sleep(every).await;
+        if let Err(e) = pg.renew(&me).await {
+            tracing::warn!(error = %e, "renewing batch line claims");
+        }
+    }
+}
+
 /// Starts a driver for every active batch that has none; runs until the
 /// runtime stops.
 async fn supervise(svc: Arc<BatchService>) {
+    if let Some(pg) = svc.store.shared() {
+        // The schema exists when `kiln serve` checked --store at start; a
+        // router built otherwise (tests) makes sure here, retrying.
+        while let Err(e) = pg.shared.init().await {
+            tracing::error!(error = %e, "shared store: cannot create the schema; retrying");
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }
     loop {
         if !svc.is_draining() {
-            match svc.store().active_batches() {
+            match svc.store.active_batches().await {
                 Ok(rows) => {
                     for row in rows {
                         spawn_driver(&svc, row.object.id);
@@ -196,7 +269,11 @@ fn spawn_driver(svc: &Arc<BatchService>, id: String) {
     };
     let svc = svc.clone();
     tokio::spawn(async move {
-        if let Err(e) = super::driver::drive(&svc, &id, &live).await {
+        let result = match svc.store.shared() {
+            Some(pg) => super::shared::drive(&svc, pg, &id, &live).await,
+            None => super::driver::drive(&svc, &id, &live).await,
+        };
+        if let Err(e) = result {
             tracing::error!(batch = %id, error = %e, "batch driver failed; it restarts shortly");
         }
         // No wake-up here: a batch that is still active (the engine was

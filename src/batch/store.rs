@@ -3,6 +3,9 @@
 //!
 //! The connection holds SQLite's exclusive lock for its whole life, so two
 //! kiln processes can never drive the same data directory's batches.
+//!
+//! `BatchStore` is what the routes and the supervisor use: this SQLite
+//! store, or the shared PostgreSQL store of `pg.rs` (`--store`).
 
 use std::path::Path;
 
@@ -19,6 +22,16 @@ pub enum StoreError {
     Locked(String),
     #[error("batch database: bad stored value: {0}")]
     Corrupt(String),
+    /// The shared store (`--store`) failed or cannot be reached.
+    #[error(transparent)]
+    Shared(#[from] crate::pgstore::PgError),
+}
+
+impl StoreError {
+    /// Whether the store is unreachable for now (503, worth a retry).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Shared(e) if e.is_unavailable())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -241,6 +254,118 @@ impl Store {
         }
         tx.commit()?;
         Ok(true)
+    }
+}
+
+/// Where batch-API state lives: SQLite under `--data-dir` (one server,
+/// bytes as files) or the shared PostgreSQL store (replicas, bytes in the
+/// database). Methods are async for the latter; the SQLite ones run
+/// inline, as before.
+pub enum BatchStore {
+    /// `--data-dir/kiln-batch.sqlite`, exclusively locked (one server).
+    Sqlite(std::sync::Mutex<Store>),
+    /// `--store postgres://…`, shared by replicas.
+    Postgres(super::pg::PgBatchStore),
+}
+
+impl BatchStore {
+    fn sqlite(m: &std::sync::Mutex<Store>) -> std::sync::MutexGuard<'_, Store> {
+        m.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The SQLite store, if that is the one.
+    pub fn local(&self) -> Option<std::sync::MutexGuard<'_, Store>> {
+        match self {
+            BatchStore::Sqlite(m) => Some(Self::sqlite(m)),
+            BatchStore::Postgres(_) => None,
+        }
+    }
+
+    /// The shared store, if that is the one.
+    pub fn shared(&self) -> Option<&super::pg::PgBatchStore> {
+        match self {
+            BatchStore::Sqlite(_) => None,
+            BatchStore::Postgres(p) => Some(p),
+        }
+    }
+
+    /// A file's metadata.
+    pub async fn file(&self, id: &str) -> Result<Option<FileRow>, StoreError> {
+        match self {
+            BatchStore::Sqlite(m) => Self::sqlite(m).file(id),
+            BatchStore::Postgres(p) => Ok(p.file(id).await?),
+        }
+    }
+
+    /// See `Store::list_files`.
+    pub async fn list_files(
+        &self,
+        owner: &str,
+        purpose: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+        ascending: bool,
+    ) -> Result<(Vec<FileRow>, bool), StoreError> {
+        match self {
+            BatchStore::Sqlite(m) => Self::sqlite(m).list_files(owner, purpose, after, limit, ascending),
+            BatchStore::Postgres(p) => Ok(p.list_files(owner, purpose, after, limit, ascending).await?),
+        }
+    }
+
+    /// Deletes a file's record unless an active batch reads it: then
+    /// `Err(batch id)`. Ok(whether a record went).
+    pub async fn delete_file(&self, id: &str) -> Result<Result<bool, String>, StoreError> {
+        match self {
+            BatchStore::Sqlite(m) => {
+                let store = Self::sqlite(m);
+                if let Some(batch) = store.batch_using_file(id)? {
+                    return Ok(Err(batch));
+                }
+                Ok(Ok(store.delete_file(id)?))
+            }
+            BatchStore::Postgres(p) => Ok(p.delete_file(id).await?),
+        }
+    }
+
+    /// Records a new batch.
+    pub async fn insert_batch(&self, b: &BatchRow) -> Result<(), StoreError> {
+        match self {
+            BatchStore::Sqlite(m) => Self::sqlite(m).insert_batch(b),
+            BatchStore::Postgres(p) => Ok(p.insert_batch(b).await?),
+        }
+    }
+
+    /// A batch (with the shared store, a running batch's counts are its
+    /// lines' so far).
+    pub async fn batch(&self, id: &str) -> Result<Option<BatchRow>, StoreError> {
+        match self {
+            BatchStore::Sqlite(m) => Self::sqlite(m).batch(id),
+            BatchStore::Postgres(p) => Ok(p.batch(id).await?),
+        }
+    }
+
+    /// See `Store::list_batches`.
+    pub async fn list_batches(&self, owner: &str, after: Option<&str>, limit: usize) -> Result<(Vec<BatchRow>, bool), StoreError> {
+        match self {
+            BatchStore::Sqlite(m) => Self::sqlite(m).list_batches(owner, after, limit),
+            BatchStore::Postgres(p) => Ok(p.list_batches(owner, after, limit).await?),
+        }
+    }
+
+    /// Every batch not final yet, oldest first.
+    pub async fn active_batches(&self) -> Result<Vec<BatchRow>, StoreError> {
+        match self {
+            BatchStore::Sqlite(m) => Self::sqlite(m).active_batches(),
+            BatchStore::Postgres(p) => Ok(p.active_batches().await?),
+        }
+    }
+
+    /// See `Store::update_batch`.
+    pub async fn update_batch(&self, o: &BatchObject, from: BatchStatus) -> Result<bool, StoreError> {
+        match self {
+            BatchStore::Sqlite(m) => Self::sqlite(m).update_batch(o, from),
+            BatchStore::Postgres(p) => Ok(p.update_batch(o, from).await?),
+        }
     }
 }
 

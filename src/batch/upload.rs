@@ -1,7 +1,8 @@
 //! POST /v1/files: a multipart upload streamed to a temporary file under
 //! the size limit, checked line by line (`input::scan`), then moved into
 //! place (fsync, rename, fsync of the folder) and recorded. A file that
-//! fails is removed; nothing half-received is ever recorded.
+//! fails is removed; nothing half-received is ever recorded. With the
+//! shared store (`--store`) the checked bytes go into the database instead.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -97,11 +98,17 @@ pub async fn receive_upload(svc: &Arc<BatchService>, owner: String, mut multipar
     checked.map_err(file_error)?;
 
     let row = FileRow { id: new_id("file-"), owner, filename, purpose, bytes, created_at: unix_now() };
+    if let Some(pg) = svc.store.shared() {
+        // The shared store keeps the bytes: every replica can read them.
+        let content = tokio::fs::read(&tmp).await?;
+        pg.insert_file(&row, &content).await.map_err(super::store::StoreError::from)?;
+        return Ok(row);
+    }
     let dest = svc.dir.file(&row.id);
     std::fs::rename(&tmp, &dest)?;
     guard.0 = Some(dest);
     sync_dir(&svc.dir.files())?;
-    svc.store().insert_file(&row)?;
+    svc.store.local().ok_or_else(|| BatchApiError::Internal("no local store".into()))?.insert_file(&row)?;
     guard.0 = None;
     Ok(row)
 }

@@ -178,6 +178,11 @@ where
 {
     config.check()?;
     config.keys()?;
+    if let Some(url) = config.store_url() {
+        let store = crate::pgstore::SharedStore::new(url, config.store_lease)?;
+        store.init().await.with_context(|| format!("--store {}: cannot use the shared store", crate::pgstore::redact(url)))?;
+        tracing::info!(store = %crate::pgstore::redact(url), lease_secs = config.store_lease, "shared store ready");
+    }
     let timeout = Duration::from_secs(config.shutdown_timeout);
     let addr = format!("{}:{}", config.host, config.port);
     let listener = TcpListener::bind(&addr).await.with_context(|| format!("cannot bind {addr}"))?;

@@ -50,6 +50,11 @@ impl Kiln {
         self.server.log_text()
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.server.pid()
+    }
+
     /// SIGKILL: no chance to flush or clean anything.
     pub fn kill9(&mut self) {
         self.server.kill9();

@@ -57,6 +57,15 @@ impl FromRef<ResponsesHttp> for Arc<AppState> {
 /// Opens the store in `--data-dir` (none when it is empty or cannot be
 /// opened: the reason is logged and given to `previous_response_id`).
 fn open_store(state: &AppState) -> Result<Arc<ResponseStore>, Arc<str>> {
+    if let Some(url) = state.config.store_url() {
+        return match crate::pgstore::SharedStore::new(url, state.config.store_lease) {
+            Ok(shared) => Ok(Arc::new(ResponseStore::shared(shared))),
+            Err(e) => {
+                tracing::error!(error = %e, "stored responses are off: bad --store");
+                Err(Arc::from("responses are not stored on this server (bad --store; see the server log)"))
+            }
+        };
+    }
     let dir = &state.config.data_dir;
     if dir.as_os_str().is_empty() {
         return Err("responses are not stored on this server (empty --data-dir)".into());
@@ -82,24 +91,28 @@ fn not_found(id: &str) -> ApiError {
 }
 
 fn store_error(e: store::StoreError) -> ApiError {
+    if e.is_unavailable() {
+        tracing::error!(error = %e, "stored responses: the shared store is unreachable");
+        return ApiError::StoreUnavailable("The store of responses cannot be reached right now. Retry later.".into());
+    }
     ApiError::Internal(e.to_string())
 }
 
 /// The stored response `id` of this caller, or 404.
-fn owned(h: &ResponsesHttp, headers: &HeaderMap, id: &str) -> Result<(Arc<ResponseStore>, StoredResponse), ApiError> {
+async fn owned(h: &ResponsesHttp, headers: &HeaderMap, id: &str) -> Result<(Arc<ResponseStore>, StoredResponse), ApiError> {
     let store = h.store.clone().map_err(|_| not_found(id))?;
-    let row = store.get(id, &owner_of(&h.app, headers)).map_err(store_error)?.ok_or_else(|| not_found(id))?;
+    let row = store.get(id, &owner_of(&h.app, headers)).await.map_err(store_error)?.ok_or_else(|| not_found(id))?;
     Ok((store, row))
 }
 
 /// The conversation before this request: the stored history of
 /// `previous_response_id`.
-fn previous_history(h: &ResponsesHttp, headers: &HeaderMap, prev: Option<&str>) -> Result<Vec<Value>, ApiError> {
+async fn previous_history(h: &ResponsesHttp, headers: &HeaderMap, prev: Option<&str>) -> Result<Vec<Value>, ApiError> {
     let Some(id) = prev else { return Ok(Vec::new()) };
     if let Err(why) = &h.store {
         return Err(ApiError::invalid(format!("previous_response_id cannot be used: {why}"), "previous_response_id"));
     }
-    match owned(h, headers, id) {
+    match owned(h, headers, id).await {
         Ok((_, row)) => Ok(row.history),
         Err(ApiError::NotFound(_)) => Err(ApiError::NotFound(format!("Previous response with id '{id}' not found."))),
         Err(e) => Err(e),
@@ -161,7 +174,7 @@ pub async fn create(
     let (rf, text_format) = chat_response_format(req.text.as_ref())?;
     let format = parse_response_format(rf.as_ref()).map_err(rename_format_error)?;
     let grammar = grammar_for(&state, format, "text.format", plan.as_ref())?;
-    let history = previous_history(&h, &headers, req.previous_response_id.as_deref())?;
+    let history = previous_history(&h, &headers, req.previous_response_id.as_deref()).await?;
 
     let mut messages = Vec::with_capacity(history.len() + input.messages.len() + 1);
     if let Some(sys) = &req.instructions {
@@ -197,8 +210,9 @@ pub async fn create(
         "user": req.user,
         "metadata": metadata,
     });
+    let saving = Saving::default();
     let on_done = match (&h.store, req.store.unwrap_or(true)) {
-        (Ok(store), true) => Some(saver(store.clone(), owner_of(&h.app, &headers), input, history)),
+        (Ok(store), true) => Some(saver(store.clone(), owner_of(&h.app, &headers), input, history, saving.clone())),
         _ => None,
     };
     let mut run = ResponseRun::new(base, tool_format, on_done);
@@ -206,11 +220,22 @@ pub async fn create(
         return Ok(named_sse_response(running, run, Duration::from_secs(state.config.sse_keepalive)));
     }
     drive(running, &mut run).await?;
+    // Answer once the response is stored: another replica asked for it
+    // right after must find it. (A stream's last event may reach the client
+    // a moment before its row is written.)
+    let stored = saving.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(task) = stored {
+        let _ = task.await;
+    }
     Ok(Json(run.result.unwrap_or(Value::Null)).into_response())
 }
 
-/// Stores the finished response with the conversation it continues.
-fn saver(store: Arc<ResponseStore>, owner: String, input: wire::Input, mut history: Vec<Value>) -> OnDone {
+/// The task storing a finished response, for the handler to wait on.
+type Saving = Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>;
+
+/// Stores the finished response with the conversation it continues (on a
+/// task: the store may be a remote database), leaving the task in `saving`.
+fn saver(store: Arc<ResponseStore>, owner: String, input: wire::Input, mut history: Vec<Value>, saving: Saving) -> OnDone {
     Box::new(move |response: &Value| {
         history.extend(input.messages);
         history.extend(assistant_turn(response));
@@ -222,9 +247,12 @@ fn saver(store: Arc<ResponseStore>, owner: String, input: wire::Input, mut histo
             input_items: input.items,
             history,
         };
-        if let Err(e) = store.insert(&row) {
-            tracing::error!(error = %e, id = %row.id, "could not store a response");
-        }
+        let task = tokio::spawn(async move {
+            if let Err(e) = store.insert(&row).await {
+                tracing::error!(error = %e, id = %row.id, "could not store a response");
+            }
+        });
+        *saving.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
     })
 }
 
@@ -253,13 +281,13 @@ fn assistant_turn(response: &Value) -> Option<Value> {
 
 /// `GET /v1/responses/{id}`.
 pub async fn retrieve(State(h): State<ResponsesHttp>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(owned(&h, &headers, &id)?.1.response))
+    Ok(Json(owned(&h, &headers, &id).await?.1.response))
 }
 
 /// `DELETE /v1/responses/{id}`.
 pub async fn delete(State(h): State<ResponsesHttp>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    let (store, row) = owned(&h, &headers, &id)?;
-    store.delete(&row.id, &row.owner).map_err(store_error)?;
+    let (store, row) = owned(&h, &headers, &id).await?;
+    store.delete(&row.id, &row.owner).await.map_err(store_error)?;
     Ok(Json(json!({"id": id, "object": "response", "deleted": true})))
 }
 
@@ -282,7 +310,7 @@ pub async fn input_items(
         l @ 1..=100 => l as usize,
         l => return Err(ApiError::invalid(format!("limit must be between 1 and 100, got {l}"), "limit")),
     };
-    let mut items = owned(&h, &headers, &id)?.1.input_items;
+    let mut items = owned(&h, &headers, &id).await?.1.input_items;
     match q.order.as_deref() {
         None | Some("desc") => items.reverse(),
         Some("asc") => {}

@@ -5,7 +5,9 @@
 //! terms, which `previous_response_id` continues.
 //!
 //! Like the batch database, the connection holds SQLite's exclusive lock:
-//! one kiln process per data directory.
+//! one kiln process per data directory. With `--store postgres://…` the
+//! rows live in the shared store's `kiln_responses` table instead, so every
+//! replica serves every stored response.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -19,6 +21,16 @@ pub enum StoreError {
     Sql(#[from] rusqlite::Error),
     #[error("responses database: bad stored value: {0}")]
     Corrupt(String),
+    /// The shared store failed or cannot be reached.
+    #[error(transparent)]
+    Shared(#[from] crate::pgstore::PgError),
+}
+
+impl StoreError {
+    /// Whether the store is unreachable for now (503, worth a retry).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Shared(e) if e.is_unavailable())
+    }
 }
 
 /// One stored response.
@@ -47,8 +59,10 @@ CREATE TABLE IF NOT EXISTS responses (
 );
 ";
 
-pub struct ResponseStore {
-    conn: Mutex<Connection>,
+/// Stored responses: SQLite in `--data-dir`, or the shared store.
+pub enum ResponseStore {
+    Sqlite(Mutex<Connection>),
+    Postgres(crate::pgstore::SharedStore),
 }
 
 fn decode<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, StoreError> {
@@ -64,17 +78,38 @@ impl ResponseStore {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(SCHEMA)?;
-        Ok(ResponseStore { conn: Mutex::new(conn) })
+        Ok(ResponseStore::Sqlite(Mutex::new(conn)))
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    /// Over the shared store (its schema is created by `SharedStore::init`).
+    pub fn shared(store: crate::pgstore::SharedStore) -> ResponseStore {
+        ResponseStore::Postgres(store)
     }
 
-    pub fn insert(&self, r: &StoredResponse) -> Result<(), StoreError> {
+    fn conn(m: &Mutex<Connection>) -> std::sync::MutexGuard<'_, Connection> {
+        m.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stores (or replaces) a response.
+    pub async fn insert(&self, r: &StoredResponse) -> Result<(), StoreError> {
         let items = Value::Array(r.input_items.clone()).to_string();
         let history = Value::Array(r.history.clone()).to_string();
-        self.conn().execute(
+        let m = match self {
+            ResponseStore::Sqlite(m) => m,
+            ResponseStore::Postgres(pg) => {
+                let c = pg.client().await?;
+                c.execute(
+                    "INSERT INTO kiln_responses (id, owner, created_at, response, input_items, history) VALUES ($1, $2, $3, $4, $5, $6)
+                     ON CONFLICT (id) DO UPDATE SET owner = EXCLUDED.owner, created_at = EXCLUDED.created_at, response = EXCLUDED.response,
+                     input_items = EXCLUDED.input_items, history = EXCLUDED.history",
+                    &[&r.id, &r.owner, &(r.created_at as i64), &r.response.to_string(), &items, &history],
+                )
+                .await
+                .map_err(crate::pgstore::PgError::from)?;
+                return Ok(());
+            }
+        };
+        Self::conn(m).execute(
             "INSERT OR REPLACE INTO responses (id, owner, created_at, response, input_items, history) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![r.id, r.owner, r.created_at as i64, r.response.to_string(), items, history],
         )?;
@@ -82,9 +117,30 @@ impl ResponseStore {
     }
 
     /// The response `id` if `owner` owns it (another owner's is as absent).
-    pub fn get(&self, id: &str, owner: &str) -> Result<Option<StoredResponse>, StoreError> {
-        let row = self
-            .conn()
+    pub async fn get(&self, id: &str, owner: &str) -> Result<Option<StoredResponse>, StoreError> {
+        let m = match self {
+            ResponseStore::Sqlite(m) => m,
+            ResponseStore::Postgres(pg) => {
+                let c = pg.client().await?;
+                let row = c
+                    .query_opt(
+                        "SELECT id, owner, created_at, response, input_items, history FROM kiln_responses WHERE id = $1 AND owner = $2",
+                        &[&id, &owner],
+                    )
+                    .await
+                    .map_err(crate::pgstore::PgError::from)?;
+                let Some(r) = row else { return Ok(None) };
+                return Ok(Some(StoredResponse {
+                    id: r.get(0),
+                    owner: r.get(1),
+                    created_at: r.get::<_, i64>(2) as u64,
+                    response: decode(r.get(3))?,
+                    input_items: decode(r.get(4))?,
+                    history: decode(r.get(5))?,
+                }));
+            }
+        };
+        let row = Self::conn(m)
             .query_row(
                 "SELECT id, owner, created_at, response, input_items, history FROM responses WHERE id = ?1 AND owner = ?2",
                 [id, owner],
@@ -112,8 +168,19 @@ impl ResponseStore {
     }
 
     /// Deletes `id` if `owner` owns it; whether it did.
-    pub fn delete(&self, id: &str, owner: &str) -> Result<bool, StoreError> {
-        Ok(self.conn().execute("DELETE FROM responses WHERE id = ?1 AND owner = ?2", [id, owner])? > 0)
+    pub async fn delete(&self, id: &str, owner: &str) -> Result<bool, StoreError> {
+        let m = match self {
+            ResponseStore::Sqlite(m) => m,
+            ResponseStore::Postgres(pg) => {
+                let c = pg.client().await?;
+                let n = c
+                    .execute("DELETE FROM kiln_responses WHERE id = $1 AND owner = $2", &[&id, &owner])
+                    .await
+                    .map_err(crate::pgstore::PgError::from)?;
+                return Ok(n > 0);
+            }
+        };
+        Ok(Self::conn(m).execute("DELETE FROM responses WHERE id = ?1 AND owner = ?2", [id, owner])? > 0)
     }
 }
 
@@ -122,8 +189,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    #[test]
-    fn rows_round_trip_per_owner_and_survive_reopening() {
+    #[tokio::test]
+    async fn rows_round_trip_per_owner_and_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let row = StoredResponse {
             id: "resp_1".into(),
@@ -135,13 +202,13 @@ mod tests {
         };
         {
             let store = ResponseStore::open(dir.path()).unwrap();
-            store.insert(&row).unwrap();
-            assert_eq!(store.get("resp_1", "key:b").unwrap(), None);
-            assert!(!store.delete("resp_1", "key:b").unwrap());
+            store.insert(&row).await.unwrap();
+            assert_eq!(store.get("resp_1", "key:b").await.unwrap(), None);
+            assert!(!store.delete("resp_1", "key:b").await.unwrap());
         }
         let store = ResponseStore::open(dir.path()).unwrap();
-        assert_eq!(store.get("resp_1", "key:a").unwrap(), Some(row));
-        assert!(store.delete("resp_1", "key:a").unwrap());
-        assert_eq!(store.get("resp_1", "key:a").unwrap(), None);
+        assert_eq!(store.get("resp_1", "key:a").await.unwrap(), Some(row));
+        assert!(store.delete("resp_1", "key:a").await.unwrap());
+        assert_eq!(store.get("resp_1", "key:a").await.unwrap(), None);
     }
 }
