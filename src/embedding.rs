@@ -91,9 +91,7 @@ pub fn start_embedding(args: &EngineArgs, path: &Path) -> anyhow::Result<EmbedEn
     if let crate::backend::cuda::select::DeviceChoice::Cuda(_) = args.device {
         bail!("{}: embedding models run on the CPU backend only for now: pass --device cpu (or auto)", path.display());
     }
-    if let Some(n) = args.threads {
-        let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
-    }
+    crate::launch::init_threads(args);
     let name = path.file_name().or(path.file_stem()).map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
     let (runner, tokenizer, limit, matryoshka, vocab): (Box<dyn EncoderRunner>, Tokenizer, usize, crate::model::pooling::Matryoshka, usize) =
         if path.is_dir() && read_config_json(path).is_some_and(|c| is_bert(&c)) {

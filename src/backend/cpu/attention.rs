@@ -7,7 +7,7 @@
 //! ```
 
 use crate::model::BatchInput;
-use rayon::prelude::*;
+use super::pool::for_each_chunk_mut;
 
 /// The CPU KV pool: every layer's K and V for `num_blocks` blocks.
 pub struct KvCache {
@@ -67,7 +67,7 @@ pub fn paged_attention(batch: &BatchInput, cache: &KvCache, layer: usize, num_he
         }
     }
     let (kc, vc) = (&cache.k[layer], &cache.v[layer]);
-    out.par_chunks_mut(hd).enumerate().for_each(|(idx, o)| {
+    for_each_chunk_mut(out, hd, |idx, o| {
         let (t, h) = (idx / num_heads, idx % num_heads);
         let (si, qpos) = owner[t];
         let table = &batch.seqs[si].block_table;

@@ -4,7 +4,8 @@
 //! x: [m, k] f32 row-major (m tokens)      W: [n, k] (Hugging Face Linear layout)
 //! y: [m, n] f32 row-major
 //! ```
-//! Work is split over blocks of W's rows (rayon); inside a block, x is walked
+//! Work is split over blocks of W's rows (tasks of the CPU `pool`, handed
+//! out one at a time, so the 49152-row output projection is shared by rows); inside a block, x is walked
 //! in tiles of rows so a tile stays in cache while the block's weight rows
 //! stream past. Each task writes a disjoint set of columns of y.
 
@@ -13,7 +14,6 @@ use super::quant_f32::{block_sums, dot_f32_blocks};
 use super::simd::{dot_bf16, dot_f32};
 use crate::model::dequant::{dequantize_into, GgmlType};
 use half::bf16;
-use rayon::prelude::*;
 
 /// Weight storage of a matrix. bf16 weights are widened exactly in the dot
 /// product; GGUF block formats (Q4_0 … Q8_0, Q2_K … Q6_K; see
@@ -206,7 +206,7 @@ pub fn matmul_with(x: &[f32], m: usize, w: &Weight, bias: Option<&[f32]>, y: &mu
     if let Some(b) = bias {
         assert_eq!(b.len(), n);
     }
-    let threads = rayon::current_num_threads().max(1);
+    let threads = super::pool::threads();
     // Enough blocks to balance, few enough to amortise task overhead.
     let block = (n / (threads * 8)).clamp(4, 256);
     // Block-format weights: x quantized once, here, for every task.
@@ -221,7 +221,7 @@ pub fn matmul_with(x: &[f32], m: usize, w: &Weight, bias: Option<&[f32]>, y: &mu
     // weight rows (widened to f32 once when stored otherwise) goes through
     // the `gemm` crate's register-blocked kernels.
     let use_gemm = m >= GEMM_MIN_M;
-    (0..n.div_ceil(block)).into_par_iter().for_each(|bi| {
+    super::pool::run(n.div_ceil(block), |bi, _| {
         let out = out;
         let (j0, j1) = (bi * block, ((bi + 1) * block).min(n));
         if use_gemm {
