@@ -10,7 +10,7 @@
 //! stream past. Each task writes a disjoint set of columns of y.
 
 use super::quant::{self, quantize_rows, vec_dot, ActBlock};
-use super::quant_f32::{block_sums, dot_f32_blocks};
+use super::quant_f32::{block_sums, dot_f32_blocks, row_kernel};
 use super::simd::{dot_bf16, dot_f32};
 use crate::model::dequant::{dequantize_into, GgmlType};
 use half::bf16;
@@ -258,6 +258,23 @@ pub fn matmul_with(x: &[f32], m: usize, w: &Weight, bias: Option<&[f32]>, y: &mu
                 }
             }
             return;
+        }
+        // The common decode case (one block type, f32 activations, a fast
+        // kernel): the kernel and row size picked once for the whole task.
+        if let (WeightData::Blocks(ty, wd), true) = (&w.data, xq.is_empty()) {
+            if let Some(kernel) = row_kernel(*ty) {
+                let rb = w.data.row_bytes(k);
+                for j in j0..j1 {
+                    let row = &wd[j * rb..(j + 1) * rb];
+                    for i in 0..m {
+                        let xs = xsums.get(i * kb..(i + 1) * kb).unwrap_or(&[]);
+                        let v = kernel(&x[i * k..(i + 1) * k], xs, row) + bias.map_or(0.0, |b| b[j]);
+                        // SAFETY: (i, j) is in bounds and column j belongs to this task only.
+                        unsafe { *out.0.add(i * n + j) = v };
+                    }
+                }
+                return;
+            }
         }
         let put = |i: usize, j: usize, v: f32| {
             // SAFETY: (i, j) is in bounds and column j belongs to this task only.
