@@ -1,5 +1,6 @@
 //! CPU backend benchmarks: the matmul of a decode step and of a prefill
-//! chunk, paged attention, and one whole decode step of the default model.
+//! chunk, paged attention, one whole decode step of the default model, and
+//! what one parallel region costs on kiln's CPU pool against rayon.
 //!
 //! cargo bench --bench cpu
 
@@ -56,9 +57,39 @@ fn bench_decode_step(c: &mut Criterion) {
     c.bench_function("default model decode step (batch 1, ctx 128)", |b| b.iter(|| model.forward(black_box(&step), &mut kv)));
 }
 
+fn bench_region(c: &mut Criterion) {
+    use rayon::prelude::*;
+    use kiln::backend::cpu::pool;
+    // 16 tasks of ~1 µs each: a region as short as the smallest matmuls of
+    // a decode step (which runs ~120 of them); ideal = 16 µs / threads.
+    let task = |t: usize| {
+        let mut v = t as f32;
+        for _ in 0..1000 {
+            v = black_box(v * 0.999 + 0.5);
+        }
+        black_box(v);
+    };
+    c.bench_function("16 tasks of ~1 us, serial", |b| b.iter(|| (0..16).for_each(task)));
+    c.bench_function(&format!("pool region, 16 tasks of ~1 us, {} threads", pool::threads()), |b| {
+        b.iter(|| pool::run(16, |t, _| task(t)))
+    });
+    let rp = rayon::ThreadPoolBuilder::new().num_threads(pool::threads()).build().unwrap();
+    c.bench_function(&format!("rayon region (from inside its pool), 16 tasks of ~1 us, {} threads", pool::threads()), |b| {
+        b.iter_custom(|iters| {
+            rp.install(|| {
+                let t0 = std::time::Instant::now();
+                for _ in 0..iters {
+                    (0..16usize).into_par_iter().for_each(task);
+                }
+                t0.elapsed()
+            })
+        })
+    });
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).measurement_time(std::time::Duration::from_secs(4));
-    targets = bench_matmul, bench_attention, bench_decode_step
+    targets = bench_region, bench_matmul, bench_attention, bench_decode_step
 }
 criterion_main!(benches);

@@ -90,7 +90,7 @@ fn bert_runner(args: &EngineArgs, model: BertModel, pooling: Pooling) -> anyhow:
     let cell = std::cell::RefCell::new(Some(model));
     let cpu = || -> anyhow::Result<Box<dyn EncoderRunner>> {
         let model = cell.borrow_mut().take().expect("the model is taken once");
-        tracing::info!(device = "cpu", threads = rayon::current_num_threads(), "starting the embedding engine");
+        tracing::info!(device = "cpu", threads = crate::backend::cpu::pool::threads(), "starting the embedding engine");
         Ok(Box::new(BertRunner { model, pooling: pooling.clone() }))
     };
     let gpu = |choice| -> anyhow::Result<Box<dyn EncoderRunner>> {
@@ -167,9 +167,7 @@ fn cuda_decoder_runner(_: &EngineArgs, _: crate::backend::cuda::select::DeviceCh
 /// it fails, as generation models do. Decoders used for embeddings
 /// likewise (the CUDA generation runner, `CudaDecoderEmbedRunner`).
 pub fn start_embedding(args: &EngineArgs, path: &Path) -> anyhow::Result<EmbedEngine> {
-    if let Some(n) = args.threads {
-        let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
-    }
+    crate::launch::init_threads(args);
     let name = path.file_name().or(path.file_stem()).map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
     let (runner, tokenizer, limit, matryoshka, vocab): (Box<dyn EncoderRunner>, Tokenizer, usize, crate::model::pooling::Matryoshka, usize) =
         if path.is_dir() && read_config_json(path).is_some_and(|c| is_bert(&c)) {
@@ -188,7 +186,7 @@ pub fn start_embedding(args: &EngineArgs, path: &Path) -> anyhow::Result<EmbedEn
                 let loaded = crate::model::loader::load(path, |_, _| {})?;
                 let limit = input_limit(args, &pooling, loaded.model.cfg.max_position_embeddings)?;
                 let vocab = loaded.model.cfg.vocab_size;
-                tracing::info!(device = "cpu", threads = rayon::current_num_threads(), "starting the embedding engine");
+                tracing::info!(device = "cpu", threads = crate::backend::cpu::pool::threads(), "starting the embedding engine");
                 let runner = DecoderEmbedRunner::new(loaded.model, pooling.clone(), args.max_num_batched_tokens, args.max_num_seqs);
                 Ok((Box::new(runner), loaded.tokenizer, limit, vocab))
             };

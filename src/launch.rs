@@ -128,11 +128,19 @@ fn progress_bar(path: &Path) -> indicatif::ProgressBar {
     bar
 }
 
-/// Loads the model for the CPU backend, with a progress bar on a terminal.
-pub fn load_model(args: &EngineArgs) -> anyhow::Result<LoadedModel> {
+/// Sizes the CPU backend's thread pools from `--threads` (default: all
+/// cores): kiln's worker pool (`backend::cpu::pool`), which runs every op of
+/// a step, and rayon's global pool, which only dequantizes weights at load.
+pub fn init_threads(args: &EngineArgs) {
     if let Some(n) = args.threads {
         let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+        crate::backend::cpu::pool::init(n);
     }
+}
+
+/// Loads the model for the CPU backend, with a progress bar on a terminal.
+pub fn load_model(args: &EngineArgs) -> anyhow::Result<LoadedModel> {
+    init_threads(args);
     let path = resolve_model(&args.model_path()?)?;
     let t0 = Instant::now();
     let bar = progress_bar(&path);
@@ -235,7 +243,7 @@ fn start_cpu(args: &EngineArgs) -> anyhow::Result<Engine> {
     let engine_cfg = args.engine_config(&cfg, loaded.eos_token_ids.clone())?;
     let budget = (args.kv_cache_gib * (1u64 << 30) as f64) as usize;
     let blocks = kv_blocks_for_budget(&cfg, budget, args.block_size);
-    tracing::info!(device = "cpu", threads = rayon::current_num_threads(), kv_blocks = blocks, "starting the engine");
+    tracing::info!(device = "cpu", threads = crate::backend::cpu::pool::threads(), kv_blocks = blocks, "starting the engine");
     let runner = CpuRunner::new(loaded.model, blocks, args.block_size);
     finish_start(args, engine_cfg, Box::new(runner), loaded.tokenizer, loaded.name, cfg, loaded.generation)
 }

@@ -1,4 +1,4 @@
-//! Compute backends: `cpu` (rayon, always built; the reference) and `cuda`
+//! Compute backends: `cpu` (its own thread pool, always built; the reference) and `cuda`
 //! (behind the `cuda` feature).
 
 pub mod cpu;

@@ -121,7 +121,7 @@ pub fn report_json(args: &ThroughputArgs, model: &str, r: &ThroughputResult) -> 
         "block_size": args.engine.block_size,
         "kv_cache_gib": args.engine.kv_cache_gib,
         "prefix_caching": !args.engine.no_prefix_caching,
-        "threads": rayon::current_num_threads(),
+        "threads": crate::backend::cpu::pool::threads(),
     });
     v["config"] = config;
     v["date"] = json!(super::report::utc_stamp());

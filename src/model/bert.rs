@@ -13,7 +13,7 @@ use crate::backend::cpu::encoder::{gelu_erf_inplace, layer_norm, packed_attentio
 use crate::backend::cpu::ops::add_inplace;
 use crate::backend::cpu::matmul::WeightData;
 use crate::backend::cpu::{matmul, Weight};
-use rayon::prelude::*;
+use crate::backend::cpu::pool;
 use serde::Deserialize;
 use std::path::Path;
 
@@ -113,8 +113,9 @@ impl Linear {
         assert_eq!(x.len(), m * k, "linear: x is not [m, k]");
         // Row blocks of x, a few per thread; each block packs its own rows
         // once and the whole weight once.
-        let rows = m.div_ceil(2 * rayon::current_num_threads().max(1)).max(WIDE_GEMM_MIN_M);
-        y.par_chunks_mut(rows * n).zip(x.par_chunks(rows * k)).for_each(|(yb, xb)| {
+        let rows = m.div_ceil(2 * pool::threads()).max(WIDE_GEMM_MIN_M);
+        pool::for_each_chunk_mut(&mut y, rows * n, |i, yb| {
+            let xb = &x[i * rows * k..(i * rows * k + yb.len() / n * k)];
             let mb = xb.len() / k;
             // SAFETY: yb is [mb, n] row-major (column stride 1, row stride n),
             // xb is [mb, k] row-major, w is [n, k] row-major read as its
@@ -131,7 +132,7 @@ impl Linear {
                 );
             }
         });
-        y.par_chunks_mut(n).for_each(|row| row.iter_mut().zip(&self.b).for_each(|(y, b)| *y += b));
+        pool::for_each_chunk_mut(&mut y, n, |_, row| row.iter_mut().zip(&self.b).for_each(|(y, b)| *y += b));
         y
     }
 }

@@ -52,15 +52,6 @@ pub struct LlamaModel {
     act: ActQuant,
 }
 
-/// Runs `f` on a thread of rayon's pool. A parallel loop started from a
-/// thread outside the pool (the engine thread) is injected into the pool and
-/// waited for through a lock: ~240 such hand-offs per decode step of a
-/// 30-layer model. Started from inside, each is a plain join. So a forward
-/// pass pays the hand-off once.
-fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    rayon::scope(|_| f())
-}
-
 /// Loads tensors by name, checking their shapes against the config.
 struct Loader<'a> {
     src: &'a dyn WeightSource,
@@ -175,29 +166,24 @@ impl LlamaModel {
     /// the logits `[n, vocab]` of the last query token of each sequence with
     /// `want_logits`, in order.
     pub fn forward(&self, batch: &BatchInput, cache: &mut KvCache) -> Vec<f32> {
-        on_pool(|| {
-            let hs = self.residual_stream(batch, cache);
-            self.logits(batch, &hs)
-        })
+        let hs = self.residual_stream(batch, cache);
+        self.logits(batch, &hs)
     }
 
     /// `forward`, plus the logits `[rows, vocab]` of the query tokens whose
     /// next prompt token is wanted (`SeqInput::prompt_targets`): for each
     /// sequence in batch order, its first `prompt_targets.len()` query rows.
     pub fn forward_with_prompt(&self, batch: &BatchInput, cache: &mut KvCache) -> (Vec<f32>, Vec<f32>) {
-        on_pool(|| {
-            let hs = self.residual_stream(batch, cache);
-            let rows: Vec<usize> =
-                batch.seqs.iter().flat_map(|s| s.q_start..s.q_start + s.prompt_targets.len()).collect();
-            (self.logits(batch, &hs), self.logits_of_rows(&hs, &rows))
-        })
+        let hs = self.residual_stream(batch, cache);
+        let rows: Vec<usize> = batch.seqs.iter().flat_map(|s| s.q_start..s.q_start + s.prompt_targets.len()).collect();
+        (self.logits(batch, &hs), self.logits_of_rows(&hs, &rows))
     }
 
     /// The final-normed hidden state `[tokens, hidden]` of every query token
     /// of `batch` (transformers' `last_hidden_state`; decoder embedding
     /// models pool it), writing K/V into `cache` as `forward` does.
     pub fn last_hidden_state(&self, batch: &BatchInput, cache: &mut KvCache) -> Vec<f32> {
-        let hs = on_pool(|| self.residual_stream(batch, cache));
+        let hs = self.residual_stream(batch, cache);
         let mut out = vec![0.0f32; hs.len()];
         rms_norm(&hs, &self.norm, self.cfg.rms_norm_eps, &mut out);
         out

@@ -1,4 +1,4 @@
-//! The CPU model runner: the Llama-family forward pass on the rayon backend,
+//! The CPU model runner: the Llama-family forward pass on the CPU backend,
 //! then the sampler on each row of logits.
 
 use super::{ModelRunner, PromptLogprobs, SampleRequest, Sampled};
@@ -7,7 +7,7 @@ use crate::model::config::ModelConfig;
 use crate::model::llama::LlamaModel;
 use crate::model::BatchInput;
 use crate::sampling::{logprob_of, sample_masked};
-use rayon::prelude::*;
+use crate::backend::cpu::pool;
 
 pub struct CpuRunner {
     model: LlamaModel,
@@ -45,16 +45,13 @@ impl ModelRunner for CpuRunner {
         let vocab = self.model.cfg.vocab_size;
         let (mut logits, prompt_logits) = self.model.forward_with_prompt(batch, &mut self.cache);
         self.prompt_logprobs = prompt_logprobs(batch, &prompt_logits, vocab);
-        Ok(logits
-            .par_chunks_mut(vocab)
-            .zip(reqs.par_iter_mut())
-            .map(|(row, r)| {
-                // Only a constrained row waits for its mask; the others sample at once.
-                let mask = r.allowed_tokens.map(|m| m.wait());
-                let (token_id, logprob) = sample_masked(row, r.params, r.rng, r.prompt, r.output, mask.as_deref());
-                Sampled { token_id, logprob }
-            })
-            .collect())
+        let mut rows: Vec<(&mut [f32], &mut SampleRequest<'_>)> = logits.chunks_mut(vocab).zip(reqs.iter_mut()).collect();
+        Ok(pool::map_mut(&mut rows, |(row, r)| {
+            // Only a constrained row waits for its mask; the others sample at once.
+            let mask = r.allowed_tokens.map(|m| m.wait());
+            let (token_id, logprob) = sample_masked(row, r.params, r.rng, r.prompt, r.output, mask.as_deref());
+            Sampled { token_id, logprob }
+        }))
     }
     fn supports_prompt_logprobs(&self) -> bool {
         true
@@ -85,8 +82,7 @@ fn prompt_logprobs(batch: &BatchInput, logits: &[f32], vocab: usize) -> Vec<Prom
             continue;
         }
         let mine: Vec<&[f32]> = rows.by_ref().take(s.prompt_targets.len()).collect();
-        let logprobs =
-            mine.par_iter().zip(&s.prompt_targets).map(|(row, &t)| logprob_of(row, t, s.prompt_top)).collect();
+        let logprobs = pool::map(mine.len(), |i| logprob_of(mine[i], s.prompt_targets[i], s.prompt_top));
         out.push(PromptLogprobs { seq: i, logprobs });
     }
     out

@@ -42,7 +42,7 @@ pub struct PromptLogprobs {
     pub logprobs: Vec<TokenLogprob>,
 }
 
-/// A backend able to run steps. The CPU runner (rayon) and the CUDA runner
+/// A backend able to run steps. The CPU runner (worker pool) and the CUDA runner
 /// implement it; scheduler tests use a fake.
 pub trait ModelRunner: Send {
     /// Runs the forward pass of `batch`, writing K/V of its tokens into the

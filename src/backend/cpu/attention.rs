@@ -7,7 +7,7 @@
 //! ```
 
 use crate::model::BatchInput;
-use rayon::prelude::*;
+use super::pool::for_each_chunk_mut;
 
 /// The CPU KV pool: every layer's K and V for `num_blocks` blocks.
 pub struct KvCache {
@@ -67,7 +67,10 @@ pub fn paged_attention(batch: &BatchInput, cache: &KvCache, layer: usize, num_he
         }
     }
     let (kc, vc) = (&cache.k[layer], &cache.v[layer]);
-    out.par_chunks_mut(hd).enumerate().for_each(|(idx, o)| {
+    // A decode step of one short sequence is a few µs of work: cheaper on
+    // the calling thread than as a region of the pool.
+    let work: usize = batch.seqs.iter().map(|s| s.q_len * s.ctx_len).sum::<usize>() * num_heads * hd;
+    let head = |idx: usize, o: &mut [f32]| {
         let (t, h) = (idx / num_heads, idx % num_heads);
         let (si, qpos) = owner[t];
         let table = &batch.seqs[si].block_table;
@@ -91,5 +94,14 @@ pub fn paged_attention(batch: &BatchInput, cache: &KvCache, layer: usize, num_he
             let a = slot_off(p);
             super::simd::axpy(o, s / sum, &vc[a..a + hd]);
         }
-    });
+    };
+    if work < SERIAL_MAX_WORK {
+        out.chunks_mut(hd).enumerate().for_each(|(idx, o)| head(idx, o));
+    } else {
+        for_each_chunk_mut(out, hd, head);
+    }
 }
+
+/// Multiply-adds (query tokens × context × heads × head_dim) below which
+/// attention runs on the calling thread: ~2^17, some 10-20 µs on one core.
+const SERIAL_MAX_WORK: usize = 1 << 17;

@@ -8,13 +8,14 @@
 //! A token attends to every token of its own sequence and to nothing else,
 //! so no mask or padding is needed.
 
-use rayon::prelude::*;
+use super::pool::for_each_chunk_mut;
 
 /// out[r] = (x[r] - mean) / sqrt(var + eps) * w + b, per row of width
 /// `w.len()` (biased variance, as torch.nn.LayerNorm).
 pub fn layer_norm(x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) {
     let d = w.len();
-    out.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(o, x)| {
+    for_each_chunk_mut(out, d, |i, o| {
+        let x = &x[i * d..(i + 1) * d];
         let mean = x.iter().map(|&v| v as f64).sum::<f64>() / d as f64;
         let var = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / d as f64;
         let inv = 1.0 / (var + eps as f64).sqrt();
@@ -27,7 +28,7 @@ pub fn layer_norm(x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) {
 /// x <- x * Φ(x) = 0.5 x (1 + erf(x / √2)): transformers' "gelu" (not the
 /// tanh approximation), with `erf_f32`.
 pub fn gelu_erf_inplace(x: &mut [f32]) {
-    x.par_chunks_mut(4096).for_each(|c| c.iter_mut().for_each(|v| *v = 0.5 * *v * (1.0 + erf_f32(*v * std::f32::consts::FRAC_1_SQRT_2))));
+    for_each_chunk_mut(x, 4096, |_, c| c.iter_mut().for_each(|v| *v = 0.5 * *v * (1.0 + erf_f32(*v * std::f32::consts::FRAC_1_SQRT_2))));
 }
 
 /// erf(x) in f32 by Abramowitz and Stegun's 7.1.26 (Handbook of
@@ -58,7 +59,7 @@ pub fn packed_attention(qkv: &[f32], seqs: &[(usize, usize)], heads: usize, head
     }
     let scale = 1.0 / (head_dim as f32).sqrt();
     let mut out = vec![0.0f32; tokens * width];
-    out.par_chunks_mut(head_dim).enumerate().for_each(|(idx, o)| {
+    for_each_chunk_mut(&mut out, head_dim, |idx, o| {
         let (t, h) = (idx / heads, idx % heads);
         let (start, len) = owner[t];
         let row = |p: usize, part: usize| {

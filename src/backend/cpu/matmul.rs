@@ -4,16 +4,16 @@
 //! x: [m, k] f32 row-major (m tokens)      W: [n, k] (Hugging Face Linear layout)
 //! y: [m, n] f32 row-major
 //! ```
-//! Work is split over blocks of W's rows (rayon); inside a block, x is walked
+//! Work is split over blocks of W's rows (tasks of the CPU `pool`, handed
+//! out one at a time, so the 49152-row output projection is shared by rows); inside a block, x is walked
 //! in tiles of rows so a tile stays in cache while the block's weight rows
 //! stream past. Each task writes a disjoint set of columns of y.
 
 use super::quant::{self, quantize_rows, vec_dot, ActBlock};
-use super::quant_f32::{block_sums, dot_f32_blocks};
+use super::quant_f32::{block_sums, dot_f32_blocks, row_kernel};
 use super::simd::{dot_bf16, dot_f32};
 use crate::model::dequant::{dequantize_into, GgmlType};
 use half::bf16;
-use rayon::prelude::*;
 
 /// Weight storage of a matrix. bf16 weights are widened exactly in the dot
 /// product; GGUF block formats (Q4_0 … Q8_0, Q2_K … Q6_K; see
@@ -206,7 +206,7 @@ pub fn matmul_with(x: &[f32], m: usize, w: &Weight, bias: Option<&[f32]>, y: &mu
     if let Some(b) = bias {
         assert_eq!(b.len(), n);
     }
-    let threads = rayon::current_num_threads().max(1);
+    let threads = super::pool::threads();
     // Enough blocks to balance, few enough to amortise task overhead.
     let block = (n / (threads * 8)).clamp(4, 256);
     // Block-format weights: x quantized once, here, for every task.
@@ -221,7 +221,7 @@ pub fn matmul_with(x: &[f32], m: usize, w: &Weight, bias: Option<&[f32]>, y: &mu
     // weight rows (widened to f32 once when stored otherwise) goes through
     // the `gemm` crate's register-blocked kernels.
     let use_gemm = m >= GEMM_MIN_M;
-    (0..n.div_ceil(block)).into_par_iter().for_each(|bi| {
+    super::pool::run(n.div_ceil(block), |bi, _| {
         let out = out;
         let (j0, j1) = (bi * block, ((bi + 1) * block).min(n));
         if use_gemm {
@@ -258,6 +258,23 @@ pub fn matmul_with(x: &[f32], m: usize, w: &Weight, bias: Option<&[f32]>, y: &mu
                 }
             }
             return;
+        }
+        // The common decode case (one block type, f32 activations, a fast
+        // kernel): the kernel and row size picked once for the whole task.
+        if let (WeightData::Blocks(ty, wd), true) = (&w.data, xq.is_empty()) {
+            if let Some(kernel) = row_kernel(*ty) {
+                let rb = w.data.row_bytes(k);
+                for j in j0..j1 {
+                    let row = &wd[j * rb..(j + 1) * rb];
+                    for i in 0..m {
+                        let xs = xsums.get(i * kb..(i + 1) * kb).unwrap_or(&[]);
+                        let v = kernel(&x[i * k..(i + 1) * k], xs, row) + bias.map_or(0.0, |b| b[j]);
+                        // SAFETY: (i, j) is in bounds and column j belongs to this task only.
+                        unsafe { *out.0.add(i * n + j) = v };
+                    }
+                }
+                return;
+            }
         }
         let put = |i: usize, j: usize, v: f32| {
             // SAFETY: (i, j) is in bounds and column j belongs to this task only.

@@ -1,10 +1,12 @@
-//! The CPU backend (rayon): kiln's reference implementation of every op, and
-//! the engine every test and CI run uses.
+//! The CPU backend: kiln's reference implementation of every op, and the
+//! engine every test and CI run uses. Parallel ops run on kiln's own
+//! persistent worker pool (`pool`).
 
 pub mod attention;
 pub mod encoder;
 pub mod matmul;
 pub mod ops;
+pub mod pool;
 pub mod quant;
 pub mod quant_f32;
 #[cfg(target_arch = "x86_64")]

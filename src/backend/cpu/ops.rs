@@ -1,9 +1,10 @@
 //! Element-wise and row-wise CPU ops of the transformer block, in f32.
 
-use rayon::prelude::*;
+use super::pool::for_each_chunk_mut;
 
 /// Below this many elements an op runs on the calling thread: a decode step
-/// of one sequence is too small to pay for rayon's hand-offs.
+/// of one sequence (a few hundred values per op) costs less than waking the
+/// pool's workers for it.
 const PAR_MIN: usize = 1 << 14;
 
 /// out[r] = x[r] / sqrt(mean(x[r]²) + eps) * w, for each row of width `w.len()`.
@@ -12,7 +13,7 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     if x.len() < PAR_MIN {
         out.chunks_mut(d).zip(x.chunks(d)).for_each(|(o, x)| rms_norm_row(x, w, eps, o));
     } else {
-        out.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(o, x)| rms_norm_row(x, w, eps, o));
+        for_each_chunk_mut(out, d, |i, o| rms_norm_row(&x[i * d..(i + 1) * d], w, eps, o));
     }
 }
 
@@ -35,7 +36,7 @@ pub fn rms_norm_heads_inplace(x: &mut [f32], w: &[f32], eps: f32) {
     if x.len() < PAR_MIN {
         x.chunks_mut(d).for_each(norm);
     } else {
-        x.par_chunks_mut(d).for_each(norm);
+        for_each_chunk_mut(x, d, |_, h| norm(h));
     }
 }
 
@@ -59,7 +60,7 @@ pub fn rotary_inplace(x: &mut [f32], positions: &[u32], heads: usize, inv_freq: 
     if x.len() < PAR_MIN {
         x.chunks_mut(heads * d).zip(positions).for_each(rotate);
     } else {
-        x.par_chunks_mut(heads * d).zip(positions.par_iter()).for_each(rotate);
+        for_each_chunk_mut(x, heads * d, |i, row| rotate((row, &positions[i])));
     }
 }
 
@@ -75,7 +76,7 @@ pub fn silu_and_mul(gu: &[f32], inter: usize, out: &mut [f32]) {
     if out.len() < PAR_MIN {
         out.chunks_mut(inter).zip(gu.chunks(2 * inter)).for_each(row);
     } else {
-        out.par_chunks_mut(inter).zip(gu.par_chunks(2 * inter)).for_each(row);
+        for_each_chunk_mut(out, inter, |i, o| row((o, &gu[i * 2 * inter..(i + 1) * 2 * inter])));
     }
 }
 
@@ -84,7 +85,9 @@ pub fn add_inplace(x: &mut [f32], y: &[f32]) {
     if x.len() < PAR_MIN {
         x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
     } else {
-        x.par_iter_mut().with_min_len(PAR_MIN).zip(y.par_iter()).for_each(|(a, b)| *a += b);
+        for_each_chunk_mut(x, PAR_MIN / 4, |i, c| {
+            c.iter_mut().zip(&y[i * (PAR_MIN / 4)..]).for_each(|(a, b)| *a += b)
+        });
     }
 }
 

@@ -34,6 +34,50 @@ pub fn dot_f32_blocks(ty: GgmlType, x: &[f32], xsum: &[f32], row: &[u8]) -> f32 
     }
 }
 
+/// The dot `x · row` of `dot_f32_blocks` for rows of `ty`, chosen once for
+/// this CPU (so a matmul does not re-dispatch on the type and the CPU's
+/// features at every row); `None` for types without a fast kernel. Called as
+/// `kernel(x, xsum, row)`, `xsum` = `block_sums(x)` (Q4_1; ignored by Q8_0).
+pub fn row_kernel(ty: GgmlType) -> Option<fn(&[f32], &[f32], &[u8]) -> f32> {
+    match ty {
+        GgmlType::Q8_0 => {
+            #[cfg(target_arch = "x86_64")]
+            if has_avx512() {
+                return Some(|x, _, r| {
+                    // SAFETY: avx512f and f16c were checked.
+                    unsafe { x86::dot_q8_0_512(x, r) }
+                });
+            }
+            #[cfg(target_arch = "x86_64")]
+            if super::simd::has_avx2_fma() {
+                return Some(|x, _, r| {
+                    // SAFETY: avx2, fma and f16c were checked.
+                    unsafe { x86::dot_q8_0(x, r) }
+                });
+            }
+            Some(|x, _, r| dot_q8_0_portable(x, r))
+        }
+        GgmlType::Q4_1 => {
+            #[cfg(target_arch = "x86_64")]
+            if has_avx512() {
+                return Some(|x, s, r| {
+                    // SAFETY: avx512f and f16c were checked.
+                    unsafe { x86::dot_q4_1_512(x, s, r) }
+                });
+            }
+            #[cfg(target_arch = "x86_64")]
+            if super::simd::has_avx2_fma() {
+                return Some(|x, s, r| {
+                    // SAFETY: avx2, fma and f16c were checked.
+                    unsafe { x86::dot_q4_1(x, s, r) }
+                });
+            }
+            Some(dot_q4_1_portable)
+        }
+        _ => None,
+    }
+}
+
 #[inline]
 fn f16_at(b: &[u8], i: usize) -> f32 {
     f16::from_bits(u16::from_le_bytes([b[i], b[i + 1]])).to_f32()
