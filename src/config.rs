@@ -27,7 +27,7 @@ pub struct ServerConfig {
     #[arg(long)]
     pub served_model_name: Option<String>,
     /// An accepted API key (repeatable). With any key set, every route but /health needs one.
-    #[arg(long = "api-key", env = "KILN_API_KEY")]
+    #[arg(long = "api-key", env = "KILN_API_KEY", hide_env_values = true)]
     pub api_keys: Vec<String>,
     /// TOML or JSON file of keys with names and per-key limits (rpm, rpd, tpm).
     #[arg(long)]
@@ -83,7 +83,7 @@ pub struct ServerConfig {
     /// live in that PostgreSQL database, and replicas pointed at it share
     /// batch work line by line. Unset or empty: SQLite under --data-dir
     /// (with a store set, --data-dir only holds uploads in transit).
-    #[arg(long, env = "KILN_STORE")]
+    #[arg(long, env = "KILN_STORE", hide_env_values = true)]
     pub store: Option<String>,
     /// Seconds a replica's claim on batch lines lasts unless renewed (it
     /// renews every third of it while working): after a replica dies, its

@@ -153,14 +153,30 @@ pub fn parse_url(url: &str) -> Result<tokio_postgres::Config, PgError> {
     Ok(config)
 }
 
-/// `url` with its password replaced by `***` (for messages and logs).
+/// `url` with its password replaced by `***` (for messages and logs): the
+/// one in `user:password@` and any `password=` query parameter (libpq's
+/// URL form accepts both).
 pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
-    let Some((userinfo, host)) = rest.split_once('@') else { return url.to_string() };
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_string(),
-    }
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let base = match base.split_once("://").and_then(|(scheme, rest)| Some((scheme, rest.rsplit_once('@')?))) {
+        Some((scheme, (userinfo, host))) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+            None => base.to_string(),
+        },
+        None => base.to_string(),
+    };
+    let Some(query) = query else { return base };
+    let params: Vec<String> = query
+        .split('&')
+        .map(|kv| match kv.split_once('=') {
+            Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+            _ => kv.to_string(),
+        })
+        .collect();
+    format!("{base}?{}", params.join("&"))
 }
 
 impl SharedStore {
@@ -221,5 +237,25 @@ mod tests {
         assert_eq!(redact("postgres://u:secret@h:1/d"), "postgres://u:***@h:1/d");
         assert_eq!(redact("postgres://u@h/d"), "postgres://u@h/d");
         assert!(SharedStore::new("postgres://u@127.0.0.1:1/d", 0).unwrap().lease_secs == 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn redact_hides_every_form_of_password() {
+        assert_eq!(redact("postgres://kiln:s3cret@db:5432/kiln"), "postgres://kiln:***@db:5432/kiln");
+        assert_eq!(redact("postgres://kiln:p@ss@db/kiln"), "postgres://kiln:***@db/kiln");
+        assert_eq!(
+            redact("postgres://kiln@db/kiln?sslmode=disable&password=s3cret"),
+            "postgres://kiln@db/kiln?sslmode=disable&password=***"
+        );
+        assert_eq!(redact("postgresql://db/kiln?PASSWORD=x&user=k"), "postgresql://db/kiln?PASSWORD=***&user=k");
+        assert_eq!(redact("postgres://kiln@db/kiln"), "postgres://kiln@db/kiln");
+        for url in ["postgres://a:s3cret@h/d?password=s3cret", "postgres://a@h/d?password=s3cret"] {
+            assert!(!redact(url).contains("s3cret"), "{url}");
+        }
     }
 }

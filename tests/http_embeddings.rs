@@ -95,6 +95,9 @@ async fn embeddings_and_chat_in_one_server() {
     assert!(msg.contains("256") && msg.contains("302"), "both numbers: {msg}");
     let (st, t) = post(base, "/v1/embeddings", &json!({"model": "minilm", "input": long, "truncate_prompt_tokens": 256})).await;
     assert_eq!((st, t["usage"]["prompt_tokens"].as_u64()), (200, Some(256)), "{t}");
+    // k below the [CLS] and [SEP] every input carries: a 400, not 2 tokens.
+    let (st, e) = post(base, "/v1/embeddings", &json!({"model": "minilm", "input": long, "truncate_prompt_tokens": 1})).await;
+    assert_eq!((st, e["error"]["param"].as_str()), (400, Some("truncate_prompt_tokens")), "{e}");
     let (st, e) = post(base, "/v1/embeddings", &json!({"model": "minilm", "input": "hi", "dimensions": 64})).await;
     assert_eq!(st, 400, "MiniLM is not a Matryoshka model: {e}");
     // Its native size truncates nothing: accepted (was a 400), same vector.
@@ -137,6 +140,15 @@ async fn embeddings_and_chat_in_one_server() {
     let five_xx: Vec<&str> = metrics.lines().filter(|l| l.starts_with("kiln_requests_total") && l.contains("status=\"5") && !l.contains("/health")).collect();
     assert!(five_xx.is_empty(), "{five_xx:?}");
     assert!(metrics.contains(r#"kiln_prompt_tokens_total{model="minilm"}"#), "{metrics}");
+    // vLLM's prefill-token counter counts the embedding model's inputs too.
+    let of_minilm = |name: &str| {
+        metrics.lines().find_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            (series.starts_with(name) && series.contains("\"minilm\"")).then(|| value.parse::<f64>().ok())?
+        })
+    };
+    let (kiln_tokens, vllm_tokens) = (of_minilm("kiln_prompt_tokens_total{"), of_minilm("vllm:prompt_tokens_total{"));
+    assert!(vllm_tokens.is_some_and(|v| v > 0.0) && vllm_tokens == kiln_tokens, "{kiln_tokens:?} {vllm_tokens:?}");
     assert!(metrics.contains(&format!(r#"kiln_generation_tokens_total{{model="{CHAT}"}}"#)), "{metrics}");
     assert!(metric_value(&metrics, "kiln_engine_steps_total").unwrap() > 0.0);
 }

@@ -196,6 +196,22 @@ async fn replicas_share_batches_and_responses() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains(says), "--store {bad}: {err}");
     }
+    // Passwords stay out of messages and --help, in every form.
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["serve", "--port", "0", "--store", "postgres://kiln@127.0.0.1:1/kiln?password=s3cret-q", "--model"])
+        .arg(&model)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && !err.contains("s3cret-q") && err.contains("password=***"), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["serve", "--help"])
+        .env("KILN_STORE", "postgres://kiln:s3cret-env@db/kiln")
+        .env("KILN_API_KEY", "sk-s3cret-key")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("KILN_STORE") && !help.contains("s3cret"), "{help}");
 
     let flags = ["--store", url.as_str(), "--store-lease", LEASE, "--max-batch-inflight", "3"];
     let mut a = Kiln::start(&work.path().join("a"), &flags).await.expect("replica A");
@@ -306,6 +322,11 @@ async fn replicas_share_batches_and_responses() {
     let (code, body) = api_b.get(&format!("/v1/responses/{rid}")).await;
     assert_eq!(code, 503, "{body}");
     assert_eq!(body["error"]["code"], "store_unavailable", "{body}");
+    // A response that cannot be stored is not answered with an id nobody
+    // can retrieve.
+    let (code, body) = api_b.post("/v1/responses", &json!({"model": MODEL, "input": "hi", "max_output_tokens": 4})).await;
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(body["error"]["code"], "store_unavailable", "{body}");
     let (code, health) = api_b.get("/v1/models").await;
     assert_eq!(code, 200, "the rest still works: {health}");
 }
@@ -410,6 +431,11 @@ async fn claims_are_exclusive_and_leases_lapse() {
     e.status = BatchStatus::InProgress;
     assert!(store.start_batch(&e, &lines).await.unwrap());
     let some = store.claim("batch_2", "r1", 5).await.unwrap();
+    // A claim takes at most what was asked, whatever plan the database
+    // picks for it (the locked subquery runs once).
+    assert_eq!(some.len(), 5);
+    let held = pg.query("SELECT count(*) FROM kiln_batch_lines WHERE batch_id = 'batch_2' AND claimed_by = 'r1' AND state = 0");
+    assert_eq!(held[0][0], "5", "claimed rows in the table");
     for l in &some[..3] {
         assert!(store.complete("batch_2", l.idx, "r1", &ok(&l.custom_id)).await.unwrap());
     }

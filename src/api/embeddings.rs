@@ -244,7 +244,18 @@ fn tokenize(codec: &dyn TextCodec, inputs: Vec<RawInput>, truncate: Option<usize
         .map(|(i, raw)| {
             let param = if many { format!("input[{i}]") } else { "input".to_string() };
             let ids = match (raw, truncate) {
-                (RawInput::Text(t), Some(k)) => codec.encode_truncated(&t, k).map_err(|e| codec_error(e, &param))?,
+                (RawInput::Text(t), Some(k)) => {
+                    let ids = codec.encode_truncated(&t, k).map_err(|e| codec_error(e, &param))?;
+                    if ids.len() > k {
+                        // Only the special tokens are left and they are more than k.
+                        let msg = format!(
+                            "truncate_prompt_tokens {k} is less than the {} special tokens the model adds to every input",
+                            ids.len()
+                        );
+                        return Err(ApiError::invalid(msg, "truncate_prompt_tokens"));
+                    }
+                    ids
+                }
                 (RawInput::Text(t), None) => codec.encode(&t, true).map_err(|e| codec_error(e, &param))?,
                 (RawInput::Ids(mut ids), Some(k)) => {
                     ids.truncate(k);
@@ -309,6 +320,7 @@ pub async fn embeddings(
         SubmitError::Closed => ApiError::ShuttingDown,
     })?;
     let vectors = rx.await.map_err(|_| ApiError::ShuttingDown)?.map_err(ApiError::Engine)?;
+    state.metrics.vllm.on_pooled(tokens);
     let data = vectors
         .into_iter()
         .enumerate()

@@ -190,6 +190,14 @@ impl VllmMetrics {
         self.prompt_tokens.increment(prompt_tokens as u64);
     }
 
+    /// A finished embedding (pooling) request of `prompt_tokens` tokens over
+    /// all its inputs: vLLM counts a pooling model's inputs as prefill
+    /// tokens (`vllm:prompt_tokens_total`, `vllm:request_prompt_tokens`).
+    pub fn on_pooled(&self, prompt_tokens: usize) {
+        self.prompt_tokens.increment(prompt_tokens as u64);
+        self.request_prompt_tokens.record(prompt_tokens as f64);
+    }
+
     /// One generated token; `since_previous`: time since the sequence's
     /// previous token (None for its first).
     pub fn on_token(&self, since_previous: Option<Duration>) {

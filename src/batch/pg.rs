@@ -257,10 +257,12 @@ impl PgBatchStore {
         let lease = self.shared.lease_secs as f64;
         let rows = c
             .query(
-                "UPDATE kiln_batch_lines l SET claimed_by = $2, lease_expires_at = now() + make_interval(secs => $3)
-                 FROM (SELECT idx FROM kiln_batch_lines
-                       WHERE batch_id = $1 AND state = 0 AND (claimed_by IS NULL OR lease_expires_at < now())
-                       ORDER BY idx LIMIT $4 FOR UPDATE SKIP LOCKED) free
+                "WITH free AS MATERIALIZED (
+                     SELECT idx FROM kiln_batch_lines
+                     WHERE batch_id = $1 AND state = 0 AND (claimed_by IS NULL OR lease_expires_at < now())
+                     ORDER BY idx LIMIT $4 FOR UPDATE SKIP LOCKED)
+                 UPDATE kiln_batch_lines l SET claimed_by = $2, lease_expires_at = now() + make_interval(secs => $3)
+                 FROM free
                  WHERE l.batch_id = $1 AND l.idx = free.idx
                  RETURNING l.idx, l.custom_id, l.byte_offset, l.byte_len, l.weight",
                 &[&batch, &me, &lease, &(n as i64)],

@@ -221,17 +221,25 @@ pub async fn create(
     }
     drive(running, &mut run).await?;
     // Answer once the response is stored: another replica asked for it
-    // right after must find it. (A stream's last event may reach the client
-    // a moment before its row is written.)
+    // right after must find it, and a response that could not be stored is
+    // not answered with an id nobody can retrieve (503 store_unavailable,
+    // as retrieving it would answer). A stream's last event may reach the
+    // client a moment before its row is written, and a failure to store a
+    // streamed response is only logged: its events are already sent.
     let stored = saving.lock().unwrap_or_else(|p| p.into_inner()).take();
     if let Some(task) = stored {
-        let _ = task.await;
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(store_error(e)),
+            Err(e) => return Err(ApiError::Internal(format!("storing the response: {e}"))),
+        }
     }
     Ok(Json(run.result.unwrap_or(Value::Null)).into_response())
 }
 
-/// The task storing a finished response, for the handler to wait on.
-type Saving = Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>;
+/// The task storing a finished response, for the handler to wait on; it
+/// yields the store's error, if any.
+type Saving = Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<Result<(), store::StoreError>>>>>;
 
 /// Stores the finished response with the conversation it continues (on a
 /// task: the store may be a remote database), leaving the task in `saving`.
@@ -248,9 +256,11 @@ fn saver(store: Arc<ResponseStore>, owner: String, input: wire::Input, mut histo
             history,
         };
         let task = tokio::spawn(async move {
-            if let Err(e) = store.insert(&row).await {
+            let stored = store.insert(&row).await;
+            if let Err(e) = &stored {
                 tracing::error!(error = %e, id = %row.id, "could not store a response");
             }
+            stored
         });
         *saving.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
     })

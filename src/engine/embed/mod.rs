@@ -213,9 +213,9 @@ impl Worker {
             }
             self.stats.num_waiting.store(self.queue.len() as u64, Relaxed);
         }
-        for (_, p) in self.requests.drain() {
-            let _ = p.tx.send(Err("the embedding engine has shut down".into()));
-        }
+        // Dropping the reply senders tells the waiting handlers the engine
+        // has shut down (a 503 shutting_down, as for generation).
+        self.requests.clear();
     }
 
     /// Takes every queued message, blocking for one when idle. False on shutdown.
