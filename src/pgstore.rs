@@ -238,11 +238,6 @@ mod tests {
         assert_eq!(redact("postgres://u@h/d"), "postgres://u@h/d");
         assert!(SharedStore::new("postgres://u@127.0.0.1:1/d", 0).unwrap().lease_secs == 1);
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact;
 
     #[test]
     fn redact_hides_every_form_of_password() {
