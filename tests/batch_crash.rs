@@ -8,35 +8,13 @@
 
 mod batch_support;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use batch_support::*;
-use serde_json::Value;
 
 const N: usize = 120;
 const MAX_TOKENS: u32 = 8;
 const SERVER_FLAGS: &[&str] = &["--max-batch-inflight", "16"];
-
-/// The crash-free reference: `kiln batch` over the same file.
-fn offline_reference(dir: &std::path::Path, input: &std::path::Path) -> Option<Vec<Value>> {
-    let model = default_model()?;
-    let output = dir.join("reference.jsonl");
-    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .arg("batch")
-        .arg(input)
-        .arg("-o")
-        .arg(&output)
-        .arg("--model")
-        .arg(&model)
-        .args(SMALL)
-        .output()
-        .expect("run kiln batch");
-    assert!(out.status.success(), "kiln batch failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(!dir.join("reference.jsonl.partial").exists(), "the work folder is removed at the end");
-    let text = std::fs::read_to_string(&output).unwrap();
-    Some(text.lines().map(|l| serde_json::from_str(l).unwrap()).collect())
-}
 
 async fn counts(api: &Api, id: &str) -> (String, u64) {
     let (_, b) = api.get(&format!("/v1/batches/{id}")).await;

@@ -17,7 +17,7 @@
 
 mod batch_support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -120,25 +120,6 @@ impl Drop for Postgres {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-/// The crash-free reference: `kiln batch` over the same file, offline.
-fn offline_reference(dir: &Path, input: &Path) -> Option<Vec<Value>> {
-    let model = default_model()?;
-    let output = dir.join("reference.jsonl");
-    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .arg("batch")
-        .arg(input)
-        .arg("-o")
-        .arg(&output)
-        .arg("--model")
-        .arg(&model)
-        .args(SMALL)
-        .output()
-        .expect("run kiln batch");
-    assert!(out.status.success(), "kiln batch failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    let text = std::fs::read_to_string(&output).unwrap();
-    Some(text.lines().map(|l| serde_json::from_str(l).unwrap()).collect())
 }
 
 /// Replicas answering each line of `batch`: (replica name, lines).

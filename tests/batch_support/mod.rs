@@ -197,3 +197,25 @@ pub fn answers(lines: &[Value]) -> std::collections::BTreeMap<String, (String, S
         })
         .collect()
 }
+
+/// The crash-free reference of a batch: `kiln batch` over the same input
+/// file, offline, with the same engine flags (`SMALL`); its output lines.
+/// None (the test skips) without the default model.
+pub fn offline_reference(dir: &Path, input: &Path) -> Option<Vec<Value>> {
+    let model = default_model()?;
+    let output = dir.join("reference.jsonl");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg("batch")
+        .arg(input)
+        .arg("-o")
+        .arg(&output)
+        .arg("--model")
+        .arg(&model)
+        .args(SMALL)
+        .output()
+        .expect("run kiln batch");
+    assert!(out.status.success(), "kiln batch failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!dir.join("reference.jsonl.partial").exists(), "the work folder is removed at the end");
+    let text = std::fs::read_to_string(&output).unwrap();
+    Some(text.lines().map(|l| serde_json::from_str(l).unwrap()).collect())
+}
