@@ -109,11 +109,16 @@ impl BatchService {
         let tmp = dir.tmp();
         std::fs::remove_dir_all(&tmp).and_then(|_| std::fs::create_dir_all(&tmp)).map_err(io_err(&tmp))?;
         collect_garbage(&dir, &store)?;
+        Self::with_store(main, dir, BatchStore::Sqlite(Mutex::new(store)), String::new())
+    }
+
+    /// The service over `store`, its places sized by `--max-batch-inflight`.
+    fn with_store(main: &Arc<AppState>, dir: DataDir, store: BatchStore, replica: String) -> Result<Arc<BatchService>, ServiceError> {
         let cap = main.config.max_batch_inflight.get();
-        let svc = BatchService {
+        Ok(Arc::new(BatchService {
             dir,
-            store: BatchStore::Sqlite(Mutex::new(store)),
-            replica: String::new(),
+            store,
+            replica,
             live: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             slots: Arc::new(Semaphore::new(cap)),
@@ -121,8 +126,7 @@ impl BatchService {
             exec: Arc::new(LineExecutor::new(main)?),
             max_file_bytes: main.config.max_file_bytes,
             main: main.clone(),
-        };
-        Ok(Arc::new(svc))
+        }))
     }
 
     /// Over the shared store: uploads in transit under `--data-dir/tmp`
@@ -144,20 +148,7 @@ impl BatchService {
             }
         }
         let shared = crate::pgstore::SharedStore::new(url, main.config.store_lease).map_err(StoreError::from)?;
-        let cap = main.config.max_batch_inflight.get();
-        let svc = BatchService {
-            dir,
-            store: BatchStore::Postgres(super::pg::PgBatchStore { shared }),
-            replica: crate::pgstore::replica_name(),
-            live: Mutex::new(HashMap::new()),
-            wake: Notify::new(),
-            slots: Arc::new(Semaphore::new(cap)),
-            cap,
-            exec: Arc::new(LineExecutor::new(main)?),
-            max_file_bytes: main.config.max_file_bytes,
-            main: main.clone(),
-        };
-        Ok(Arc::new(svc))
+        Self::with_store(main, dir, BatchStore::Postgres(super::pg::PgBatchStore { shared }), crate::pgstore::replica_name())
     }
 
     /// The SQLite store: only the local driver (`driver.rs`) uses it, and
