@@ -93,8 +93,9 @@ def check_deployment(path, d, docs, help_text):
         if m and not re.search(rf"--{re.escape(m.group(1))}(?![a-z0-9-])", help_text):
             fail(f"{where}: kiln serve has no flag --{m.group(1)}")
     for env in c.get("env", []):
-        # kiln's own variables must be ones a flag reads ([env: KILN_...]).
-        if env["name"].startswith("KILN_") and not re.search(rf"\[env:\s+{re.escape(env['name'])}=", help_text):
+        # kiln's own variables must be ones a flag reads: `[env: KILN_X=value]`,
+        # or `[env: KILN_X]` for flags whose values help hides (keys, store URL).
+        if env["name"].startswith("KILN_") and not re.search(rf"\[env:\s+{re.escape(env['name'])}[=\]]", help_text):
             fail(f"{where}: env {env['name']} is read by no kiln serve flag")
         ref = env.get("valueFrom", {}).get("secretKeyRef")
         if ref:
