@@ -6,7 +6,8 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use kiln::backend::cpu::attention::paged_attention;
-use kiln::backend::cpu::{matmul, KvCache, Weight};
+use kiln::backend::cpu::{matmul, KvCache, Weight, WeightData};
+use kiln::model::dequant::GgmlType;
 use kiln::model::BatchInput;
 use std::hint::black_box;
 
@@ -18,6 +19,35 @@ fn bench_matmul(c: &mut Criterion) {
         let x: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
         let mut y = vec![0.0; m * n];
         c.bench_function(&format!("matmul f32 m={m} n={n} k={k}"), |b| b.iter(|| matmul(black_box(&x), m, &w, None, &mut y)));
+    }
+}
+
+/// `n_blocks` blocks of `bytes` bytes: pseudo-random quants behind fixed
+/// small f16 scales at `scales` (byte offsets), so every value is finite.
+fn blocks(n_blocks: usize, bytes: usize, scales: &[usize]) -> Vec<u8> {
+    let mut v: Vec<u8> = (0..n_blocks * bytes).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    for b in v.chunks_mut(bytes) {
+        for &at in scales {
+            b[at..at + 2].copy_from_slice(&half::f16::from_f32(0.01).to_le_bytes());
+        }
+    }
+    v
+}
+
+/// Block-format weights at the batch sizes of decode (1 .. 16 sequences)
+/// and prefill chunks: where the row kernels hand over to the widen + gemm
+/// path (`BLOCK_GEMM_MIN_M` in matmul.rs).
+fn bench_block_matmul(c: &mut Criterion) {
+    let (n, k) = (3072, 576);
+    let q4_1 = Weight { rows: n, cols: k, data: WeightData::Blocks(GgmlType::Q4_1, blocks(n * k / 32, 20, &[0, 2])) };
+    let (n4, k4) = (2816, 1024);
+    let q4_k = Weight { rows: n4, cols: k4, data: WeightData::Blocks(GgmlType::Q4_K, blocks(n4 * k4 / 256, 144, &[0, 2])) };
+    for (name, w) in [("q4_1", &q4_1), ("q4_k", &q4_k)] {
+        for m in [1usize, 4, 16, 32, 48, 64, 128] {
+            let x: Vec<f32> = (0..m * w.cols).map(|i| (i % 7) as f32 * 0.1).collect();
+            let mut y = vec![0.0; m * w.rows];
+            c.bench_function(&format!("matmul {name} m={m} n={} k={}", w.rows, w.cols), |b| b.iter(|| matmul(black_box(&x), m, w, None, &mut y)));
+        }
     }
 }
 
@@ -90,6 +120,6 @@ fn bench_region(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).measurement_time(std::time::Duration::from_secs(4));
-    targets = bench_region, bench_matmul, bench_attention, bench_decode_step
+    targets = bench_region, bench_matmul, bench_block_matmul, bench_attention, bench_decode_step
 }
 criterion_main!(benches);

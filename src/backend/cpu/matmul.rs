@@ -10,9 +10,10 @@
 //! stream past. Each task writes a disjoint set of columns of y.
 
 use super::quant::{self, quantize_rows, vec_dot, ActBlock};
-use super::quant_f32::{block_sums, dot_f32_blocks, row_kernel};
+use super::quant_f32::{block_sums, dot_f32_blocks, widen_into, RowKernel, MAX_ROWS};
 use super::simd::{dot_bf16, dot_f32};
-use crate::model::dequant::{dequantize_into, GgmlType};
+use super::tile;
+use crate::model::dequant::GgmlType;
 use half::bf16;
 
 /// Weight storage of a matrix. bf16 weights are widened exactly in the dot
@@ -50,15 +51,6 @@ impl WeightData {
             _ => false,
         }
     }
-
-    /// Whether any rows are Q4_1 blocks (whose f32 dot wants x's block sums).
-    fn has_q4_1(&self) -> bool {
-        match self {
-            WeightData::Blocks(ty, _) => *ty == GgmlType::Q4_1,
-            WeightData::Stack(parts) => parts.iter().any(|p| p.data.has_q4_1()),
-            _ => false,
-        }
-    }
 }
 
 /// How the activations of a matmul of fewer than `GEMM_MIN_M` rows meet
@@ -89,7 +81,7 @@ impl Weight {
     }
 
     /// x · row r; `xq` holds x as activation blocks (block formats with
-    /// `ActQuant::Int16`), `xsum` its 32-wide sums (Q4_1 with `ActQuant::F32`).
+    /// `ActQuant::Int16`), `xsum` its 32-wide sums (Q4_1 / Q4_K with `ActQuant::F32`).
     #[inline]
     fn dot_row(&self, r: usize, x: &[f32], xsum: &[f32], xq: &[ActBlock]) -> f32 {
         let (a, b) = (r * self.cols, (r + 1) * self.cols);
@@ -124,6 +116,30 @@ impl Weight {
         panic!("row out of range")
     }
 
+    /// The block-format storages of the rows, each with its first row and
+    /// its kernel (one for `Blocks`, one per part for a `Stack`; parts in
+    /// f32 or bf16 have no kernel).
+    fn block_parts(&self) -> Vec<(usize, &Weight, Option<RowKernel>)> {
+        match &self.data {
+            WeightData::Blocks(ty, _) => vec![(0, self, Some(RowKernel::new(*ty)))],
+            WeightData::Stack(parts) => {
+                let mut first = 0;
+                parts
+                    .iter()
+                    .map(|p| {
+                        let k = match &p.data {
+                            WeightData::Blocks(ty, _) => Some(RowKernel::new(*ty)),
+                            _ => None,
+                        };
+                        first += p.rows;
+                        (first - p.rows, p, k)
+                    })
+                    .collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+
     /// Copies row `r` into `out` as f32 (embedding lookup).
     pub fn row_into(&self, r: usize, out: &mut [f32]) {
         let (a, b) = (r * self.cols, (r + 1) * self.cols);
@@ -132,7 +148,7 @@ impl Weight {
             WeightData::Bf16(w) => out.iter_mut().zip(&w[a..b]).for_each(|(o, v)| *o = v.to_f32()),
             WeightData::Blocks(ty, w) => {
                 let rb = self.data.row_bytes(self.cols);
-                dequantize_into(*ty, &w[r * rb..(r + 1) * rb], out)
+                widen_into(*ty, &w[r * rb..(r + 1) * rb], out)
             }
             WeightData::Stack(parts) => {
                 let (p, r) = Self::part(parts, r);
@@ -187,10 +203,28 @@ struct SyncPtr(*mut f32);
 // SAFETY: tasks write disjoint elements (their own columns) of the buffer.
 unsafe impl Send for SyncPtr {}
 unsafe impl Sync for SyncPtr {}
+impl SyncPtr {
+    /// The pointer (a method, so closures capture the whole `SyncPtr`).
+    #[inline]
+    fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
 
-const X_TILE: usize = 32;
-/// Rows of x from which the matmul runs as a GEMM.
+/// Rows of x from which f32 and bf16 weights go through `gemm`.
 const GEMM_MIN_M: usize = 8;
+/// Rows of x from which block-format weights are widened to f32 a task's
+/// rows at a time and go through `gemm` (prefill chunks). Below it, from
+/// `TILE_MIN_M` rows, `tile::NR` weight rows at a time are widened into L1
+/// scratch and met by `tile::MR` rows of x per `tile::dots` call; below
+/// that (single-sequence decode) the row kernels widen each weight value in
+/// registers. Both thresholds measured with `cargo bench --bench cpu --
+/// "matmul q4"` (the default model's Q4_1 MLP and a Q4_K shape, 2 threads):
+/// at m = 16 tiles take 0.48 ms where row kernels take 0.96 and gemm 0.77;
+/// tiles and gemm meet near m = 64.
+const BLOCK_GEMM_MIN_M: usize = 64;
+/// See `BLOCK_GEMM_MIN_M`.
+const TILE_MIN_M: usize = 4;
 
 /// y[m, n] = x[m, k] · Wᵀ + bias, exact f32 activations.
 pub fn matmul(x: &[f32], m: usize, w: &Weight, bias: Option<&[f32]>, y: &mut [f32]) {
@@ -209,46 +243,63 @@ pub fn matmul_with(x: &[f32], m: usize, w: &Weight, bias: Option<&[f32]>, y: &mu
     let threads = super::pool::threads();
     // Enough blocks to balance, few enough to amortise task overhead.
     let block = (n / (threads * 8)).clamp(4, 256);
-    // Block-format weights: x quantized once, here, for every task.
-    let (xq, xsums): (Vec<ActBlock>, Vec<f32>) = match (&w.data, act) {
-        (d, ActQuant::Int16) if m < GEMM_MIN_M && d.has_blocks() => (quantize_rows(x, k), Vec::new()),
-        (d, ActQuant::F32) if m < GEMM_MIN_M && d.has_q4_1() => (Vec::new(), x.chunks(k).flat_map(block_sums).collect()),
-        _ => (Vec::new(), Vec::new()),
+    let blocks = w.data.has_blocks();
+    // With enough rows of x the work is a real GEMM: the task's block of
+    // weight rows (widened to f32 once when stored otherwise) goes through
+    // the `gemm` crate's register-blocked kernels.
+    let use_gemm = m >= if blocks { BLOCK_GEMM_MIN_M } else { GEMM_MIN_M };
+    let int16 = act == ActQuant::Int16 && blocks && m < GEMM_MIN_M;
+    let use_tiles = blocks && !use_gemm && !int16 && m >= TILE_MIN_M;
+    let parts = if use_gemm || int16 || use_tiles { Vec::new() } else { w.block_parts() };
+    // Block-format weights: x quantized (Int16) or summed by 32 (Q4_1, Q4_K)
+    // once, here, for every task.
+    let (xq, xsums): (Vec<ActBlock>, Vec<f32>) = if int16 {
+        (quantize_rows(x, k), Vec::new())
+    } else if parts.iter().any(|(_, _, kn)| kn.is_some_and(|kn| kn.needs_sums)) {
+        (Vec::new(), x.chunks(k).flat_map(block_sums).collect())
+    } else {
+        (Vec::new(), Vec::new())
     };
     let kb = k.div_ceil(quant::QK);
     let out = SyncPtr(y.as_mut_ptr());
-    // With several rows of x the work is a real GEMM: the task's block of
-    // weight rows (widened to f32 once when stored otherwise) goes through
-    // the `gemm` crate's register-blocked kernels.
-    let use_gemm = m >= GEMM_MIN_M;
+    let put = |i: usize, j: usize, v: f32| {
+        // SAFETY: (i, j) is in bounds and column j belongs to this task only.
+        unsafe { *out.ptr().add(i * n + j) = v + bias.map_or(0.0, |b| b[j]) };
+    };
     super::pool::run(n.div_ceil(block), |bi, _| {
         let out = out;
         let (j0, j1) = (bi * block, ((bi + 1) * block).min(n));
         if use_gemm {
-            let widened;
-            let wb: &[f32] = match &w.data {
-                WeightData::F32(d) => &d[j0 * k..j1 * k],
-                _ => {
-                    let mut v = vec![0f32; (j1 - j0) * k];
-                    for (j, row) in (j0..j1).zip(v.chunks_mut(k)) {
-                        w.row_into(j, row);
-                    }
-                    widened = v;
-                    &widened
+            // y[:, c0..c1] = x · wbᵀ, wb = rows c0..c1 of W as f32.
+            let gemm = |c0: usize, c1: usize, wb: &[f32]| {
+                // SAFETY: y[i, c0..c1] for all i is inside this task's own
+                // region of the [m, n] buffer; x is [m, k] and wb is
+                // [c1-c0, k], read as its transpose (row stride 1, column stride k).
+                unsafe {
+                    gemm::gemm(
+                        m, c1 - c0, k,
+                        out.0.add(c0), 1, n as isize, false,
+                        x.as_ptr(), 1, k as isize,
+                        wb.as_ptr(), k as isize, 1,
+                        0.0, 1.0, false, false, false,
+                        gemm::Parallelism::None,
+                    );
                 }
             };
-            // SAFETY: y[i, j0..j1] for all i is this task's own region of the
-            // [m, n] buffer; x is [m, k] and wb is [j1-j0, k], read as its
-            // transpose [k, j1-j0] (row stride 1, column stride k).
-            unsafe {
-                gemm::gemm(
-                    m, j1 - j0, k,
-                    out.0.add(j0), 1, n as isize, false,
-                    x.as_ptr(), 1, k as isize,
-                    wb.as_ptr(), k as isize, 1,
-                    0.0, 1.0, false, false, false,
-                    gemm::Parallelism::None,
-                );
+            match &w.data {
+                WeightData::F32(d) => gemm(j0, j1, &d[j0 * k..j1 * k]),
+                _ => {
+                    // Widened into per-thread scratch, reused across calls.
+                    thread_local! { static WIDE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) }; }
+                    WIDE.with(|s| {
+                        let mut s = s.borrow_mut();
+                        s.resize((j1 - j0) * k, 0.0);
+                        for (j, row) in (j0..j1).zip(s.chunks_mut(k)) {
+                            w.row_into(j, row);
+                        }
+                        gemm(j0, j1, &s);
+                    })
+                }
             }
             if let Some(b) = bias {
                 for i in 0..m {
@@ -259,35 +310,63 @@ pub fn matmul_with(x: &[f32], m: usize, w: &Weight, bias: Option<&[f32]>, y: &mu
             }
             return;
         }
-        // The common decode case (one block type, f32 activations, a fast
-        // kernel): the kernel and row size picked once for the whole task.
-        if let (WeightData::Blocks(ty, wd), true) = (&w.data, xq.is_empty()) {
-            if let Some(kernel) = row_kernel(*ty) {
-                let rb = w.data.row_bytes(k);
-                for j in j0..j1 {
-                    let row = &wd[j * rb..(j + 1) * rb];
-                    for i in 0..m {
-                        let xs = xsums.get(i * kb..(i + 1) * kb).unwrap_or(&[]);
-                        let v = kernel(&x[i * k..(i + 1) * k], xs, row) + bias.map_or(0.0, |b| b[j]);
-                        // SAFETY: (i, j) is in bounds and column j belongs to this task only.
-                        unsafe { *out.0.add(i * n + j) = v };
+        // Block formats, a few rows of x: NR weight rows at a time widened
+        // into per-thread scratch (in L1), met by MR rows of x per tile.
+        if use_tiles {
+            thread_local! { static ROWS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) }; }
+            ROWS.with(|s| {
+                let mut s = s.borrow_mut();
+                s.resize(tile::NR * k, 0.0);
+                let mut o = [[0f32; tile::NR]; tile::MR];
+                for c0 in (j0..j1).step_by(tile::NR) {
+                    let nr = (j1 - c0).min(tile::NR);
+                    for (j, row) in (c0..c0 + nr).zip(s.chunks_mut(k)) {
+                        w.row_into(j, row);
+                    }
+                    for i0 in (0..m).step_by(tile::MR) {
+                        let mr = (m - i0).min(tile::MR);
+                        tile::dots(&x[i0 * k..], k, mr, &s, k, nr, k, &mut o);
+                        for (i, oi) in o[..mr].iter().enumerate() {
+                            for (j, v) in oi[..nr].iter().enumerate() {
+                                put(i0 + i, c0 + j, *v);
+                            }
+                        }
                     }
                 }
-                return;
-            }
+            });
+            return;
         }
-        let put = |i: usize, j: usize, v: f32| {
-            // SAFETY: (i, j) is in bounds and column j belongs to this task only.
-            unsafe { *out.0.add(i * n + j) = v + bias.map_or(0.0, |b| b[j]) };
-        };
-        for i0 in (0..m).step_by(X_TILE) {
-            let i1 = (i0 + X_TILE).min(m);
+        // Block formats with f32 activations: the row kernels, each weight
+        // row meeting MAX_ROWS rows of x per call.
+        if !parts.is_empty() {
+            let mut o = [0f32; MAX_ROWS];
             for j in j0..j1 {
-                for i in i0..i1 {
-                    let xq = xq.get(i * kb..(i + 1) * kb).unwrap_or(&[]);
-                    let xs = xsums.get(i * kb..(i + 1) * kb).unwrap_or(&[]);
-                    put(i, j, w.dot_row(j, &x[i * k..(i + 1) * k], xs, xq));
+                let &(first, p, kernel) = parts.iter().rev().find(|(first, ..)| *first <= j).expect("row in a part");
+                let Some(kernel) = kernel else {
+                    for i in 0..m {
+                        put(i, j, p.dot_row(j - first, &x[i * k..(i + 1) * k], &[], &[]));
+                    }
+                    continue;
+                };
+                let WeightData::Blocks(_, wd) = &p.data else { unreachable!("a kernel is for blocks") };
+                let rb = p.data.row_bytes(k);
+                let row = &wd[(j - first) * rb..(j - first + 1) * rb];
+                for i0 in (0..m).step_by(MAX_ROWS) {
+                    let r = (m - i0).min(MAX_ROWS);
+                    let xs = xsums.get(i0 * kb..(i0 + r) * kb).unwrap_or(&[]);
+                    kernel.dots(&x[i0 * k..(i0 + r) * k], xs, row, &mut o[..r]);
+                    for (t, v) in o[..r].iter().enumerate() {
+                        put(i0 + t, j, *v);
+                    }
                 }
+            }
+            return;
+        }
+        // f32 / bf16 weights below GEMM_MIN_M rows, and Int16 activations.
+        for j in j0..j1 {
+            for i in 0..m {
+                let xq = xq.get(i * kb..(i + 1) * kb).unwrap_or(&[]);
+                put(i, j, w.dot_row(j, &x[i * k..(i + 1) * k], &[], xq));
             }
         }
     });
@@ -364,7 +443,7 @@ mod tests {
             let (be, _) = ty.block_layout().unwrap();
             let wq = Weight { rows: n, cols: k, data: WeightData::Blocks(ty, random_blocks(ty, n * k / be, 5 + ti as u32)) };
             let wf = Weight::f32(n, k, wq.to_f32());
-            for m in [1usize, 2, 4, 40] {
+            for m in [1usize, 2, 4, 7, 40, 64] {
                 let x: Vec<f32> = (0..m * k).map(|i| ((i * 31) % 23) as f32 / 11.0 - 1.0).collect();
                 let (mut yq, mut yf) = (vec![0.0; m * n], vec![0.0; m * n]);
                 matmul(&x, m, &wf, None, &mut yf);

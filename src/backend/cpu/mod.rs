@@ -12,6 +12,7 @@ pub mod quant_f32;
 #[cfg(target_arch = "x86_64")]
 mod quant_x86;
 pub mod simd;
+pub mod tile;
 
 pub use attention::KvCache;
 pub use matmul::{matmul, matmul_with, ActQuant, Weight, WeightData};

@@ -253,7 +253,7 @@ pub(crate) fn random_blocks(ty: GgmlType, n: usize, seed: u32) -> Vec<u8> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::model::dequant::dequantize;
 
