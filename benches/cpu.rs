@@ -68,6 +68,13 @@ fn bench_attention(c: &mut Criterion) {
             bch.iter(|| paged_attention(black_box(&b), &cache, 0, nh, &q, &mut out))
         });
     }
+    // Prefill: one sequence's 512-token prompt attending causally.
+    let toks = vec![0u32; 512];
+    let seqs: Vec<(&[u32], usize, &[u32], bool)> = vec![(&toks[..], 0, &table[..], true)];
+    let b = BatchInput::build(bs, &seqs);
+    let q = vec![0.05f32; 512 * nh * hd];
+    let mut out = vec![0.0; 512 * nh * hd];
+    c.bench_function("paged attention prefill 512 tokens", |bch| bch.iter(|| paged_attention(black_box(&b), &cache, 0, nh, &q, &mut out)));
 }
 
 fn bench_decode_step(c: &mut Criterion) {

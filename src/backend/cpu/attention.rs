@@ -8,6 +8,7 @@
 
 use crate::model::BatchInput;
 use super::pool::for_each_chunk_mut;
+use super::tile;
 
 /// The CPU KV pool: every layer's K and V for `num_blocks` blocks.
 pub struct KvCache {
@@ -55,10 +56,16 @@ impl KvCache {
 /// Causal attention of every query token of `batch` over its sequence's
 /// cached context (which already holds this step's K and V).
 /// `q: [tokens, num_heads*head_dim]`, `out: [tokens, num_heads*head_dim]`.
+///
+/// Work is split by (token, KV head): the query heads that share a KV head
+/// (grouped-query attention) meet each cached K row together, up to
+/// `tile::MR` heads by `tile::NR` consecutive slots per `tile::dots` call,
+/// and each V row is read once for all of them.
 pub fn paged_attention(batch: &BatchInput, cache: &KvCache, layer: usize, num_heads: usize, q: &[f32], out: &mut [f32]) {
     let (hd, nkv, bs) = (cache.head_dim, cache.num_kv_heads, cache.block_size);
     let group = num_heads / nkv;
     let scale = 1.0 / (hd as f32).sqrt();
+    let slot_stride = nkv * hd;
     // token index -> (sequence, query position in the context)
     let mut owner = vec![(0usize, 0usize); batch.tokens.len()];
     for (si, s) in batch.seqs.iter().enumerate() {
@@ -70,35 +77,47 @@ pub fn paged_attention(batch: &BatchInput, cache: &KvCache, layer: usize, num_he
     // A decode step of one short sequence is a few µs of work: cheaper on
     // the calling thread than as a region of the pool.
     let work: usize = batch.seqs.iter().map(|s| s.q_len * s.ctx_len).sum::<usize>() * num_heads * hd;
-    let head = |idx: usize, o: &mut [f32]| {
-        let (t, h) = (idx / num_heads, idx % num_heads);
+    // One (token, KV head): `o` is the outputs of its `group` query heads.
+    let kv_head = |idx: usize, o: &mut [f32]| {
+        let (t, kvh) = (idx / nkv, idx % nkv);
         let (si, qpos) = owner[t];
         let table = &batch.seqs[si].block_table;
-        let kvh = h / group;
-        let qv = &q[idx * hd..(idx + 1) * hd];
+        let ctx = qpos + 1;
+        let qg = &q[(t * num_heads + kvh * group) * hd..(t * num_heads + (kvh + 1) * group) * hd];
         let slot_off = |p: usize| ((table[p / bs] as usize * bs + p % bs) * nkv + kvh) * hd;
-        let mut scores: Vec<f32> = (0..=qpos)
-            .map(|p| {
-                let a = slot_off(p);
-                super::simd::dot_f32(qv, &kc[a..a + hd]) * scale
-            })
-            .collect();
-        let max = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0.0;
-        for s in scores.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
+        // scores[g * ctx + p] for query head g of the group, position p.
+        let mut scores = vec![0f32; group * ctx];
+        let mut tile_out = [[0f32; tile::NR]; tile::MR];
+        let mut p = 0;
+        while p < ctx {
+            // Consecutive slots of one block are consecutive in the cache.
+            let nr = (ctx - p).min(tile::NR).min(bs - p % bs);
+            let kp = &kc[slot_off(p)..];
+            for g0 in (0..group).step_by(tile::MR) {
+                let mr = (group - g0).min(tile::MR);
+                tile::dots(&qg[g0 * hd..], hd, mr, kp, slot_stride, nr, hd, &mut tile_out);
+                for (g, row) in tile_out[..mr].iter().enumerate() {
+                    for (j, v) in row[..nr].iter().enumerate() {
+                        scores[(g0 + g) * ctx + p + j] = v * scale;
+                    }
+                }
+            }
+            p += nr;
         }
+        scores.chunks_mut(ctx).for_each(super::simd::softmax_in_place);
         o.fill(0.0);
-        for (p, &s) in scores.iter().enumerate() {
+        for p in 0..ctx {
             let a = slot_off(p);
-            super::simd::axpy(o, s / sum, &vc[a..a + hd]);
+            let vrow = &vc[a..a + hd];
+            for (g, og) in o.chunks_mut(hd).enumerate() {
+                super::simd::axpy(og, scores[g * ctx + p], vrow);
+            }
         }
     };
     if work < SERIAL_MAX_WORK {
-        out.chunks_mut(hd).enumerate().for_each(|(idx, o)| head(idx, o));
+        out.chunks_mut(group * hd).enumerate().for_each(|(idx, o)| kv_head(idx, o));
     } else {
-        for_each_chunk_mut(out, hd, head);
+        for_each_chunk_mut(out, group * hd, kv_head);
     }
 }
 

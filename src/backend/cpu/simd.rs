@@ -79,6 +79,25 @@ pub fn axpy(y: &mut [f32], alpha: f32, x: &[f32]) {
     }
 }
 
+/// Softmax of `v` in place: `v[i] = exp(v[i] - max) / sum`. With AVX2 the
+/// exponential is evaluated 8 lanes at a time (`x86::exp8`, relative error
+/// within a few ulp of `f32::exp`; inputs below -87.3 give ~1e-38, not 0).
+pub fn softmax_in_place(v: &mut [f32]) {
+    let max = v.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: the CPU supports avx2 and fma (checked above).
+        unsafe { x86::softmax_tail(v, max) };
+        return;
+    }
+    let mut sum = 0.0;
+    for x in v.iter_mut() {
+        *x = (*x - max).exp();
+        sum += *x;
+    }
+    v.iter_mut().for_each(|x| *x /= sum);
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use half::bf16;
@@ -122,6 +141,58 @@ mod x86 {
         s
     }
 
+    /// e^x in 8 lanes, by the classic range reduction: x = n ln2 + r with
+    /// |r| <= ln2/2 (ln2 split in two parts so n ln2 is exact enough), e^r
+    /// by a degree-7 polynomial (the coefficients of Cephes' `expf`), and
+    /// 2^n put straight into the exponent bits. x is clamped to
+    /// [-87.33654, 88.37626], where e^x stays a normal f32.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn exp8(x: __m256) -> __m256 {
+        let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.33654)), _mm256_set1_ps(88.37626));
+        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)));
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
+        let mut y = _mm256_set1_ps(1.987_569_1e-4);
+        for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5.000_000_1e-1] {
+            y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(c));
+        }
+        y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0)));
+        let pow2n = _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)));
+        _mm256_mul_ps(y, _mm256_castsi256_ps(pow2n))
+    }
+
+    /// `softmax_in_place` given the maximum of `v`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn softmax_tail(v: &mut [f32], max: f32) {
+        let (p, n) = (v.as_mut_ptr(), v.len());
+        let m = _mm256_set1_ps(max);
+        let mut acc = _mm256_setzero_ps();
+        let mut i = 0;
+        while i + 8 <= n {
+            let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), m));
+            _mm256_storeu_ps(p.add(i), e);
+            acc = _mm256_add_ps(acc, e);
+            i += 8;
+        }
+        let mut sum = hsum(acc);
+        while i < n {
+            *p.add(i) = (*p.add(i) - max).exp();
+            sum += *p.add(i);
+            i += 1;
+        }
+        let s = _mm256_set1_ps(sum);
+        let mut i = 0;
+        while i + 8 <= n {
+            _mm256_storeu_ps(p.add(i), _mm256_div_ps(_mm256_loadu_ps(p.add(i)), s));
+            i += 8;
+        }
+        while i < n {
+            *p.add(i) /= sum;
+            i += 1;
+        }
+    }
+
     /// Widens 8 bf16 to 8 f32 (bf16 is the high half of an f32).
     #[inline]
     #[target_feature(enable = "avx2,fma")]
@@ -162,6 +233,37 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn softmax_matches_f64_reference() {
+        for n in [1usize, 7, 8, 9, 64, 513] {
+            let v: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) / 3.0 - if i % 7 == 3 { 60.0 } else { 0.0 }).collect();
+            // x - max rounds in f32 on both sides; the reference takes it from there.
+            let max = v.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let e: Vec<f64> = v.iter().map(|&x| ((x - max) as f64).exp()).collect();
+            let sum: f64 = e.iter().sum();
+            let mut got = v.clone();
+            softmax_in_place(&mut got);
+            for (g, w) in got.iter().zip(&e) {
+                let w = w / sum;
+                assert!((*g as f64 - w).abs() <= 1e-6 * w + 1e-30, "n={n}: {g} vs {w}");
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2_fma() {
+            // e^x lane by lane over the range attention feeds it.
+            let xs: Vec<f32> = (0..8000).map(|i| -80.0 + i as f32 * 0.01).collect();
+            for c in xs.chunks_exact(8) {
+                let mut out = [0f32; 8];
+                // SAFETY: avx2 and fma were checked.
+                unsafe { std::arch::x86_64::_mm256_storeu_ps(out.as_mut_ptr(), x86::exp8(std::arch::x86_64::_mm256_loadu_ps(c.as_ptr()))) };
+                for (x, g) in c.iter().zip(out) {
+                    let w = (*x as f64).exp();
+                    assert!((g as f64 - w).abs() <= 4e-7 * w, "exp({x}): {g} vs {w}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn dots_match_f64_reference() {
