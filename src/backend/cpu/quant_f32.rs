@@ -234,59 +234,77 @@ mod x86 {
         }
     }
 
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn q8_0<const R: usize>(x: &[f32], _: &[f32], row: &[u8], out: &mut [f32]) {
-        let k = x.len() / R;
-        let px = x.as_ptr();
-        let mut acc = [_mm256_setzero_ps(); R];
-        for (bi, b) in row.chunks_exact(Q8_0_BYTES).enumerate() {
-            let q = b.as_ptr().add(2);
-            let w = widen32(_mm_loadu_si128(q as *const __m128i), _mm_loadu_si128(q.add(16) as *const __m128i), true);
-            let d = _mm256_set1_ps(f16_at(b, 0));
-            for (r, a) in acc.iter_mut().enumerate() {
-                *a = _mm256_fmadd_ps(d, dot32(&w, px.add(r * k + bi * QK)), *a);
-            }
+    /// Block types whose 32 values are `d * q`: Q8_0 (q i8) and Q4_0
+    /// (q = nibble - 8), and Q4_1 (`d * nibble + m`), by ggml type id.
+    const Q4_0: u8 = 2;
+    const Q4_1: u8 = 3;
+    const Q8_0: u8 = 8;
+
+    /// Bytes of one block of the 32-value type `TY`.
+    const fn bytes32<const TY: u8>() -> usize {
+        match TY {
+            Q4_0 => Q4_0_BYTES,
+            Q4_1 => Q4_1_BYTES,
+            _ => Q8_0_BYTES,
         }
-        finish(&acc, &[0.0; R], out)
     }
 
+    /// The 32 quants of a block of `TY` (Q8_0, Q4_0: signed q; Q4_1: the
+    /// unsigned nibbles) as 4 x 8 f32 lanes.
+    #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn q4_0<const R: usize>(x: &[f32], _: &[f32], row: &[u8], out: &mut [f32]) {
-        let k = x.len() / R;
-        let px = x.as_ptr();
-        let (mask, eight) = (_mm_set1_epi8(0x0F), _mm_set1_epi8(8));
-        let mut acc = [_mm256_setzero_ps(); R];
-        for (bi, b) in row.chunks_exact(Q4_0_BYTES).enumerate() {
-            let raw = _mm_loadu_si128(b.as_ptr().add(2) as *const __m128i);
-            let lo = _mm_sub_epi8(_mm_and_si128(raw, mask), eight);
-            let hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(raw, 4), mask), eight);
-            let w = widen32(lo, hi, true);
-            let d = _mm256_set1_ps(f16_at(b, 0));
-            for (r, a) in acc.iter_mut().enumerate() {
-                *a = _mm256_fmadd_ps(d, dot32(&w, px.add(r * k + bi * QK)), *a);
+    unsafe fn unpack32<const TY: u8>(b: &[u8]) -> [__m256; 4] {
+        let mask = _mm_set1_epi8(0x0F);
+        match TY {
+            Q8_0 => {
+                let q = b.as_ptr().add(2);
+                widen32(_mm_loadu_si128(q as *const __m128i), _mm_loadu_si128(q.add(16) as *const __m128i), true)
+            }
+            Q4_0 => {
+                let raw = _mm_loadu_si128(b.as_ptr().add(2) as *const __m128i);
+                let eight = _mm_set1_epi8(8);
+                let lo = _mm_sub_epi8(_mm_and_si128(raw, mask), eight);
+                let hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(raw, 4), mask), eight);
+                widen32(lo, hi, true)
+            }
+            _ => {
+                let raw = _mm_loadu_si128(b.as_ptr().add(4) as *const __m128i);
+                widen32(_mm_and_si128(raw, mask), _mm_and_si128(_mm_srli_epi16(raw, 4), mask), false)
             }
         }
-        finish(&acc, &[0.0; R], out)
     }
 
+    /// Dots of a row of 32-value blocks of type `TY` with R rows of x; Q4_1's
+    /// `m` term is `m * sum(x)` over the block, from `xsum`.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn q4_1<const R: usize>(x: &[f32], xsum: &[f32], row: &[u8], out: &mut [f32]) {
+    pub unsafe fn blocks32<const R: usize, const TY: u8>(x: &[f32], xsum: &[f32], row: &[u8], out: &mut [f32]) {
         let k = x.len() / R;
         let kb = k / QK;
         let px = x.as_ptr();
-        let mask = _mm_set1_epi8(0x0F);
         let mut acc = [_mm256_setzero_ps(); R];
         let mut macc = [0f32; R];
-        for (bi, b) in row.chunks_exact(Q4_1_BYTES).enumerate() {
-            let raw = _mm_loadu_si128(b.as_ptr().add(4) as *const __m128i);
-            let w = widen32(_mm_and_si128(raw, mask), _mm_and_si128(_mm_srli_epi16(raw, 4), mask), false);
-            let (d, m) = (_mm256_set1_ps(f16_at(b, 0)), f16_at(b, 2));
+        for (bi, b) in row.chunks_exact(bytes32::<TY>()).enumerate() {
+            let w = unpack32::<TY>(b);
+            let d = _mm256_set1_ps(f16_at(b, 0));
+            let m = if TY == Q4_1 { f16_at(b, 2) } else { 0.0 };
             for r in 0..R {
                 acc[r] = _mm256_fmadd_ps(d, dot32(&w, px.add(r * k + bi * QK)), acc[r]);
-                macc[r] += m * *xsum.get_unchecked(r * kb + bi);
+                if TY == Q4_1 {
+                    macc[r] += m * *xsum.get_unchecked(r * kb + bi);
+                }
             }
         }
         finish(&acc, &macc, out)
+    }
+
+    pub unsafe fn q8_0<const R: usize>(x: &[f32], s: &[f32], row: &[u8], out: &mut [f32]) {
+        blocks32::<R, Q8_0>(x, s, row, out)
+    }
+    pub unsafe fn q4_0<const R: usize>(x: &[f32], s: &[f32], row: &[u8], out: &mut [f32]) {
+        blocks32::<R, Q4_0>(x, s, row, out)
+    }
+    pub unsafe fn q4_1<const R: usize>(x: &[f32], s: &[f32], row: &[u8], out: &mut [f32]) {
+        blocks32::<R, Q4_1>(x, s, row, out)
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -321,38 +339,37 @@ mod x86 {
         finish(&acc, &macc, out)
     }
 
+    /// Half `h` (0, 1) of a Q6_K block: 128 values as q6 - 32 in i8, 32
+    /// each in `[t]` (values 32t .. 32t+32 of the half), from 64 bytes of ql
+    /// (low 4 bits) and 32 of qh (high 2 bits).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q6_k_half(b: &[u8], h: usize) -> [__m256i; 4] {
+        let (m4, m2, off) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(3), _mm256_set1_epi8(32));
+        let p = b.as_ptr();
+        let l0 = _mm256_loadu_si256(p.add(64 * h) as *const __m256i);
+        let l1 = _mm256_loadu_si256(p.add(64 * h + 32) as *const __m256i);
+        let qh = _mm256_loadu_si256(p.add(128 + 32 * h) as *const __m256i);
+        let high = |v: __m256i| _mm256_slli_epi16(_mm256_and_si256(v, m2), 4);
+        [
+            _mm256_or_si256(_mm256_and_si256(l0, m4), high(qh)),
+            _mm256_or_si256(_mm256_and_si256(l1, m4), high(_mm256_srli_epi16(qh, 2))),
+            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), high(_mm256_srli_epi16(qh, 4))),
+            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), high(_mm256_srli_epi16(qh, 6))),
+        ]
+        .map(|q| _mm256_sub_epi8(q, off))
+    }
+
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn q6_k<const R: usize>(x: &[f32], _: &[f32], row: &[u8], out: &mut [f32]) {
         let k = x.len() / R;
         let px = x.as_ptr();
-        let (m4, m2, off) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(3), _mm256_set1_epi8(32));
         let mut acc = [_mm256_setzero_ps(); R];
         for (bi, b) in row.chunks_exact(Q6_K_BYTES).enumerate() {
             let d = f16_at(b, 208);
-            // Two halves of 128 values: 64 bytes of ql, 32 of qh, 8 scales.
             for h in 0..2 {
-                let p = b.as_ptr();
-                let l0 = _mm256_loadu_si256(p.add(64 * h) as *const __m256i);
-                let l1 = _mm256_loadu_si256(p.add(64 * h + 32) as *const __m256i);
-                let qh = _mm256_loadu_si256(p.add(128 + 32 * h) as *const __m256i);
-                let high = |s: i32| {
-                    let v = match s {
-                        0 => qh,
-                        2 => _mm256_srli_epi16(qh, 2),
-                        4 => _mm256_srli_epi16(qh, 4),
-                        _ => _mm256_srli_epi16(qh, 6),
-                    };
-                    _mm256_slli_epi16(_mm256_and_si256(v, m2), 4)
-                };
-                // Values 32t .. 32t+32 of the half, as q6 - 32 in i8.
-                let q = [
-                    _mm256_or_si256(_mm256_and_si256(l0, m4), high(0)),
-                    _mm256_or_si256(_mm256_and_si256(l1, m4), high(2)),
-                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), high(4)),
-                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), high(6)),
-                ];
+                let q = q6_k_half(b, h);
                 for (t, qt) in q.into_iter().enumerate() {
-                    let qt = _mm256_sub_epi8(qt, off);
                     for (half, v) in [_mm256_castsi256_si128(qt), _mm256_extracti128_si256::<1>(qt)].into_iter().enumerate() {
                         let (w0, w1) = (i8x8(v), i8x8(_mm_srli_si128(v, 8)));
                         let s = _mm256_set1_ps(d * (*b.get_unchecked(192 + 8 * h + 2 * t + half) as i8) as f32);
@@ -379,37 +396,23 @@ mod x86 {
         }
     }
 
+    /// `widen_into` for the 32-value types (`blocks32`'s `TY`).
     #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn widen32_blocks<const TY: u8>(row: &[u8], out: &mut [f32]) -> bool {
+        for (b, o) in row.chunks_exact(bytes32::<TY>()).zip(out.chunks_exact_mut(QK)) {
+            let m = (TY == Q4_1).then(|| _mm256_set1_ps(f16_at(b, 2)));
+            store32(&unpack32::<TY>(b), _mm256_set1_ps(f16_at(b, 0)), m, o.as_mut_ptr());
+        }
+        true
+    }
     pub unsafe fn widen_q8_0(row: &[u8], out: &mut [f32]) -> bool {
-        for (b, o) in row.chunks_exact(Q8_0_BYTES).zip(out.chunks_exact_mut(QK)) {
-            let q = b.as_ptr().add(2);
-            let w = widen32(_mm_loadu_si128(q as *const __m128i), _mm_loadu_si128(q.add(16) as *const __m128i), true);
-            store32(&w, _mm256_set1_ps(f16_at(b, 0)), None, o.as_mut_ptr());
-        }
-        true
+        widen32_blocks::<Q8_0>(row, out)
     }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn widen_q4_0(row: &[u8], out: &mut [f32]) -> bool {
-        let (mask, eight) = (_mm_set1_epi8(0x0F), _mm_set1_epi8(8));
-        for (b, o) in row.chunks_exact(Q4_0_BYTES).zip(out.chunks_exact_mut(QK)) {
-            let raw = _mm_loadu_si128(b.as_ptr().add(2) as *const __m128i);
-            let lo = _mm_sub_epi8(_mm_and_si128(raw, mask), eight);
-            let hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(raw, 4), mask), eight);
-            store32(&widen32(lo, hi, true), _mm256_set1_ps(f16_at(b, 0)), None, o.as_mut_ptr());
-        }
-        true
+        widen32_blocks::<Q4_0>(row, out)
     }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn widen_q4_1(row: &[u8], out: &mut [f32]) -> bool {
-        let mask = _mm_set1_epi8(0x0F);
-        for (b, o) in row.chunks_exact(Q4_1_BYTES).zip(out.chunks_exact_mut(QK)) {
-            let raw = _mm_loadu_si128(b.as_ptr().add(4) as *const __m128i);
-            let w = widen32(_mm_and_si128(raw, mask), _mm_and_si128(_mm_srli_epi16(raw, 4), mask), false);
-            store32(&w, _mm256_set1_ps(f16_at(b, 0)), Some(_mm256_set1_ps(f16_at(b, 2))), o.as_mut_ptr());
-        }
-        true
+        widen32_blocks::<Q4_1>(row, out)
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -435,23 +438,11 @@ mod x86 {
 
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn widen_q6_k(row: &[u8], out: &mut [f32]) -> bool {
-        let (m4, m2, off) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(3), _mm256_set1_epi8(32));
         for (b, o) in row.chunks_exact(Q6_K_BYTES).zip(out.chunks_exact_mut(256)) {
             let d = f16_at(b, 208);
             for h in 0..2 {
-                let p = b.as_ptr();
-                let l0 = _mm256_loadu_si256(p.add(64 * h) as *const __m256i);
-                let l1 = _mm256_loadu_si256(p.add(64 * h + 32) as *const __m256i);
-                let qh = _mm256_loadu_si256(p.add(128 + 32 * h) as *const __m256i);
-                let high = |v: __m256i| _mm256_slli_epi16(_mm256_and_si256(v, m2), 4);
-                let q = [
-                    _mm256_or_si256(_mm256_and_si256(l0, m4), high(qh)),
-                    _mm256_or_si256(_mm256_and_si256(l1, m4), high(_mm256_srli_epi16(qh, 2))),
-                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), high(_mm256_srli_epi16(qh, 4))),
-                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), high(_mm256_srli_epi16(qh, 6))),
-                ];
+                let q = q6_k_half(b, h);
                 for (t, qt) in q.into_iter().enumerate() {
-                    let qt = _mm256_sub_epi8(qt, off);
                     for (half, v) in [_mm256_castsi256_si128(qt), _mm256_extracti128_si256::<1>(qt)].into_iter().enumerate() {
                         let s = _mm256_set1_ps(d * (*b.get_unchecked(192 + 8 * h + 2 * t + half) as i8) as f32);
                         let at = o.as_mut_ptr().add(128 * h + 32 * t + 16 * half);
