@@ -103,15 +103,30 @@ fn gelu_erf_with_bias_matches_the_cpu() {
         ops::gelu_erf(&dev, out.ptr, dx.ptr, db.ptr, rows, cols).unwrap();
         let mut want: Vec<f32> = x.iter().enumerate().map(|(i, &v)| v + b[i % cols]).collect();
         cpu::gelu_erf_inplace(&mut want);
+        let v: Vec<f32> = x.iter().enumerate().map(|(i, &v)| v + b[i % cols]).collect();
         let got = download::<f32>(&dev, &out, rows * cols);
-        assert_rel(&got, &want, 1e-6, &format!("gelu_erf {rows}x{cols}"));
-        let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        assert!(worst < 1e-5, "gelu_erf {rows}x{cols}: max abs difference {worst}");
+        close_to_cpu_gelu(&got, &want, &v, &format!("gelu_erf {rows}x{cols}"));
         // In place, without a bias.
         ops::gelu_erf(&dev, dx.ptr, dx.ptr, 0, rows, cols).unwrap();
         let mut want = x.clone();
         cpu::gelu_erf_inplace(&mut want);
-        assert_rel(&download::<f32>(&dev, &dx, rows * cols), &want, 1e-6, &format!("gelu_erf in place {rows}x{cols}"));
+        close_to_cpu_gelu(&download::<f32>(&dev, &dx, rows * cols), &want, &x, &format!("gelu_erf in place {rows}x{cols}"));
+    }
+}
+
+/// The CPU reference takes erf from Abramowitz and Stegun 7.1.26 (5.4e-7
+/// absolute error measured in f32), the kernel from CUDA's erff, so
+/// GELU(v) = v/2 (1 + erf(v/sqrt 2)) may differ by |v|/2 * that error plus
+/// a few ulps of the result, element by element. (A relative-norm bound
+/// alone fails on small vectors whose values are all far below zero, where
+/// 1 + erf is tiny.) Large vectors are also held to 1e-6 relative in norm.
+fn close_to_cpu_gelu(got: &[f32], want: &[f32], v: &[f32], what: &str) {
+    for (i, ((g, w), x)) in got.iter().zip(want).zip(v).enumerate() {
+        let bound = 0.5 * x.abs() * 1e-6 + 4.0 * f32::EPSILON * w.abs() + 1e-12;
+        assert!((g - w).abs() <= bound, "{what}: element {i} (v = {x}): {g} vs {w}, bound {bound}");
+    }
+    if got.len() >= 1024 {
+        assert_rel(got, want, 1e-6, what);
     }
 }
 
