@@ -5,12 +5,13 @@
 //! y: [m, n] f32 row-major
 //! ```
 //! Work is split over blocks of W's rows (tasks of the CPU `pool`, handed
-//! out one at a time, so the 49152-row output projection is shared by rows); inside a block, x is walked
-//! in tiles of rows so a tile stays in cache while the block's weight rows
-//! stream past. Each task writes a disjoint set of columns of y.
+//! out one at a time, so the 49152-row output projection is shared by
+//! rows). Each task writes a disjoint set of columns of y, by one of three
+//! paths chosen from m (see `BLOCK_GEMM_MIN_M`): row kernels, register
+//! tiles (`tile`), or `gemm`.
 
 use super::quant::{self, quantize_rows, vec_dot, ActBlock};
-use super::quant_f32::{block_sums, dot_f32_blocks, widen_into, RowKernel, MAX_ROWS};
+use super::quant_f32::{block_sums, widen_into, RowKernel, MAX_ROWS};
 use super::simd::{dot_bf16, dot_f32};
 use super::tile;
 use crate::model::dequant::GgmlType;
@@ -80,26 +81,22 @@ impl Weight {
         Weight { rows, cols, data: WeightData::F32(data) }
     }
 
-    /// x · row r; `xq` holds x as activation blocks (block formats with
-    /// `ActQuant::Int16`), `xsum` its 32-wide sums (Q4_1 / Q4_K with `ActQuant::F32`).
+    /// x · row r for f32 and bf16 rows; block-format rows take x as
+    /// activation blocks `xq` (`ActQuant::Int16`; f32 activations meet block
+    /// rows through `RowKernel`s instead).
     #[inline]
-    fn dot_row(&self, r: usize, x: &[f32], xsum: &[f32], xq: &[ActBlock]) -> f32 {
+    fn dot_row(&self, r: usize, x: &[f32], xq: &[ActBlock]) -> f32 {
         let (a, b) = (r * self.cols, (r + 1) * self.cols);
         match &self.data {
             WeightData::F32(w) => dot_f32(x, &w[a..b]),
             WeightData::Bf16(w) => dot_bf16(x, &w[a..b]),
             WeightData::Blocks(ty, w) => {
                 let rb = self.data.row_bytes(self.cols);
-                let row = &w[r * rb..(r + 1) * rb];
-                if xq.is_empty() {
-                    dot_f32_blocks(*ty, x, xsum, row)
-                } else {
-                    vec_dot(*ty, row, xq)
-                }
+                vec_dot(*ty, &w[r * rb..(r + 1) * rb], xq)
             }
             WeightData::Stack(parts) => {
                 let (p, r) = Self::part(parts, r);
-                p.dot_row(r, x, xsum, xq)
+                p.dot_row(r, x, xq)
             }
         }
     }
@@ -270,15 +267,15 @@ pub fn matmul_with(x: &[f32], m: usize, w: &Weight, bias: Option<&[f32]>, y: &mu
         let out = out;
         let (j0, j1) = (bi * block, ((bi + 1) * block).min(n));
         if use_gemm {
-            // y[:, c0..c1] = x · wbᵀ, wb = rows c0..c1 of W as f32.
-            let gemm = |c0: usize, c1: usize, wb: &[f32]| {
-                // SAFETY: y[i, c0..c1] for all i is inside this task's own
-                // region of the [m, n] buffer; x is [m, k] and wb is
-                // [c1-c0, k], read as its transpose (row stride 1, column stride k).
+            // y[:, j0..j1] = x · wbᵀ, wb = rows j0..j1 of W as f32.
+            let gemm = |wb: &[f32]| {
+                // SAFETY: y[i, j0..j1] for all i is this task's own region of
+                // the [m, n] buffer; x is [m, k] and wb is [j1-j0, k], read
+                // as its transpose (row stride 1, column stride k).
                 unsafe {
                     gemm::gemm(
-                        m, c1 - c0, k,
-                        out.0.add(c0), 1, n as isize, false,
+                        m, j1 - j0, k,
+                        out.0.add(j0), 1, n as isize, false,
                         x.as_ptr(), 1, k as isize,
                         wb.as_ptr(), k as isize, 1,
                         0.0, 1.0, false, false, false,
@@ -287,7 +284,7 @@ pub fn matmul_with(x: &[f32], m: usize, w: &Weight, bias: Option<&[f32]>, y: &mu
                 }
             };
             match &w.data {
-                WeightData::F32(d) => gemm(j0, j1, &d[j0 * k..j1 * k]),
+                WeightData::F32(d) => gemm(&d[j0 * k..j1 * k]),
                 _ => {
                     // Widened into per-thread scratch, reused across calls.
                     thread_local! { static WIDE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) }; }
@@ -297,7 +294,7 @@ pub fn matmul_with(x: &[f32], m: usize, w: &Weight, bias: Option<&[f32]>, y: &mu
                         for (j, row) in (j0..j1).zip(s.chunks_mut(k)) {
                             w.row_into(j, row);
                         }
-                        gemm(j0, j1, &s);
+                        gemm(&s);
                     })
                 }
             }
@@ -344,7 +341,7 @@ pub fn matmul_with(x: &[f32], m: usize, w: &Weight, bias: Option<&[f32]>, y: &mu
                 let &(first, p, kernel) = parts.iter().rev().find(|(first, ..)| *first <= j).expect("row in a part");
                 let Some(kernel) = kernel else {
                     for i in 0..m {
-                        put(i, j, p.dot_row(j - first, &x[i * k..(i + 1) * k], &[], &[]));
+                        put(i, j, p.dot_row(j - first, &x[i * k..(i + 1) * k], &[]));
                     }
                     continue;
                 };
@@ -366,7 +363,7 @@ pub fn matmul_with(x: &[f32], m: usize, w: &Weight, bias: Option<&[f32]>, y: &mu
         for j in j0..j1 {
             for i in 0..m {
                 let xq = xq.get(i * kb..(i + 1) * kb).unwrap_or(&[]);
-                put(i, j, w.dot_row(j, &x[i * k..(i + 1) * k], &[], xq));
+                put(i, j, w.dot_row(j, &x[i * k..(i + 1) * k], xq));
             }
         }
     });

@@ -116,13 +116,6 @@ impl RowKernel {
     }
 }
 
-/// x · row for a row of `ty` blocks; `xsum` = block_sums(x) (Q4_1, Q4_K).
-pub fn dot_f32_blocks(ty: GgmlType, x: &[f32], xsum: &[f32], row: &[u8]) -> f32 {
-    let mut out = [0.0];
-    RowKernel::new(ty).dots(x, xsum, row, &mut out);
-    out[0]
-}
-
 /// The row dequantized once into per-thread scratch, then dotted with each
 /// of the `out.len()` rows of x.
 fn dequantized_dots(ty: GgmlType, x: &[f32], row: &[u8], out: &mut [f32]) {
