@@ -43,7 +43,7 @@ fn bench_block_matmul(c: &mut Criterion) {
     let (n4, k4) = (2816, 1024);
     let q4_k = Weight { rows: n4, cols: k4, data: WeightData::Blocks(GgmlType::Q4_K, blocks(n4 * k4 / 256, 144, &[0, 2])) };
     for (name, w) in [("q4_1", &q4_1), ("q4_k", &q4_k)] {
-        for m in [1usize, 4, 16, 32, 48, 64, 128] {
+        for m in [1usize, 4, 16, 32, 48, 64, 128, 512] {
             let x: Vec<f32> = (0..m * w.cols).map(|i| (i % 7) as f32 * 0.1).collect();
             let mut y = vec![0.0; m * w.rows];
             c.bench_function(&format!("matmul {name} m={m} n={} k={}", w.rows, w.cols), |b| b.iter(|| matmul(black_box(&x), m, w, None, &mut y)));

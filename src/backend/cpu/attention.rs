@@ -60,7 +60,7 @@ impl KvCache {
 /// Work is split by (token, KV head): the query heads that share a KV head
 /// (grouped-query attention) meet each cached K row together, up to
 /// `tile::MR` heads by `tile::NR` consecutive slots per `tile::dots` call,
-/// and each V row is read once for all of them.
+/// and each V row is read once for all of them (`simd::weighted_rows`).
 pub fn paged_attention(batch: &BatchInput, cache: &KvCache, layer: usize, num_heads: usize, q: &[f32], out: &mut [f32]) {
     let (hd, nkv, bs) = (cache.head_dim, cache.num_kv_heads, cache.block_size);
     let group = num_heads / nkv;
@@ -105,14 +105,8 @@ pub fn paged_attention(batch: &BatchInput, cache: &KvCache, layer: usize, num_he
             p += nr;
         }
         scores.chunks_mut(ctx).for_each(super::simd::softmax_in_place);
-        o.fill(0.0);
-        for p in 0..ctx {
-            let a = slot_off(p);
-            let vrow = &vc[a..a + hd];
-            for (g, og) in o.chunks_mut(hd).enumerate() {
-                super::simd::axpy(og, scores[g * ctx + p], vrow);
-            }
-        }
+        let offs: Vec<usize> = (0..ctx).map(slot_off).collect();
+        super::simd::weighted_rows(o, group, hd, &scores, vc, &offs);
     };
     if work < SERIAL_MAX_WORK {
         out.chunks_mut(group * hd).enumerate().for_each(|(idx, o)| kv_head(idx, o));

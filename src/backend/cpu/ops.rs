@@ -69,9 +69,7 @@ pub fn rotary_inplace(x: &mut [f32], positions: &[u32], heads: usize, inv_freq: 
 pub fn silu_and_mul(gu: &[f32], inter: usize, out: &mut [f32]) {
     let row = |(o, gu): (&mut [f32], &[f32])| {
         let (g, u) = gu.split_at(inter);
-        for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-            *o = g / (1.0 + (-g).exp()) * u;
-        }
+        super::simd::silu_mul(g, u, o);
     };
     if out.len() < PAR_MIN {
         out.chunks_mut(inter).zip(gu.chunks(2 * inter)).for_each(row);

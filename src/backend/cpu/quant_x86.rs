@@ -43,6 +43,17 @@ pub(super) unsafe fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
 }
 
+/// The lane sums of four vectors, `[Σa, Σb, Σc, Σd]`: two rounds of
+/// `hadd` and one cross-lane add, 5 shuffles and adds where four `hsum`s
+/// take 16 (register tiles finish 12 accumulators at a time).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn hsum4(a: __m256, b: __m256, c: __m256, d: __m256) -> __m128 {
+    // [a01 a23 b01 b23 | a45 a67 b45 b67], then [Σa0123 Σb.. Σc.. Σd.. | Σa4567 ..]
+    let abcd = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
+    _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1))
+}
+
 /// Σ w[i] * q[i] over 16 lanes, as 8 i32 lanes (pairs summed).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]

@@ -56,7 +56,7 @@ pub fn dots(x: &[f32], ldx: usize, mr: usize, w: &[f32], ldw: usize, nr: usize, 
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::super::quant_x86::hsum;
+    use super::super::quant_x86::hsum4;
     use super::{MR, NR};
     use std::arch::x86_64::*;
 
@@ -81,9 +81,19 @@ mod x86 {
             }
             t += 8;
         }
+        // Lane sums four accumulators at a time (row-major over the tile).
+        let mut flat = [_mm256_setzero_ps(); MR * NR];
+        for i in 0..M {
+            flat[i * N..(i + 1) * N].copy_from_slice(&acc[i]);
+        }
+        let mut sums = [0f32; MR * NR];
+        for q in 0..(M * N).div_ceil(4) {
+            let f = &flat[4 * q..];
+            _mm_storeu_ps(sums.as_mut_ptr().add(4 * q), hsum4(f[0], f[1], f[2], f[3]));
+        }
         for i in 0..M {
             for j in 0..N {
-                let mut s = hsum(acc[i][j]);
+                let mut s = sums[i * N + j];
                 for u in k8..k {
                     s += *x.add(i * ldx + u) * *w.add(j * ldw + u);
                 }
