@@ -218,8 +218,9 @@ const GEMM_MIN_M: usize = 8;
 /// registers. Both thresholds measured with `cargo bench --bench cpu --
 /// "matmul q4"` (the default model's Q4_1 MLP and a Q4_K shape, 2 threads):
 /// at m = 16 tiles take 0.48 ms where row kernels take 0.96 and gemm 0.77;
-/// tiles and gemm meet near m = 64.
-const BLOCK_GEMM_MIN_M: usize = 64;
+/// at m = 64 tiles 1.74 ms (Q4_1) / 3.03 ms (Q4_K) against gemm's 1.87 /
+/// 3.77, at m = 128 gemm leads (3.28 / 5.72 against 3.47 / 5.93).
+const BLOCK_GEMM_MIN_M: usize = 96;
 /// See `BLOCK_GEMM_MIN_M`.
 const TILE_MIN_M: usize = 4;
 
@@ -440,7 +441,7 @@ mod tests {
             let (be, _) = ty.block_layout().unwrap();
             let wq = Weight { rows: n, cols: k, data: WeightData::Blocks(ty, random_blocks(ty, n * k / be, 5 + ti as u32)) };
             let wf = Weight::f32(n, k, wq.to_f32());
-            for m in [1usize, 2, 4, 7, 40, 64] {
+            for m in [1usize, 2, 4, 7, 40, 64, 96] {
                 let x: Vec<f32> = (0..m * k).map(|i| ((i * 31) % 23) as f32 / 11.0 - 1.0).collect();
                 let (mut yq, mut yf) = (vec![0.0; m * n], vec![0.0; m * n]);
                 matmul(&x, m, &wf, None, &mut yf);
