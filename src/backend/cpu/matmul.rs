@@ -338,23 +338,30 @@ pub fn matmul_with(x: &[f32], m: usize, w: &Weight, bias: Option<&[f32]>, y: &mu
         // row meeting MAX_ROWS rows of x per call.
         if !parts.is_empty() {
             let mut o = [0f32; MAX_ROWS];
-            for j in j0..j1 {
-                let &(first, p, kernel) = parts.iter().rev().find(|(first, ..)| *first <= j).expect("row in a part");
+            // Each part's share of j0..j1, its rows walked in one pass.
+            for &(first, p, kernel) in &parts {
+                let (a, b) = (j0.max(first), j1.min(first + p.rows));
+                if a >= b {
+                    continue;
+                }
                 let Some(kernel) = kernel else {
-                    for i in 0..m {
-                        put(i, j, p.dot_row(j - first, &x[i * k..(i + 1) * k], &[]));
+                    for j in a..b {
+                        for i in 0..m {
+                            put(i, j, p.dot_row(j - first, &x[i * k..(i + 1) * k], &[]));
+                        }
                     }
                     continue;
                 };
                 let WeightData::Blocks(_, wd) = &p.data else { unreachable!("a kernel is for blocks") };
                 let rb = p.data.row_bytes(k);
-                let row = &wd[(j - first) * rb..(j - first + 1) * rb];
-                for i0 in (0..m).step_by(MAX_ROWS) {
-                    let r = (m - i0).min(MAX_ROWS);
-                    let xs = xsums.get(i0 * kb..(i0 + r) * kb).unwrap_or(&[]);
-                    kernel.dots(&x[i0 * k..(i0 + r) * k], xs, row, &mut o[..r]);
-                    for (t, v) in o[..r].iter().enumerate() {
-                        put(i0 + t, j, *v);
+                for (j, row) in (a..b).zip(wd[(a - first) * rb..(b - first) * rb].chunks_exact(rb)) {
+                    for i0 in (0..m).step_by(MAX_ROWS) {
+                        let r = (m - i0).min(MAX_ROWS);
+                        let xs = xsums.get(i0 * kb..(i0 + r) * kb).unwrap_or(&[]);
+                        kernel.dots(&x[i0 * k..(i0 + r) * k], xs, row, &mut o[..r]);
+                        for (t, v) in o[..r].iter().enumerate() {
+                            put(i0 + t, j, *v);
+                        }
                     }
                 }
             }

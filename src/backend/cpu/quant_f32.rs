@@ -43,6 +43,8 @@ pub type DotsFn = fn(x: &[f32], xsum: &[f32], row: &[u8], out: &mut [f32]);
 #[derive(Clone, Copy)]
 pub struct RowKernel {
     ty: GgmlType,
+    /// (values, bytes) of one block of `ty`.
+    block: (usize, usize),
     /// `fast[r - 1]` takes r rows; None: dequantize into scratch.
     fast: Option<[DotsFn; MAX_ROWS]>,
     /// Whether `dots` reads `xsum` (Q4_1, Q4_K).
@@ -88,7 +90,8 @@ impl RowKernel {
                 }
             }
         }
-        RowKernel { ty, fast, needs_sums: needs_sums && fast.is_some() }
+        let block = ty.block_layout().expect("RowKernel: a block type");
+        RowKernel { ty, block, fast, needs_sums: needs_sums && fast.is_some() }
     }
 
     /// Whether this CPU has a widening kernel for the type (else scratch).
@@ -105,9 +108,10 @@ impl RowKernel {
         debug_assert!((1..=MAX_ROWS).contains(&rows) && x.len() % rows == 0);
         match &self.fast {
             Some(f) => {
+                // Multiplications, not divisions: this runs once per weight row.
                 let k = x.len() / rows;
-                let (n, bytes) = self.ty.block_layout().expect("a block type");
-                assert!(k % n == 0 && row.len() == k / n * bytes, "row_kernel: row is not k values");
+                let (n, bytes) = self.block;
+                assert!(k * rows == x.len() && row.len() * n == k * bytes, "row_kernel: row is not k values");
                 assert!(!self.needs_sums || xsum.len() >= rows * k / QK, "row_kernel: xsum is short");
                 f[rows - 1](x, xsum, row, out)
             }
