@@ -84,7 +84,8 @@ pub fn paged_attention(batch: &BatchInput, cache: &KvCache, layer: usize, num_he
         let table = &batch.seqs[si].block_table;
         let ctx = qpos + 1;
         let qg = &q[(t * num_heads + kvh * group) * hd..(t * num_heads + (kvh + 1) * group) * hd];
-        let slot_off = |p: usize| ((table[p / bs] as usize * bs + p % bs) * nkv + kvh) * hd;
+        // Where position p's K and V rows of this KV head start, for both passes.
+        let offs: Vec<usize> = (0..ctx).map(|p| ((table[p / bs] as usize * bs + p % bs) * nkv + kvh) * hd).collect();
         // scores[g * ctx + p] for query head g of the group, position p.
         let mut scores = vec![0f32; group * ctx];
         let mut tile_out = [[0f32; tile::NR]; tile::MR];
@@ -92,7 +93,7 @@ pub fn paged_attention(batch: &BatchInput, cache: &KvCache, layer: usize, num_he
         while p < ctx {
             // Consecutive slots of one block are consecutive in the cache.
             let nr = (ctx - p).min(tile::NR).min(bs - p % bs);
-            let kp = &kc[slot_off(p)..];
+            let kp = &kc[offs[p]..];
             for g0 in (0..group).step_by(tile::MR) {
                 let mr = (group - g0).min(tile::MR);
                 tile::dots(&qg[g0 * hd..], hd, mr, kp, slot_stride, nr, hd, &mut tile_out);
@@ -105,7 +106,6 @@ pub fn paged_attention(batch: &BatchInput, cache: &KvCache, layer: usize, num_he
             p += nr;
         }
         scores.chunks_mut(ctx).for_each(super::simd::softmax_in_place);
-        let offs: Vec<usize> = (0..ctx).map(slot_off).collect();
         super::simd::weighted_rows(o, group, hd, &scores, vc, &offs);
     };
     if work < SERIAL_MAX_WORK {

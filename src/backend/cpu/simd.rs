@@ -1,5 +1,7 @@
-//! Dot products, the inner loop of every CPU matmul. AVX2+FMA(+F16C) when the CPU
-//! has them (checked once at run time), portable code otherwise.
+//! The CPU backend's vector loops: dot products (the inner loop of every
+//! matmul), softmax, attention's value sums (`weighted_rows`) and the gated
+//! MLP's SiLU. AVX2+FMA(+F16C) when the CPU has them (checked once at run
+//! time), portable code otherwise.
 
 use half::bf16;
 use std::sync::OnceLock;
