@@ -6,7 +6,7 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use kiln::backend::cpu::attention::paged_attention;
-use kiln::backend::cpu::{matmul, KvCache, Weight, WeightData};
+use kiln::backend::cpu::{matmul, matmul_with, ActQuant, KvCache, Weight, WeightData};
 use kiln::model::dequant::GgmlType;
 use kiln::model::BatchInput;
 use std::hint::black_box;
@@ -47,6 +47,12 @@ fn bench_block_matmul(c: &mut Criterion) {
             let x: Vec<f32> = (0..m * w.cols).map(|i| (i % 7) as f32 * 0.1).collect();
             let mut y = vec![0.0; m * w.rows];
             c.bench_function(&format!("matmul {name} m={m} n={} k={}", w.rows, w.cols), |b| b.iter(|| matmul(black_box(&x), m, w, None, &mut y)));
+            // `--cpu-activations`: quantized activations below 8 rows
+            for act in [ActQuant::Int16, ActQuant::Int8].into_iter().filter(|_| m < 8) {
+                c.bench_function(&format!("matmul {name} {act:?} m={m} n={} k={}", w.rows, w.cols), |b| {
+                    b.iter(|| matmul_with(black_box(&x), m, w, None, &mut y, act))
+                });
+            }
         }
     }
 }
@@ -83,7 +89,7 @@ fn bench_decode_step(c: &mut Criterion) {
         return;
     };
     let loaded = kiln::model::loader::load(&path, |_, _| {}).expect("load default model");
-    let model = loaded.model;
+    let mut model = loaded.model;
     let bs = 16;
     let ctx = 128;
     let table: Vec<u32> = (1..=(ctx / bs + 1) as u32).collect();
@@ -92,6 +98,8 @@ fn bench_decode_step(c: &mut Criterion) {
     model.forward(&BatchInput::build(bs, &[(&prompt, 0, &table, true)]), &mut kv);
     let step = BatchInput::build(bs, &[(&[42], ctx - 1, &table, true)]);
     c.bench_function("default model decode step (batch 1, ctx 128)", |b| b.iter(|| model.forward(black_box(&step), &mut kv)));
+    model.set_activations(ActQuant::Int8);
+    c.bench_function("default model decode step (batch 1, ctx 128), int8 activations", |b| b.iter(|| model.forward(black_box(&step), &mut kv)));
 }
 
 fn bench_region(c: &mut Criterion) {

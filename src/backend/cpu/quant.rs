@@ -1,20 +1,23 @@
 //! Dot products straight from GGUF blocks: weights stay in the blocks the file
 //! stores (4-8x fewer bytes than f32), activations are quantized once per
-//! matmul to 16-bit integer blocks, and each block's dot is an integer sum
-//! scaled once.
+//! matmul to integer blocks, and each block's dot is an integer sum scaled
+//! once.
 //!
 //! ```text
-//! activations, per 32 values:  ActBlock { q: i16[32], d: f32, sum: f32[2] }
-//!                              x[i] ≈ d * q[i], d = max|x| / 32767;
+//! activations, per 32 values:  ActBlock  { q: i16[32], d, sum: f32[2] }   (16-bit)
+//!                              Act8Block { q: i8[32], d, sum: f32[2], qsum: i16[2] } (8-bit)
+//!                              x[i] ≈ d * q[i], d = max|x| / 32767 (or / 127);
 //!                              sum = exact f32 sums of x[0..16], x[16..32]
 //! weights, per 16 values g:    w[i] = scale[g] * v[i] - min[g]   (v small ints)
 //! dot = Σ_g scale[g] * d * Σ_{i∈g} v[i]*q[i]  -  Σ_g min[g] * sum_g
 //! ```
-//! llama.cpp quantizes activations to 8 bits; kiln keeps 16 (pmaddwd instead
-//! of pmaddubsw, half the integer throughput) so that its logits stay within
-//! 2e-5 of transformers' f32 reference with the weights' own values
-//! (tests/default_model.rs). Integer sums cannot overflow: |v| ≤ 63, so a
-//! 16-value group sums to at most 16 * 63 * 32767 < 2^25.
+//! The 8-bit blocks are llama.cpp's numerics (its Q8_0/Q8_1 activations,
+//! `vpmaddubsw`: 32 byte products per instruction); the 16-bit ones
+//! (`vpmaddwd`, half the integer throughput) keep logits within ~1e-3 of
+//! f32. Neither is the default: kiln's f32 activations keep logits within
+//! 2e-5 of transformers' f32 reference (tests/default_model.rs). Integer
+//! sums cannot overflow: |v| ≤ 63, so a 16-value group sums to at most
+//! 16 * 63 * 32767 < 2^25.
 //!
 //! The block layouts are ggml's (see `crate::model::dequant`). `vec_dot` picks
 //! at run time: AVX2 kernels (`quant_x86`) for the common types, the portable
@@ -38,24 +41,123 @@ pub struct ActBlock {
     pub sum: [f32; 2],
 }
 
-/// Quantizes `x` (a multiple of 32 long) into `out` (x.len() / 32 blocks).
-pub fn quantize_acts(x: &[f32], out: &mut [ActBlock]) {
-    debug_assert_eq!(x.len(), out.len() * QK);
-    for (xb, b) in x.chunks_exact(QK).zip(out.iter_mut()) {
-        let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
-        let d = amax / 32767.0;
-        let id = if amax > 0.0 { 32767.0 / amax } else { 0.0 };
-        for (q, &v) in b.q.iter_mut().zip(xb) {
-            *q = (v * id).round() as i16;
-        }
-        b.d = d;
-        b.sum = [xb[..16].iter().sum(), xb[16..].iter().sum()];
+/// 32 activations as 8-bit integers with one scale: x[i] ≈ d * q[i],
+/// d = max|x| / 127, |q| ≤ 127 (llama.cpp's Q8_0 activations, plus sums).
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub struct Act8Block {
+    pub q: [i8; QK],
+    pub d: f32,
+    /// Exact sums of x[0..16] and x[16..32] (for the weights' min terms).
+    pub sum: [f32; 2],
+    /// Σ q over each half (for weights stored with an offset: Q4_0, Q6_K).
+    pub qsum: [i16; 2],
+}
+
+/// A block of 32 quantized activations, as `vec_dot` takes them.
+pub trait QuantActs: Copy + Default + Send + Sync {
+    /// Largest |q|.
+    const QMAX: f32;
+    /// Quantizes 32 values (round to nearest, scale from max |x|).
+    fn quantize(x: &[f32]) -> Self;
+    /// The i-th integer value.
+    fn q(&self, i: usize) -> i32;
+    /// The scale: x[i] ≈ d * q[i].
+    fn d(&self) -> f32;
+    /// The exact f32 sum of x[16h..16h+16].
+    fn half_sum(&self, h: usize) -> f32;
+    /// `vec_dot` by an AVX2 kernel, None where there is none for `ty`.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn simd_dot(ty: GgmlType, row: &[u8], x: &[Self]) -> Option<f32>;
+    /// The AVX2 many-row kernel for `ty`, None where there is none.
+    #[cfg(target_arch = "x86_64")]
+    fn simd_rows(ty: GgmlType) -> Option<super::quant_x86::RowsDot<Self>>;
+}
+
+/// The scale, its inverse and the two half sums of 32 values quantized to
+/// integers of at most `qmax`.
+fn block_scale(x: &[f32], qmax: f32) -> (f32, f32, [f32; 2]) {
+    let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let id = if amax > 0.0 { qmax / amax } else { 0.0 };
+    (amax / qmax, id, [x[..16].iter().sum(), x[16..].iter().sum()])
+}
+
+impl QuantActs for ActBlock {
+    const QMAX: f32 = 32767.0;
+    fn quantize(x: &[f32]) -> Self {
+        let (d, id, sum) = block_scale(x, Self::QMAX);
+        let mut b = ActBlock { d, sum, ..Default::default() };
+        b.q.iter_mut().zip(x).for_each(|(q, &v)| *q = (v * id).round() as i16);
+        b
+    }
+    #[inline]
+    fn q(&self, i: usize) -> i32 {
+        self.q[i] as i32
+    }
+    #[inline]
+    fn d(&self) -> f32 {
+        self.d
+    }
+    #[inline]
+    fn half_sum(&self, h: usize) -> f32 {
+        self.sum[h]
+    }
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn simd_dot(ty: GgmlType, row: &[u8], x: &[Self]) -> Option<f32> {
+        super::quant_x86::vec_dot(ty, row, x)
+    }
+    #[cfg(target_arch = "x86_64")]
+    fn simd_rows(ty: GgmlType) -> Option<super::quant_x86::RowsDot<Self>> {
+        super::quant_x86::rows_dot16(ty)
     }
 }
 
-/// `x` (rows of `k` values) as activation blocks, row after row.
-pub fn quantize_rows(x: &[f32], k: usize) -> Vec<ActBlock> {
-    let mut out = vec![ActBlock::default(); x.len() / QK];
+impl QuantActs for Act8Block {
+    const QMAX: f32 = 127.0;
+    fn quantize(x: &[f32]) -> Self {
+        let (d, id, sum) = block_scale(x, Self::QMAX);
+        let mut b = Act8Block { d, sum, ..Default::default() };
+        b.q.iter_mut().zip(x).for_each(|(q, &v)| *q = (v * id).round() as i8);
+        b.qsum = [0, 1].map(|h| b.q[16 * h..16 * h + 16].iter().map(|&q| q as i16).sum());
+        b
+    }
+    #[inline]
+    fn q(&self, i: usize) -> i32 {
+        self.q[i] as i32
+    }
+    #[inline]
+    fn d(&self) -> f32 {
+        self.d
+    }
+    #[inline]
+    fn half_sum(&self, h: usize) -> f32 {
+        self.sum[h]
+    }
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn simd_dot(ty: GgmlType, row: &[u8], x: &[Self]) -> Option<f32> {
+        super::quant_x86::vec_dot8(ty, row, x)
+    }
+    #[cfg(target_arch = "x86_64")]
+    fn simd_rows(ty: GgmlType) -> Option<super::quant_x86::RowsDot<Self>> {
+        super::quant_x86::rows_dot8(ty)
+    }
+}
+
+/// Quantizes `x` (a multiple of 32 long) into `out` (x.len() / 32 blocks).
+pub fn quantize_acts<A: QuantActs>(x: &[f32], out: &mut [A]) {
+    debug_assert_eq!(x.len(), out.len() * QK);
+    for (xb, b) in x.chunks_exact(QK).zip(out.iter_mut()) {
+        *b = A::quantize(xb);
+    }
+}
+
+/// `x` (rows of `k` values, k a multiple of 32) as activation blocks, row
+/// after row.
+pub fn quantize_rows<A: QuantActs>(x: &[f32], k: usize) -> Vec<A> {
+    let mut out = vec![A::default(); x.len() / QK];
     for (xr, or) in x.chunks(k).zip(out.chunks_mut(k / QK)) {
         quantize_acts(xr, or);
     }
@@ -71,11 +173,11 @@ pub fn is_block_type(ty: GgmlType) -> bool {
 /// row · x for one weight row of `ty` (`row` holds whole blocks) against its
 /// activation blocks `x` (one per 32 values of the row).
 #[inline]
-pub fn vec_dot(ty: GgmlType, row: &[u8], x: &[ActBlock]) -> f32 {
+pub fn vec_dot<A: QuantActs>(ty: GgmlType, row: &[u8], x: &[A]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if super::simd::has_avx2_fma() {
         // SAFETY: avx2, fma and f16c are present (checked above).
-        if let Some(v) = unsafe { super::quant_x86::vec_dot(ty, row, x) } {
+        if let Some(v) = unsafe { A::simd_dot(ty, row, x) } {
             return v;
         }
     }
@@ -195,8 +297,26 @@ fn unpack(ty: GgmlType, b: &[u8], u: &mut Unpacked) {
     }
 }
 
+/// out[r] = `vec_dot` of row r of `rows` (whole rows of `rb` bytes, as many
+/// as `out` holds) with `x`, the kernel picked once for all rows (a decode
+/// matmul's rows are short: 18 blocks at k = 576).
+pub fn rows_dot<A: QuantActs>(ty: GgmlType, rows: &[u8], rb: usize, x: &[A], out: &mut [f32]) {
+    assert!(rows.len() >= rb * out.len() && x.len() * QK >= rb / layout(ty).1 * layout(ty).0, "rows_dot: sizes");
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::has_avx2_fma() {
+        if let Some(kernel) = A::simd_rows(ty) {
+            // SAFETY: avx2, fma and f16c are present (checked above); the
+            // sizes were checked.
+            return unsafe { kernel(rows, rb, x, out) };
+        }
+    }
+    for (row, o) in rows.chunks_exact(rb).zip(out) {
+        *o = dot_generic(ty, row, x);
+    }
+}
+
 /// Portable `vec_dot`: unpack each block, integer sums per 16 values.
-pub fn dot_generic(ty: GgmlType, row: &[u8], x: &[ActBlock]) -> f32 {
+pub fn dot_generic<A: QuantActs>(ty: GgmlType, row: &[u8], x: &[A]) -> f32 {
     let (n, bytes) = layout(ty);
     let mut u = Unpacked { v: [0; 256], scale: [0.0; 16], min: [0.0; 16] };
     let mut acc = 0f32;
@@ -206,8 +326,8 @@ pub fn dot_generic(ty: GgmlType, row: &[u8], x: &[ActBlock]) -> f32 {
         for g in 0..n / 16 {
             let a = &xs[g / 2];
             let half = g % 2;
-            let s: i32 = (0..16).map(|i| u.v[16 * g + i] as i32 * a.q[16 * half + i] as i32).sum();
-            acc += u.scale[g] * a.d * s as f32 - u.min[g] * a.sum[half];
+            let s: i32 = (0..16).map(|i| u.v[16 * g + i] as i32 * a.q(16 * half + i)).sum();
+            acc += u.scale[g] * a.d() * s as f32 - u.min[g] * a.half_sum(half);
         }
     }
     acc
@@ -274,37 +394,78 @@ pub(crate) mod tests {
         (0..k).map(|i| ((i * 31 + seed * 7) % 17) as f32 / 7.0 - 1.1 + if i % 97 == 5 { 9.0 } else { 0.0 }).collect()
     }
 
-    /// Every block dot, generic and SIMD, against the f64 dot of the
-    /// dequantized weights with the activations as quantized.
-    #[test]
-    fn block_dots_equal_dequantized_dots() {
+    /// The activations' quantized values, block after block.
+    fn dequantized<A: QuantActs>(a: &[A]) -> Vec<f64> {
+        a.iter().flat_map(|b| (0..QK).map(move |i| b.q(i) as f64 * b.d() as f64)).collect()
+    }
+
+    /// Every block dot, generic and SIMD, one row and many, against the f64
+    /// dot of the dequantized weights with the activations as quantized (or
+    /// as given, for the min terms, which use exact sums); and the error of
+    /// quantizing the activations within its bound: Σ |w| * d / 2.
+    fn check_block_dots<A: QuantActs>() {
         for ty in TYPES {
-            let (n, _) = layout(ty);
+            let (n, bytes) = layout(ty);
             for k in [256usize, 512, 1536] {
                 let nb = k / n;
-                let row = random_blocks(ty, nb, 7 + k as u32);
-                let w = dequantize(ty, &row, k).unwrap();
+                let rows = random_blocks(ty, 3 * nb, 7 + k as u32);
                 let x = acts(k, 3);
-                let mut a = vec![ActBlock::default(); k / QK];
-                quantize_acts(&x, &mut a);
-                // the reference sees the activations' quantized values
-                let xq: Vec<f64> = a.iter().flat_map(|b| b.q.iter().map(move |&q| q as f64 * b.d as f64)).collect();
-                let want: f64 = w.iter().zip(&xq).map(|(w, x)| *w as f64 * x).sum();
-                let exact: f64 = w.iter().zip(&x).map(|(w, x)| *w as f64 * *x as f64).sum();
-                let mag: f64 = w.iter().zip(&x).map(|(w, x)| (*w as f64 * *x as f64).abs()).sum();
-                // the sums of x used for the min terms are exact: compare those
-                // types against the exact dot, others against the quantized one
-                let uses_min = matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q2_K | GgmlType::Q4_K | GgmlType::Q5_K);
-                let target = if uses_min { exact } else { want };
-                let tol = if uses_min { 1e-4 } else { 1e-5 } * mag.max(1.0);
-                let g = dot_generic(ty, &row, &a) as f64;
-                assert!((g - target).abs() <= tol, "{} k={k} generic: {g} vs {target}", ty.name());
-                let v = vec_dot(ty, &row, &a) as f64;
-                assert!((v - target).abs() <= tol, "{} k={k} vec_dot: {v} vs {target}", ty.name());
-                // 16-bit activations keep the dot within 1e-4 of the f32 one
-                assert!((v - exact).abs() <= 1e-4 * mag.max(1.0), "{} k={k}: {v} vs exact {exact}", ty.name());
+                let a: Vec<A> = quantize_rows(&x, k);
+                let xq = dequantized(&a);
+                let mut many = [0f32; 3];
+                rows_dot(ty, &rows, nb * bytes, &a, &mut many);
+                for (r, row) in rows.chunks_exact(nb * bytes).enumerate() {
+                    let w = dequantize(ty, row, k).unwrap();
+                    let want: f64 = w.iter().zip(&xq).map(|(w, x)| *w as f64 * x).sum();
+                    let exact: f64 = w.iter().zip(&x).map(|(w, x)| *w as f64 * *x as f64).sum();
+                    let mag: f64 = w.iter().zip(&x).map(|(w, x)| (*w as f64 * *x as f64).abs()).sum();
+                    // the sums of x used for the min terms are exact: compare those
+                    // types against the exact dot where the q·x part is 1e-5 off
+                    let uses_min = matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q2_K | GgmlType::Q4_K | GgmlType::Q5_K);
+                    let (target, tol) = if uses_min && A::QMAX > 127.0 { (exact, 1e-4) } else { (want, 1e-5) };
+                    let tol = tol * mag.max(1.0);
+                    // min terms meet x exactly, not as quantized: take them off
+                    // the 8-bit reference through the weights' f32 values
+                    let target = if uses_min && A::QMAX <= 127.0 { min_corrected(ty, row, &x, &xq, want) } else { target };
+                    let name = ty.name();
+                    let g = dot_generic(ty, row, &a) as f64;
+                    assert!((g - target).abs() <= tol, "{name} k={k} generic: {g} vs {target}");
+                    let v = vec_dot(ty, row, &a) as f64;
+                    assert!((v - target).abs() <= tol, "{name} k={k} vec_dot: {v} vs {target}");
+                    assert!((many[r] as f64 - target).abs() <= tol, "{name} k={k} rows_dot row {r}: {} vs {target}", many[r]);
+                    // quantizing x moves each value by at most half a step
+                    let bound: f64 = w.iter().enumerate().map(|(i, w)| (*w as f64).abs() * a[i / QK].d() as f64 / 2.0).sum();
+                    assert!((v - exact).abs() <= bound * 1.001 + 1e-5 * mag, "{name} k={k}: {v} vs exact {exact} (bound {bound})");
+                }
             }
         }
+    }
+
+    /// `want` (Σ w * xq) with each min term -min_g * Σ_g xq replaced by the
+    /// kernels' -min_g * Σ_g x.
+    fn min_corrected(ty: GgmlType, row: &[u8], x: &[f32], xq: &[f64], want: f64) -> f64 {
+        let (n, bytes) = layout(ty);
+        let mut u = Unpacked { v: [0; 256], scale: [0.0; 16], min: [0.0; 16] };
+        let mut out = want;
+        for (bi, b) in row.chunks_exact(bytes).enumerate() {
+            unpack(ty, b, &mut u);
+            for g in 0..n / 16 {
+                let at = bi * n + 16 * g;
+                let (sx, sq): (f64, f64) = (x[at..at + 16].iter().map(|&v| v as f64).sum(), xq[at..at + 16].iter().sum());
+                out -= u.min[g] as f64 * (sx - sq);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn block_dots_equal_dequantized_dots_16_bit() {
+        check_block_dots::<ActBlock>();
+    }
+
+    #[test]
+    fn block_dots_equal_dequantized_dots_8_bit() {
+        check_block_dots::<Act8Block>();
     }
 
     #[test]

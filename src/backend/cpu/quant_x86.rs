@@ -1,11 +1,16 @@
-//! AVX2 block dots for the common GGUF types (see `quant` for the scheme):
-//! weight values are widened to 16-bit lanes and multiplied with the 16-bit
-//! activations by `vpmaddwd` (16 products summed in pairs into 8 i32 lanes);
-//! each 16- or 32-value group's i32 lanes go to f32 once, times its scale.
+//! AVX2 block dots for the common GGUF types (see `quant` for the scheme).
+//! 16-bit activations (`vec_dot`): weight values are widened to 16-bit lanes
+//! and multiplied by `vpmaddwd` (16 products summed in pairs into 8 i32
+//! lanes). 8-bit activations (`vec_dot8`): weight bytes (unsigned, or made
+//! so with `vpsignb`) meet the activation bytes in `vpmaddubsw` (32 products
+//! summed in pairs into 16 i16 lanes, which cannot saturate: |v| ≤ 128 and
+//! |q| ≤ 127, or v ≤ 63 for Q6_K), then `vpmaddwd` by ones (or by the group
+//! scales) into 8 i32 lanes. Either way each 16- or 32-value group's i32
+//! lanes go to f32 once, times its scale.
 //! AVX-512 VNNI (`vpdpwssd`) would fuse the multiply and the add; the CPUs
 //! kiln is measured on have no AVX-512, so it is not written yet.
 
-use super::quant::ActBlock;
+use super::quant::{Act8Block, ActBlock};
 use crate::model::dequant::{q4_k_scale_min, GgmlType};
 use std::arch::x86_64::*;
 
@@ -70,6 +75,7 @@ unsafe fn dot32(w0: __m256i, w1: __m256i, a: &ActBlock) -> __m256i {
     _mm256_add_epi32(madd16(w0, q), madd16(w1, q.add(16)))
 }
 
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q8_0(row: &[u8], x: &[ActBlock]) -> f32 {
     let mut acc = _mm256_setzero_ps();
@@ -84,6 +90,7 @@ unsafe fn dot_q8_0(row: &[u8], x: &[ActBlock]) -> f32 {
 }
 
 /// Q4_0 (`with_min` false: values nib - 8) and Q4_1 (true: d * nib + m).
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q4(row: &[u8], x: &[ActBlock], with_min: bool) -> f32 {
     let (bytes, qs_at) = if with_min { (20, 4) } else { (18, 2) };
@@ -111,6 +118,7 @@ unsafe fn widen_u8(v: __m256i) -> (__m256i, __m256i) {
     (_mm256_cvtepu8_epi16(_mm256_castsi256_si128(v)), _mm256_cvtepu8_epi16(_mm256_extracti128_si256(v, 1)))
 }
 
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q4_k(row: &[u8], x: &[ActBlock]) -> f32 {
     let mask = _mm256_set1_epi8(0x0f);
@@ -134,6 +142,7 @@ unsafe fn dot_q4_k(row: &[u8], x: &[ActBlock]) -> f32 {
     hsum(acc) - macc
 }
 
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q6_k(row: &[u8], x: &[ActBlock]) -> f32 {
     let (m4, m2) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(3));
@@ -166,4 +175,184 @@ unsafe fn dot_q6_k(row: &[u8], x: &[ActBlock]) -> f32 {
         }
     }
     hsum(acc)
+}
+
+/// out[r] = row r of `rows` (rows of `rb` bytes, as many as `out` holds) ·
+/// `x`, one kernel for all rows (`quant::rows_dot`).
+pub type RowsDot<A> = unsafe fn(rows: &[u8], rb: usize, x: &[A], out: &mut [f32]);
+
+/// Defines a `RowsDot` over a single-row kernel, inlined into the loop.
+macro_rules! rows_dot {
+    ($name:ident, $act:ty, $dot:ident $(, $arg:expr)?) => {
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn $name(rows: &[u8], rb: usize, x: &[$act], out: &mut [f32]) {
+            for (row, o) in rows.chunks_exact(rb).zip(out) {
+                *o = $dot(row, x $(, $arg)?);
+            }
+        }
+    };
+}
+rows_dot!(rows_q8_0, ActBlock, dot_q8_0);
+rows_dot!(rows_q4_0, ActBlock, dot_q4, false);
+rows_dot!(rows_q4_1, ActBlock, dot_q4, true);
+rows_dot!(rows_q4_k, ActBlock, dot_q4_k);
+rows_dot!(rows_q6_k, ActBlock, dot_q6_k);
+rows_dot!(rows8_q8_0, Act8Block, dot8_q8_0);
+rows_dot!(rows8_q4_0, Act8Block, dot8_q4, false);
+rows_dot!(rows8_q4_1, Act8Block, dot8_q4, true);
+rows_dot!(rows8_q4_k, Act8Block, dot8_q4_k);
+rows_dot!(rows8_q6_k, Act8Block, dot8_q6_k);
+
+/// The 16-bit activation `RowsDot` for `ty`, None where there is none.
+pub fn rows_dot16(ty: GgmlType) -> Option<RowsDot<ActBlock>> {
+    Some(match ty {
+        GgmlType::Q8_0 => rows_q8_0,
+        GgmlType::Q4_0 => rows_q4_0,
+        GgmlType::Q4_1 => rows_q4_1,
+        GgmlType::Q4_K => rows_q4_k,
+        GgmlType::Q6_K => rows_q6_k,
+        _ => return None,
+    })
+}
+
+/// The 8-bit activation `RowsDot` for `ty`, None where there is none.
+pub fn rows_dot8(ty: GgmlType) -> Option<RowsDot<Act8Block>> {
+    Some(match ty {
+        GgmlType::Q8_0 => rows8_q8_0,
+        GgmlType::Q4_0 => rows8_q4_0,
+        GgmlType::Q4_1 => rows8_q4_1,
+        GgmlType::Q4_K => rows8_q4_k,
+        GgmlType::Q6_K => rows8_q6_k,
+        _ => return None,
+    })
+}
+
+/// `vec_dot` with 8-bit activations for the types with a kernel here; None
+/// for the others.
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn vec_dot8(ty: GgmlType, row: &[u8], x: &[Act8Block]) -> Option<f32> {
+    Some(match ty {
+        GgmlType::Q8_0 => dot8_q8_0(row, x),
+        GgmlType::Q4_0 => dot8_q4(row, x, false),
+        GgmlType::Q4_1 => dot8_q4(row, x, true),
+        GgmlType::Q4_K => dot8_q4_k(row, x),
+        GgmlType::Q6_K => dot8_q6_k(row, x),
+        _ => return None,
+    })
+}
+
+/// Σ u[i] * q[i] over the 32 bytes of `u` (unsigned, ≤ 128) and of the
+/// activation block, as 8 i32 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot8(u: __m256i, a: &Act8Block) -> __m256i {
+    let q = _mm256_loadu_si256(a.q.as_ptr() as *const __m256i);
+    _mm256_madd_epi16(_mm256_maddubs_epi16(u, q), _mm256_set1_epi16(1))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot8_q8_0(row: &[u8], x: &[Act8Block]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for (b, a) in row.chunks_exact(34).zip(x) {
+        let w = _mm256_loadu_si256(b.as_ptr().add(2) as *const __m256i);
+        let q = _mm256_loadu_si256(a.q.as_ptr() as *const __m256i);
+        // w * q = |w| * (q with w's sign), the unsigned operand first
+        let p = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(q, w));
+        let s = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+        acc = _mm256_fmadd_ps(s, _mm256_set1_ps(f16_at(b, 0) * a.d), acc);
+    }
+    hsum(acc)
+}
+
+/// The 32 nibbles of a Q4 block's 16 bytes at `p` as bytes: low nibbles
+/// (values 0..16) then high nibbles (values 16..32).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn nibbles(p: *const u8) -> __m256i {
+    let raw = _mm_loadu_si128(p as *const __m128i);
+    let mask = _mm_set1_epi8(0x0f);
+    _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), mask), _mm_and_si128(raw, mask))
+}
+
+/// Q4_0 (`with_min` false: values nib - 8, the 8 taken off through Σq) and
+/// Q4_1 (true: d * nib + m, the m through the exact Σx).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot8_q4(row: &[u8], x: &[Act8Block], with_min: bool) -> f32 {
+    let (bytes, qs_at) = if with_min { (20, 4) } else { (18, 2) };
+    let mut acc = _mm256_setzero_ps();
+    let mut macc = 0f32;
+    for (b, a) in row.chunks_exact(bytes).zip(x) {
+        let s = dot8(nibbles(b.as_ptr().add(qs_at)), a);
+        let scale = f16_at(b, 0) * a.d;
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(scale), acc);
+        macc += if with_min {
+            f16_at(b, 2) * (a.sum[0] + a.sum[1])
+        } else {
+            -8.0 * scale * (a.qsum[0] as i32 + a.qsum[1] as i32) as f32
+        };
+    }
+    hsum(acc) + macc
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot8_q4_k(row: &[u8], x: &[Act8Block]) -> f32 {
+    let mask = _mm256_set1_epi8(0x0f);
+    let mut acc = _mm256_setzero_ps();
+    let mut macc = 0f32;
+    for (b, xs) in row.chunks_exact(144).zip(x.chunks_exact(8)) {
+        let (d, dmin, scales) = (f16_at(b, 0), f16_at(b, 2), &b[4..16]);
+        for g in 0..4 {
+            let raw = _mm256_loadu_si256(b.as_ptr().add(16 + 32 * g) as *const __m256i);
+            for (j, nib) in [_mm256_and_si256(raw, mask), _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask)].into_iter().enumerate() {
+                let sub = 2 * g + j;
+                let (sc, m) = q4_k_scale_min(sub, scales);
+                let a = &xs[sub];
+                let s = _mm256_cvtepi32_ps(dot8(nib, a));
+                acc = _mm256_fmadd_ps(s, _mm256_set1_ps(d * sc as f32 * a.d), acc);
+                macc += dmin * m as f32 * (a.sum[0] + a.sum[1]);
+            }
+        }
+    }
+    hsum(acc) - macc
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot8_q6_k(row: &[u8], x: &[Act8Block]) -> f32 {
+    let (m4, m2) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(3));
+    let mut acc = _mm256_setzero_ps();
+    let mut corr = 0f32;
+    for (b, xs) in row.chunks_exact(210).zip(x.chunks_exact(8)) {
+        let d = f16_at(b, 208);
+        let p = b.as_ptr();
+        for h in 0..2 {
+            let ql0 = _mm256_loadu_si256(p.add(64 * h) as *const __m256i);
+            let ql1 = _mm256_loadu_si256(p.add(64 * h + 32) as *const __m256i);
+            let qh = _mm256_loadu_si256(p.add(128 + 32 * h) as *const __m256i);
+            // quarter k of this half, as in `dot_q6_k`; values v + 32 in 0..64
+            for k in 0..4 {
+                let ql = if k % 2 == 0 { ql0 } else { ql1 };
+                let lo = if k < 2 { _mm256_and_si256(ql, m4) } else { _mm256_and_si256(_mm256_srli_epi16(ql, 4), m4) };
+                let hi = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * k as i32)), m2);
+                let u = _mm256_or_si256(lo, _mm256_slli_epi16(hi, 4));
+                let a = &xs[4 * h + k];
+                let q = _mm256_loadu_si256(a.q.as_ptr() as *const __m256i);
+                let sc = 8 * h + 2 * k;
+                let (c0, c1) = (*b.get_unchecked(192 + sc) as i8 as i16, *b.get_unchecked(193 + sc) as i8 as i16);
+                // pairs of the first 16 values times c0, of the last 16 times c1
+                let cs = _mm256_setr_m128i(_mm_set1_epi16(c0), _mm_set1_epi16(c1));
+                let s = _mm256_madd_epi16(_mm256_maddubs_epi16(u, q), cs);
+                let scale = d * a.d;
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(scale), acc);
+                corr += scale * (32 * (c0 as i32 * a.qsum[0] as i32 + c1 as i32 * a.qsum[1] as i32)) as f32;
+            }
+        }
+    }
+    hsum(acc) - corr
 }
