@@ -19,6 +19,13 @@ use std::path::PathBuf;
 /// |logit|: both use the same dequantized weights in f32 and differ only in
 /// summation order (kiln multiplies Q4_1 blocks directly).
 const LOGIT_TOL: f32 = 2e-5;
+/// The same bound for `--cpu-activations int16` (measured: up to 9.6e-4).
+const INT16_LOGIT_TOL: f32 = 2e-3;
+/// The same bound for `--cpu-activations int8` (measured: 0.05 to 0.17 over
+/// the cases, and as much again between kernels that only sum in another
+/// order: 8-bit activations move logits ~250x more than 16-bit ones, and
+/// rounding flips compound over the prompt). A broken kernel lands near 1.
+const INT8_LOGIT_TOL: f32 = 0.3;
 
 #[derive(Deserialize)]
 struct Case {
@@ -207,4 +214,66 @@ fn prompt_logprobs_match_transformers_log_softmax() {
         assert_eq!(last.top[0].0, case.top20_ids[0], "case {i}: the most likely token");
     }
     e.shutdown();
+}
+
+/// Like `greedy`, but the prompt goes in one token per step, so every
+/// matmul has one row of x (the decode path, where `--cpu-activations`
+/// applies).
+fn greedy_token_by_token(m: &LoadedModel, prompt: &[u32], steps: usize) -> (Vec<f32>, Vec<u32>) {
+    let bs = 16;
+    let table: Vec<u32> = (1..=((prompt.len() + steps) / bs + 1) as u32).collect();
+    let mut kv = m.model.new_kv_cache(table.len() + 1, bs);
+    let mut logits = Vec::new();
+    for (pos, t) in prompt.iter().enumerate() {
+        logits = m.model.forward(&BatchInput::build(bs, &[(&[*t], pos, &table, true)]), &mut kv);
+    }
+    let mut out = vec![argmax(&logits)];
+    while out.len() < steps {
+        let b = BatchInput::build(bs, &[(&out[out.len() - 1..], prompt.len() + out.len() - 1, &table, true)]);
+        out.push(argmax(&m.model.forward(&b, &mut kv)));
+    }
+    (logits, out)
+}
+
+/// `--cpu-activations int16` and `int8` (quantized activations in the
+/// decode path) against the same transformers reference, with the prompt
+/// fed one token per step so that every matmul takes that path. int16:
+/// logits within INT16_LOGIT_TOL of the largest and all 32 greedy tokens
+/// equal. int8 (llama.cpp's numerics, each activation off by up to 1/254 of
+/// its block's largest): logits within INT8_LOGIT_TOL, transformers' most
+/// likely token among kiln's 5 most likely, the first greedy tokens equal
+/// in most cases, and the chat answer still names Paris.
+#[test]
+fn quantized_activations_stay_close_to_transformers() {
+    use kiln::backend::cpu::ActQuant;
+    let r = reference();
+    let mut m = load(&model_path(), |_, _| {}).unwrap();
+    for act in [ActQuant::Int16, ActQuant::Int8] {
+        m.model.set_activations(act);
+        let mut agree = 0;
+        for (i, case) in r.cases.iter().enumerate() {
+            let (logits, tokens) = greedy_token_by_token(&m, &case.prompt_ids, case.greedy_ids.len());
+            let want = read_f32(&case.logits_file);
+            let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let err = logits.iter().zip(&want).fold(0f32, |a, (x, y)| a.max((x - y).abs()));
+            let same = tokens.iter().zip(&case.greedy_ids).take_while(|(a, b)| a == b).count();
+            println!("{act:?} case {i}: max |logit error| {err:.3e}, relative {:.2e}; greedy equal for {same} of {} tokens", err / scale, tokens.len());
+            let mut top: Vec<u32> = (0..logits.len() as u32).collect();
+            top.sort_by(|a, b| logits[*b as usize].total_cmp(&logits[*a as usize]));
+            assert!(top[..5].contains(&case.top20_ids[0]), "{act:?} case {i}: transformers' top token not in kiln's top 5");
+            if act == ActQuant::Int16 {
+                assert!(err <= INT16_LOGIT_TOL * scale, "{act:?} case {i}: logits differ by {err} (max |logit| {scale})");
+                assert_eq!(tokens, case.greedy_ids, "{act:?} case {i}: greedy tokens");
+            } else {
+                assert!(err <= INT8_LOGIT_TOL * scale, "{act:?} case {i}: logits differ by {err} (max |logit| {scale})");
+            }
+            agree += (same >= 4) as usize;
+        }
+        assert!(2 * agree > r.cases.len(), "{act:?}: the first 4 greedy tokens equal in only {agree} of {} cases", r.cases.len());
+        let text = m.tokenizer.apply_chat_template(&[ChatMessage::new("user", "What is the capital of France?")], true).unwrap();
+        let (_, out) = greedy_token_by_token(&m, &m.tokenizer.encode(&text, false).unwrap(), 24);
+        let eos = out.iter().position(|t| m.eos_token_ids.contains(t)).unwrap_or(out.len());
+        let answer = m.tokenizer.decode(&out[..eos], true).unwrap();
+        assert!(answer.contains("Paris"), "{act:?} answer: {answer:?}");
+    }
 }

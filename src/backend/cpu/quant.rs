@@ -48,6 +48,9 @@ pub struct ActBlock {
 pub struct Act8Block {
     pub q: [i8; QK],
     pub d: f32,
+    /// The exact sum of all 32 values, beside `d` so that kernels load both
+    /// at once (Q4_1's scale and min terms).
+    pub sum32: f32,
     /// Exact sums of x[0..16] and x[16..32] (for the weights' min terms).
     pub sum: [f32; 2],
     /// Σ q over each half (for weights stored with an offset: Q4_0, Q6_K).
@@ -122,6 +125,7 @@ impl QuantActs for Act8Block {
         let mut b = Act8Block { d, sum, ..Default::default() };
         b.q.iter_mut().zip(x).for_each(|(q, &v)| *q = (v * id).round() as i8);
         b.qsum = [0, 1].map(|h| b.q[16 * h..16 * h + 16].iter().map(|&q| q as i16).sum());
+        b.sum32 = sum[0] + sum[1];
         b
     }
     #[inline]

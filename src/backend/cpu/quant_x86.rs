@@ -256,16 +256,28 @@ unsafe fn dot8(u: __m256i, a: &Act8Block) -> __m256i {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot8_q8_0(row: &[u8], x: &[Act8Block]) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    for (b, a) in row.chunks_exact(34).zip(x) {
-        let w = _mm256_loadu_si256(b.as_ptr().add(2) as *const __m256i);
+    let step = |b: *const u8, a: &Act8Block, acc: &mut __m256| {
+        let w = _mm256_loadu_si256(b.add(2) as *const __m256i);
         let q = _mm256_loadu_si256(a.q.as_ptr() as *const __m256i);
         // w * q = |w| * (q with w's sign), the unsigned operand first
         let p = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(q, w));
         let s = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, _mm256_set1_epi16(1)));
-        acc = _mm256_fmadd_ps(s, _mm256_set1_ps(f16_at(b, 0) * a.d), acc);
+        let d = _mm_cvtph_ps(_mm_cvtsi32_si128((b as *const u16).read_unaligned() as i32));
+        let d = _mm_mul_ss(d, _mm_load_ss(&a.d));
+        *acc = _mm256_fmadd_ps(s, _mm256_broadcastss_ps(d), *acc);
+    };
+    // two blocks per step into two accumulators, as in `dot8_q4`
+    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let blocks = row.len() / 34;
+    let (x, p) = (&x[..blocks], row.as_ptr());
+    for t in (0..blocks - blocks % 2).step_by(2) {
+        step(p.add(t * 34), &x[t], &mut acc0);
+        step(p.add((t + 1) * 34), &x[t + 1], &mut acc1);
     }
-    hsum(acc)
+    if blocks % 2 == 1 {
+        step(p.add((blocks - 1) * 34), &x[blocks - 1], &mut acc0);
+    }
+    hsum(_mm256_add_ps(acc0, acc1))
 }
 
 /// The 32 nibbles of a Q4 block's 16 bytes at `p` as bytes: low nibbles
@@ -279,24 +291,38 @@ unsafe fn nibbles(p: *const u8) -> __m256i {
 }
 
 /// Q4_0 (`with_min` false: values nib - 8, the 8 taken off through Σq) and
-/// Q4_1 (true: d * nib + m, the m through the exact Σx).
+/// Q4_1 (true: d * nib + m, the m through the exact Σx). Two blocks per
+/// step into two accumulators (an FMA's latency exceeds a block's work);
+/// Q4_1's f16 d and m convert together and meet the activations' (d, Σx)
+/// in one multiply.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot8_q4(row: &[u8], x: &[Act8Block], with_min: bool) -> f32 {
     let (bytes, qs_at) = if with_min { (20, 4) } else { (18, 2) };
-    let mut acc = _mm256_setzero_ps();
-    let mut macc = 0f32;
-    for (b, a) in row.chunks_exact(bytes).zip(x) {
-        let s = dot8(nibbles(b.as_ptr().add(qs_at)), a);
-        let scale = f16_at(b, 0) * a.d;
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(scale), acc);
-        macc += if with_min {
-            f16_at(b, 2) * (a.sum[0] + a.sum[1])
-        } else {
-            -8.0 * scale * (a.qsum[0] as i32 + a.qsum[1] as i32) as f32
-        };
+    // One block into (acc, macc): lane 0 of macc sums d * dx * Σq (Q4_0,
+    // times -8 at the end), lane 1 sums m * Σx (Q4_1).
+    let step = |b: *const u8, a: &Act8Block, acc: &mut __m256, macc: &mut __m128| {
+        let s = _mm256_cvtepi32_ps(dot8(nibbles(b.add(qs_at)), a));
+        // [d, m] (Q4_1) or [d, _] (Q4_0) of the weights, times [dx, Σx]
+        let dm = _mm_cvtph_ps(_mm_cvtsi32_si128((b as *const i32).read_unaligned()));
+        let p = _mm_mul_ps(dm, _mm_castpd_ps(_mm_load_sd(&a.d as *const f32 as *const f64)));
+        *acc = _mm256_fmadd_ps(s, _mm256_broadcastss_ps(p), *acc);
+        *macc = _mm_add_ps(*macc, if with_min { p } else { _mm_mul_ps(p, _mm_set1_ps((a.qsum[0] + a.qsum[1]) as f32)) });
+    };
+    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let (mut m0, mut m1) = (_mm_setzero_ps(), _mm_setzero_ps());
+    let blocks = row.len() / bytes;
+    let x = &x[..blocks];
+    let p = row.as_ptr();
+    for t in (0..blocks - blocks % 2).step_by(2) {
+        step(p.add(t * bytes), &x[t], &mut acc0, &mut m0);
+        step(p.add((t + 1) * bytes), &x[t + 1], &mut acc1, &mut m1);
     }
-    hsum(acc) + macc
+    if blocks % 2 == 1 {
+        step(p.add((blocks - 1) * bytes), &x[blocks - 1], &mut acc0, &mut m0);
+    }
+    let m = _mm_add_ps(m0, m1);
+    hsum(_mm256_add_ps(acc0, acc1)) + if with_min { _mm_cvtss_f32(_mm_movehdup_ps(m)) } else { -8.0 * _mm_cvtss_f32(m) }
 }
 
 #[inline]
