@@ -48,7 +48,7 @@ fn bench_block_matmul(c: &mut Criterion) {
             let mut y = vec![0.0; m * w.rows];
             c.bench_function(&format!("matmul {name} m={m} n={} k={}", w.rows, w.cols), |b| b.iter(|| matmul(black_box(&x), m, w, None, &mut y)));
             // `--cpu-activations`: quantized activations below 8 rows
-            for act in [ActQuant::Int16, ActQuant::Int8].into_iter().filter(|_| m < 8) {
+            for act in [ActQuant::Int16, ActQuant::Int8].into_iter().filter(|_| m < 4) {
                 c.bench_function(&format!("matmul {name} {act:?} m={m} n={} k={}", w.rows, w.cols), |b| {
                     b.iter(|| matmul_with(black_box(&x), m, w, None, &mut y, act))
                 });

@@ -49,9 +49,11 @@ pub struct EngineArgs {
     /// Worker threads of the CPU backend (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// CPU backend: how decode steps multiply quantized (GGUF block) weights.
-    /// f32: exact f32 activations (logits within 2e-5 of transformers');
-    /// int16: activations quantized to 16-bit blocks, integer dot products.
+    /// CPU backend: how decode steps of 1 to 3 sequences multiply quantized
+    /// (GGUF block) weights. f32: exact f32 activations (logits within 2e-5
+    /// of transformers'); int16: activations quantized to 16-bit blocks,
+    /// integer dot products (logits within ~1e-3); int8: 8-bit blocks, byte
+    /// dot products as llama.cpp does (fastest decode; logits within ~0.2).
     #[arg(long, value_enum, default_value = "f32")]
     pub cpu_activations: crate::backend::cpu::ActQuant,
     /// auto (the GPU when one is usable, else the CPU), cpu, cuda, cuda:N, or

@@ -54,8 +54,11 @@ impl WeightData {
     }
 }
 
-/// How the activations of a matmul of fewer than `GEMM_MIN_M` rows meet
-/// block-format weights (`kiln … --cpu-activations`).
+/// How the activations of a matmul of fewer than `TILE_MIN_M` rows (one to
+/// three decoding sequences) meet block-format weights (`kiln …
+/// --cpu-activations`). From `TILE_MIN_M` rows the f32 register tiles are
+/// faster than quantized row dots (`cargo bench --bench cpu -- "matmul
+/// q4_1"`: at m = 4 int8 rows 225 µs, tiles 219; at m = 16 891 against 514).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum ActQuant {
     /// f32 activations, weights widened in registers: equal to the f32 dot
@@ -226,7 +229,7 @@ pub fn matmul(x: &[f32], m: usize, w: &Weight, bias: Option<&[f32]>, y: &mut [f3
 }
 
 /// y[m, n] = x[m, k] · Wᵀ + bias; `act` chooses how activations meet
-/// block-format weights below `GEMM_MIN_M` rows.
+/// block-format weights below `TILE_MIN_M` rows.
 pub fn matmul_with(x: &[f32], m: usize, w: &Weight, bias: Option<&[f32]>, y: &mut [f32], act: ActQuant) {
     let (n, k) = (w.rows, w.cols);
     assert_eq!(x.len(), m * k, "matmul: x is not [m, k]");
@@ -242,8 +245,8 @@ pub fn matmul_with(x: &[f32], m: usize, w: &Weight, bias: Option<&[f32]>, y: &mu
     // weight rows (widened to f32 once when stored otherwise) goes through
     // the `gemm` crate's register-blocked kernels.
     let use_gemm = m >= if blocks { BLOCK_GEMM_MIN_M } else { GEMM_MIN_M };
-    let quantized = act != ActQuant::F32 && blocks && m < GEMM_MIN_M;
-    let use_tiles = blocks && !use_gemm && !quantized && m >= TILE_MIN_M;
+    let quantized = act != ActQuant::F32 && blocks && m < TILE_MIN_M;
+    let use_tiles = blocks && !use_gemm && m >= TILE_MIN_M;
     let parts = if use_gemm || use_tiles { Vec::new() } else { w.block_parts() };
     // Block-format weights: x quantized (Int16, Int8) or summed by 32 (Q4_1,
     // Q4_K) once, here, for every task.

@@ -329,30 +329,34 @@ unsafe fn dot8_q4(row: &[u8], x: &[Act8Block], with_min: bool) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot8_q4_k(row: &[u8], x: &[Act8Block]) -> f32 {
     let mask = _mm256_set1_epi8(0x0f);
-    let mut acc = _mm256_setzero_ps();
+    // even and odd sub-blocks into their own accumulators
+    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
     let mut macc = 0f32;
     for (b, xs) in row.chunks_exact(144).zip(x.chunks_exact(8)) {
         let (d, dmin, scales) = (f16_at(b, 0), f16_at(b, 2), &b[4..16]);
+        let mut mins = 0f32;
         for g in 0..4 {
             let raw = _mm256_loadu_si256(b.as_ptr().add(16 + 32 * g) as *const __m256i);
-            for (j, nib) in [_mm256_and_si256(raw, mask), _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask)].into_iter().enumerate() {
-                let sub = 2 * g + j;
-                let (sc, m) = q4_k_scale_min(sub, scales);
-                let a = &xs[sub];
-                let s = _mm256_cvtepi32_ps(dot8(nib, a));
-                acc = _mm256_fmadd_ps(s, _mm256_set1_ps(d * sc as f32 * a.d), acc);
-                macc += dmin * m as f32 * (a.sum[0] + a.sum[1]);
-            }
+            let (sc0, m0) = q4_k_scale_min(2 * g, scales);
+            let (sc1, m1) = q4_k_scale_min(2 * g + 1, scales);
+            let (a0, a1) = (&xs[2 * g], &xs[2 * g + 1]);
+            let s0 = _mm256_cvtepi32_ps(dot8(_mm256_and_si256(raw, mask), a0));
+            let s1 = _mm256_cvtepi32_ps(dot8(_mm256_and_si256(_mm256_srli_epi16(raw, 4), mask), a1));
+            acc0 = _mm256_fmadd_ps(s0, _mm256_set1_ps(d * sc0 as f32 * a0.d), acc0);
+            acc1 = _mm256_fmadd_ps(s1, _mm256_set1_ps(d * sc1 as f32 * a1.d), acc1);
+            mins += m0 as f32 * a0.sum32 + m1 as f32 * a1.sum32;
         }
+        macc += dmin * mins;
     }
-    hsum(acc) - macc
+    hsum(_mm256_add_ps(acc0, acc1)) - macc
 }
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot8_q6_k(row: &[u8], x: &[Act8Block]) -> f32 {
     let (m4, m2) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(3));
-    let mut acc = _mm256_setzero_ps();
+    // even and odd quarters into their own accumulators
+    let mut acc = [_mm256_setzero_ps(); 2];
     let mut corr = 0f32;
     for (b, xs) in row.chunks_exact(210).zip(x.chunks_exact(8)) {
         let d = f16_at(b, 208);
@@ -375,10 +379,10 @@ unsafe fn dot8_q6_k(row: &[u8], x: &[Act8Block]) -> f32 {
                 let cs = _mm256_setr_m128i(_mm_set1_epi16(c0), _mm_set1_epi16(c1));
                 let s = _mm256_madd_epi16(_mm256_maddubs_epi16(u, q), cs);
                 let scale = d * a.d;
-                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(scale), acc);
+                acc[k % 2] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(scale), acc[k % 2]);
                 corr += scale * (32 * (c0 as i32 * a.qsum[0] as i32 + c1 as i32 * a.qsum[1] as i32)) as f32;
             }
         }
     }
-    hsum(acc) - corr
+    hsum(_mm256_add_ps(acc[0], acc[1])) - corr
 }
