@@ -19,7 +19,7 @@
 //! sums cannot overflow: |v| ≤ 63, so a 16-value group sums to at most
 //! 16 * 63 * 32767 < 2^25.
 //!
-//! The block layouts are ggml's (see `crate::model::dequant`). `vec_dot` picks
+//! The block layouts are ggml's (see `crate::model::dequant`). `rows_dot` picks
 //! at run time: AVX2 kernels (`quant_x86`) for the common types, the portable
 //! `dot_generic` (unpack a block to small ints, then multiply) for the rest
 //! and on other CPUs.
@@ -57,7 +57,7 @@ pub struct Act8Block {
     pub qsum: [i16; 2],
 }
 
-/// A block of 32 quantized activations, as `vec_dot` takes them.
+/// A block of 32 quantized activations, as `rows_dot` takes them.
 pub trait QuantActs: Copy + Default + Send + Sync {
     /// Largest |q|.
     const QMAX: f32;
@@ -69,12 +69,6 @@ pub trait QuantActs: Copy + Default + Send + Sync {
     fn d(&self) -> f32;
     /// The exact f32 sum of x[16h..16h+16].
     fn half_sum(&self, h: usize) -> f32;
-    /// `vec_dot` by an AVX2 kernel, None where there is none for `ty`.
-    ///
-    /// # Safety
-    /// The CPU must have AVX2, FMA and F16C.
-    #[cfg(target_arch = "x86_64")]
-    unsafe fn simd_dot(ty: GgmlType, row: &[u8], x: &[Self]) -> Option<f32>;
     /// The AVX2 many-row kernel for `ty`, None where there is none.
     #[cfg(target_arch = "x86_64")]
     fn simd_rows(ty: GgmlType) -> Option<super::quant_x86::RowsDot<Self>>;
@@ -109,10 +103,6 @@ impl QuantActs for ActBlock {
         self.sum[h]
     }
     #[cfg(target_arch = "x86_64")]
-    unsafe fn simd_dot(ty: GgmlType, row: &[u8], x: &[Self]) -> Option<f32> {
-        super::quant_x86::vec_dot(ty, row, x)
-    }
-    #[cfg(target_arch = "x86_64")]
     fn simd_rows(ty: GgmlType) -> Option<super::quant_x86::RowsDot<Self>> {
         super::quant_x86::rows_dot16(ty)
     }
@@ -139,10 +129,6 @@ impl QuantActs for Act8Block {
     #[inline]
     fn half_sum(&self, h: usize) -> f32 {
         self.sum[h]
-    }
-    #[cfg(target_arch = "x86_64")]
-    unsafe fn simd_dot(ty: GgmlType, row: &[u8], x: &[Self]) -> Option<f32> {
-        super::quant_x86::vec_dot8(ty, row, x)
     }
     #[cfg(target_arch = "x86_64")]
     fn simd_rows(ty: GgmlType) -> Option<super::quant_x86::RowsDot<Self>> {
@@ -172,20 +158,6 @@ pub fn quantize_rows<A: QuantActs>(x: &[f32], k: usize) -> Vec<A> {
 pub fn is_block_type(ty: GgmlType) -> bool {
     use GgmlType::*;
     matches!(ty, Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K)
-}
-
-/// row · x for one weight row of `ty` (`row` holds whole blocks) against its
-/// activation blocks `x` (one per 32 values of the row).
-#[inline]
-pub fn vec_dot<A: QuantActs>(ty: GgmlType, row: &[u8], x: &[A]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if super::simd::has_avx2_fma() {
-        // SAFETY: avx2, fma and f16c are present (checked above).
-        if let Some(v) = unsafe { A::simd_dot(ty, row, x) } {
-            return v;
-        }
-    }
-    dot_generic(ty, row, x)
 }
 
 #[inline]
@@ -301,7 +273,7 @@ fn unpack(ty: GgmlType, b: &[u8], u: &mut Unpacked) {
     }
 }
 
-/// out[r] = `vec_dot` of row r of `rows` (whole rows of `rb` bytes, as many
+/// out[r] = row r of `rows` · x (whole rows of `rb` bytes, as many
 /// as `out` holds) with `x`, the kernel picked once for all rows (a decode
 /// matmul's rows are short: 18 blocks at k = 576).
 pub fn rows_dot<A: QuantActs>(ty: GgmlType, rows: &[u8], rb: usize, x: &[A], out: &mut [f32]) {
@@ -319,7 +291,7 @@ pub fn rows_dot<A: QuantActs>(ty: GgmlType, rows: &[u8], rb: usize, x: &[A], out
     }
 }
 
-/// Portable `vec_dot`: unpack each block, integer sums per 16 values.
+/// Portable dot of one row with `x`: unpack each block, integer sums per 16 values.
 pub fn dot_generic<A: QuantActs>(ty: GgmlType, row: &[u8], x: &[A]) -> f32 {
     let (n, bytes) = layout(ty);
     let mut u = Unpacked { v: [0; 256], scale: [0.0; 16], min: [0.0; 16] };
@@ -434,8 +406,10 @@ pub(crate) mod tests {
                     let name = ty.name();
                     let g = dot_generic(ty, row, &a) as f64;
                     assert!((g - target).abs() <= tol, "{name} k={k} generic: {g} vs {target}");
-                    let v = vec_dot(ty, row, &a) as f64;
-                    assert!((v - target).abs() <= tol, "{name} k={k} vec_dot: {v} vs {target}");
+                    let mut one = [0f32];
+                    rows_dot(ty, row, row.len(), &a, &mut one);
+                    let v = one[0] as f64;
+                    assert!((v - target).abs() <= tol, "{name} k={k} rows_dot one row: {v} vs {target}");
                     assert!((many[r] as f64 - target).abs() <= tol, "{name} k={k} rows_dot row {r}: {} vs {target}", many[r]);
                     // quantizing x moves each value by at most half a step
                     let bound: f64 = w.iter().enumerate().map(|(i, w)| (*w as f64).abs() * a[i / QK].d() as f64 / 2.0).sum();

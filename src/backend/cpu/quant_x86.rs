@@ -1,7 +1,7 @@
 //! AVX2 block dots for the common GGUF types (see `quant` for the scheme).
-//! 16-bit activations (`vec_dot`): weight values are widened to 16-bit lanes
+//! 16-bit activations (`rows_dot16`): weight values are widened to 16-bit lanes
 //! and multiplied by `vpmaddwd` (16 products summed in pairs into 8 i32
-//! lanes). 8-bit activations (`vec_dot8`): weight bytes (unsigned, or made
+//! lanes). 8-bit activations (`rows_dot8`): weight bytes (unsigned, or made
 //! so with `vpsignb`) meet the activation bytes in `vpmaddubsw` (32 products
 //! summed in pairs into 16 i16 lanes, which cannot saturate: |v| ≤ 128 and
 //! |q| ≤ 127, or v ≤ 63 for Q6_K), then `vpmaddwd` by ones (or by the group
@@ -14,21 +14,6 @@ use super::quant::{Act8Block, ActBlock};
 use crate::model::dequant::{q4_k_scale_min, GgmlType};
 use std::arch::x86_64::*;
 
-/// `vec_dot` for the types with a kernel here; None for the others.
-///
-/// # Safety
-/// The CPU must have AVX2, FMA and F16C.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn vec_dot(ty: GgmlType, row: &[u8], x: &[ActBlock]) -> Option<f32> {
-    Some(match ty {
-        GgmlType::Q8_0 => dot_q8_0(row, x),
-        GgmlType::Q4_0 => dot_q4(row, x, false),
-        GgmlType::Q4_1 => dot_q4(row, x, true),
-        GgmlType::Q4_K => dot_q4_k(row, x),
-        GgmlType::Q6_K => dot_q6_k(row, x),
-        _ => return None,
-    })
-}
 
 /// The little-endian f16 at b[i..i+2] as f32 (F16C; `half`'s conversion
 /// checks CPU features on every call).
@@ -142,10 +127,22 @@ unsafe fn dot_q4_k(row: &[u8], x: &[ActBlock]) -> f32 {
     hsum(acc) - macc
 }
 
+/// The 32 values (0..64, i.e. v + 32) of quarter `k` of a Q6_K half from
+/// its low-bit bytes `ql0`, `ql1` and high bits `qh`: low or high nibbles
+/// of ql0 / ql1, and bits 2k, 2k+1 of qh.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q6_k_quarter(ql0: __m256i, ql1: __m256i, qh: __m256i, k: usize) -> __m256i {
+    let (m4, m2) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(3));
+    let ql = if k % 2 == 0 { ql0 } else { ql1 };
+    let lo = if k < 2 { _mm256_and_si256(ql, m4) } else { _mm256_and_si256(_mm256_srli_epi16(ql, 4), m4) };
+    let hi = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * k as i32)), m2);
+    _mm256_or_si256(lo, _mm256_slli_epi16(hi, 4))
+}
+
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q6_k(row: &[u8], x: &[ActBlock]) -> f32 {
-    let (m4, m2) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(3));
     let off = _mm256_set1_epi16(32);
     let mut acc = _mm256_setzero_ps();
     for (b, xs) in row.chunks_exact(210).zip(x.chunks_exact(8)) {
@@ -158,11 +155,7 @@ unsafe fn dot_q6_k(row: &[u8], x: &[ActBlock]) -> f32 {
             // quarter k of this half: 32 values 128h + 32k .. from ql (low or
             // high nibbles of ql0 / ql1) and bits 2k, 2k+1 of qh
             for k in 0..4 {
-                let ql = if k % 2 == 0 { ql0 } else { ql1 };
-                let lo = if k < 2 { _mm256_and_si256(ql, m4) } else { _mm256_and_si256(_mm256_srli_epi16(ql, 4), m4) };
-                let hi = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * k as i32)), m2);
-                let hi = _mm256_slli_epi16(hi, 4);
-                let (w0, w1) = widen_u8(_mm256_or_si256(lo, hi));
+                let (w0, w1) = widen_u8(q6_k_quarter(ql0, ql1, qh, k));
                 let a = &xs[4 * h + k];
                 let q = a.q.as_ptr();
                 let s0 = _mm256_cvtepi32_ps(madd16(_mm256_sub_epi16(w0, off), q));
@@ -227,22 +220,6 @@ pub fn rows_dot8(ty: GgmlType) -> Option<RowsDot<Act8Block>> {
     })
 }
 
-/// `vec_dot` with 8-bit activations for the types with a kernel here; None
-/// for the others.
-///
-/// # Safety
-/// The CPU must have AVX2, FMA and F16C.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn vec_dot8(ty: GgmlType, row: &[u8], x: &[Act8Block]) -> Option<f32> {
-    Some(match ty {
-        GgmlType::Q8_0 => dot8_q8_0(row, x),
-        GgmlType::Q4_0 => dot8_q4(row, x, false),
-        GgmlType::Q4_1 => dot8_q4(row, x, true),
-        GgmlType::Q4_K => dot8_q4_k(row, x),
-        GgmlType::Q6_K => dot8_q6_k(row, x),
-        _ => return None,
-    })
-}
 
 /// Σ u[i] * q[i] over the 32 bytes of `u` (unsigned, ≤ 128) and of the
 /// activation block, as 8 i32 lanes.
@@ -354,7 +331,6 @@ unsafe fn dot8_q4_k(row: &[u8], x: &[Act8Block]) -> f32 {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot8_q6_k(row: &[u8], x: &[Act8Block]) -> f32 {
-    let (m4, m2) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(3));
     // even and odd quarters into their own accumulators
     let mut acc = [_mm256_setzero_ps(); 2];
     let mut corr = 0f32;
@@ -367,10 +343,7 @@ unsafe fn dot8_q6_k(row: &[u8], x: &[Act8Block]) -> f32 {
             let qh = _mm256_loadu_si256(p.add(128 + 32 * h) as *const __m256i);
             // quarter k of this half, as in `dot_q6_k`; values v + 32 in 0..64
             for k in 0..4 {
-                let ql = if k % 2 == 0 { ql0 } else { ql1 };
-                let lo = if k < 2 { _mm256_and_si256(ql, m4) } else { _mm256_and_si256(_mm256_srli_epi16(ql, 4), m4) };
-                let hi = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * k as i32)), m2);
-                let u = _mm256_or_si256(lo, _mm256_slli_epi16(hi, 4));
+                let u = q6_k_quarter(ql0, ql1, qh, k);
                 let a = &xs[4 * h + k];
                 let q = _mm256_loadu_si256(a.q.as_ptr() as *const __m256i);
                 let sc = 8 * h + 2 * k;
