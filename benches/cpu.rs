@@ -47,8 +47,9 @@ fn bench_block_matmul(c: &mut Criterion) {
             let x: Vec<f32> = (0..m * w.cols).map(|i| (i % 7) as f32 * 0.1).collect();
             let mut y = vec![0.0; m * w.rows];
             c.bench_function(&format!("matmul {name} m={m} n={} k={}", w.rows, w.cols), |b| b.iter(|| matmul(black_box(&x), m, w, None, &mut y)));
-            // `--cpu-activations`: quantized activations below 8 rows
-            for act in [ActQuant::Int16, ActQuant::Int8].into_iter().filter(|_| m < 4) {
+            // `--cpu-activations`: 16-bit activations below 4 rows, 8-bit at
+            // every m (from 4 rows the VNNI tiles where the CPU has them)
+            for act in [ActQuant::Int16, ActQuant::Int8].into_iter().filter(|&a| m < 4 || a == ActQuant::Int8) {
                 c.bench_function(&format!("matmul {name} {act:?} m={m} n={} k={}", w.rows, w.cols), |b| {
                     b.iter(|| matmul_with(black_box(&x), m, w, None, &mut y, act))
                 });

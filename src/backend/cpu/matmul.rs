@@ -45,6 +45,15 @@ impl WeightData {
     }
 
     /// Whether any rows are in a block format.
+    /// Whether every row is in a block format (a stack of only block parts).
+    fn all_blocks(&self) -> bool {
+        match self {
+            WeightData::Blocks(..) => true,
+            WeightData::Stack(parts) => parts.iter().all(|p| p.data.all_blocks()),
+            _ => false,
+        }
+    }
+
     fn has_blocks(&self) -> bool {
         match self {
             WeightData::Blocks(..) => true,
@@ -133,6 +142,38 @@ impl Weight {
                     .collect()
             }
             _ => Vec::new(),
+        }
+    }
+
+    /// Row `r` of block-format weights (or of a stack of them): its type and
+    /// bytes. Panics on f32/bf16 rows.
+    fn block_row(&self, r: usize) -> (GgmlType, &[u8]) {
+        match &self.data {
+            WeightData::Blocks(ty, w) => {
+                let rb = self.data.row_bytes(self.cols);
+                (*ty, &w[r * rb..(r + 1) * rb])
+            }
+            WeightData::Stack(parts) => {
+                let (p, r) = Self::part(parts, r);
+                p.block_row(r)
+            }
+            _ => unreachable!("block_row on f32 rows"),
+        }
+    }
+
+    /// Rows `r..r + len` when they are block-format rows of one type
+    /// stored together (one part of a stack): the type and their bytes.
+    fn block_run(&self, r: usize, len: usize) -> Option<(GgmlType, &[u8])> {
+        match &self.data {
+            WeightData::Blocks(ty, w) => {
+                let rb = self.data.row_bytes(self.cols);
+                Some((*ty, &w[r * rb..(r + len) * rb]))
+            }
+            WeightData::Stack(parts) => {
+                let (p, r) = Self::part(parts, r);
+                if r + len <= p.rows { p.block_run(r, len) } else { None }
+            }
+            _ => None,
         }
     }
 
@@ -236,6 +277,10 @@ pub fn matmul_with(x: &[f32], m: usize, w: &Weight, bias: Option<&[f32]>, y: &mu
     assert_eq!(y.len(), m * n, "matmul: y is not [m, n]");
     if let Some(b) = bias {
         assert_eq!(b.len(), n);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if act == ActQuant::Int8 && m >= TILE_MIN_M && k % quant::QK == 0 && w.data.all_blocks() && super::quant_vnni::available() {
+        return matmul_vnni(x, m, w, bias, y);
     }
     let threads = super::pool::threads();
     // Enough blocks to balance, few enough to amortise task overhead.
@@ -405,6 +450,59 @@ pub fn matmul_with(x: &[f32], m: usize, w: &Weight, bias: Option<&[f32]>, y: &mu
                 put(i, j, w.dot_row(j, &x[i * k..(i + 1) * k]));
             }
         }
+    });
+}
+
+/// `matmul_with` for 8-bit activations from `TILE_MIN_M` rows on AVX-512
+/// VNNI (`quant_vnni`): x is quantized to 8-bit blocks and transposed into
+/// groups of `LANES` rows once; each task unpacks its weight rows `NR` at a
+/// time to bytes and runs every group against them.
+#[cfg(target_arch = "x86_64")]
+fn matmul_vnni(x: &[f32], m: usize, w: &Weight, bias: Option<&[f32]>, y: &mut [f32]) {
+    use super::quant_vnni::{ActLanes, WRows, LANES, NR};
+    let (n, k) = (w.rows, w.cols);
+    let q8: Vec<Act8Block> = quantize_rows(x, k);
+    let kb = k / quant::QK;
+    let groups: Vec<ActLanes> = (0..m).step_by(LANES).map(|i0| ActLanes::new(&q8[i0 * kb..], (m - i0).min(LANES), k)).collect();
+    // Whole tiles per task, enough tasks to balance.
+    let block = (n / (super::pool::threads() * 8)).clamp(NR, 256).next_multiple_of(NR);
+    let out = SyncPtr(y.as_mut_ptr());
+    super::pool::run(n.div_ceil(block), |bi, _| {
+        let out = out;
+        let (j0, j1) = (bi * block, ((bi + 1) * block).min(n));
+        thread_local! { static TILE: std::cell::RefCell<WRows> = std::cell::RefCell::new(WRows::default()); }
+        TILE.with(|t| {
+            let mut wr = t.borrow_mut();
+            let mut o = [[0f32; LANES]; NR];
+            for c0 in (j0..j1).step_by(NR) {
+                let nr = (j1 - c0).min(NR);
+                if let Some((ty, rows)) = w.block_run(c0, nr) {
+                    wr.reset(k, quant::scale_block(ty), nr);
+                    for (j, row) in rows.chunks_exact(rows.len() / nr).enumerate() {
+                        wr.set_row(j, ty, row);
+                    }
+                } else {
+                    // a tile across parts of a stack
+                    let kbs = if (c0..c0 + nr).all(|j| quant::scale_block(w.block_row(j).0) == 32) { 32 } else { 16 };
+                    wr.reset(k, kbs, nr);
+                    for j in 0..nr {
+                        let (ty, row) = w.block_row(c0 + j);
+                        wr.set_row(j, ty, row);
+                    }
+                }
+                for (g, lanes) in groups.iter().enumerate() {
+                    lanes.tile(&wr, &mut o);
+                    for l in 0..lanes.rows {
+                        // SAFETY: row g·LANES + l < m, columns c0..c0 + nr
+                        // <= n of y; tasks write disjoint columns.
+                        let yr = unsafe { std::slice::from_raw_parts_mut(out.ptr().add((g * LANES + l) * n + c0), nr) };
+                        for (j, y) in yr.iter_mut().enumerate() {
+                            *y = o[j][l] + bias.map_or(0.0, |b| b[c0 + j]);
+                        }
+                    }
+                }
+            }
+        });
     });
 }
 

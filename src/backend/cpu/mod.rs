@@ -10,6 +10,8 @@ pub mod pool;
 pub mod quant;
 pub mod quant_f32;
 #[cfg(target_arch = "x86_64")]
+pub mod quant_vnni;
+#[cfg(target_arch = "x86_64")]
 mod quant_x86;
 pub mod simd;
 pub mod tile;

@@ -110,10 +110,17 @@ impl QuantActs for ActBlock {
 
 impl QuantActs for Act8Block {
     const QMAX: f32 = 127.0;
+    /// Rounds to nearest, ties to even (as the AVX2 path, which does the
+    /// same arithmetic: `quant_x86::quantize8`).
     fn quantize(x: &[f32]) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if x.len() == QK && super::simd::has_avx2_fma() {
+            // SAFETY: AVX2/FMA/F16C checked; x holds 32 values.
+            return unsafe { super::quant_x86::quantize8(x) };
+        }
         let (d, id, sum) = block_scale(x, Self::QMAX);
         let mut b = Act8Block { d, sum, ..Default::default() };
-        b.q.iter_mut().zip(x).for_each(|(q, &v)| *q = (v * id).round() as i8);
+        b.q.iter_mut().zip(x).for_each(|(q, &v)| *q = (v * id).round_ties_even() as i8);
         b.qsum = [0, 1].map(|h| b.q[16 * h..16 * h + 16].iter().map(|&q| q as i16).sum());
         b.sum32 = sum[0] + sum[1];
         b
@@ -270,6 +277,37 @@ fn unpack(ty: GgmlType, b: &[u8], u: &mut Unpacked) {
             }
         }
         other => panic!("{} is not a block type", other.name()),
+    }
+}
+
+/// Scale granularity of `ty` for byte unpacking (`unpack_bytes`): 16 for
+/// the types with a scale per 16 values (Q2_K, Q3_K, Q6_K), else 32.
+pub fn scale_block(ty: GgmlType) -> usize {
+    match ty {
+        GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q6_K => 16,
+        _ => 32,
+    }
+}
+
+/// One row of `ty` blocks unpacked to bytes for the 8-bit activation tiles
+/// (`quant_vnni`): `u[i]` = integer value + 128 (unsigned), and per `kb`
+/// values (16, or 32 where `scale_block(ty)` is 32) a scale `s` and an
+/// offset `mn`, so that weight i = s·(u[i] - 128) + mn. `u` holds the row's
+/// values, `s` and `mn` its values / kb. The portable path; the AVX2 one
+/// (`quant_vnni`) writes the same bytes for the common types.
+pub fn unpack_bytes(ty: GgmlType, row: &[u8], kb: usize, u: &mut [u8], s: &mut [f32], mn: &mut [f32]) {
+    let (n, bytes) = layout(ty);
+    assert!(kb == 16 || (kb == 32 && scale_block(ty) == 32), "unpack_bytes: {} has no scale per {kb}", ty.name());
+    let mut up = Unpacked { v: [0; 256], scale: [0.0; 16], min: [0.0; 16] };
+    for (bi, b) in row.chunks_exact(bytes).enumerate() {
+        unpack(ty, b, &mut up);
+        for (o, &v) in u[bi * n..(bi + 1) * n].iter_mut().zip(&up.v[..n]) {
+            *o = (v as i16 + 128) as u8;
+        }
+        for g in 0..n / kb {
+            s[bi * n / kb + g] = up.scale[g * kb / 16];
+            mn[bi * n / kb + g] = -up.min[g * kb / 16];
+        }
     }
 }
 
@@ -444,6 +482,33 @@ pub(crate) mod tests {
     #[test]
     fn block_dots_equal_dequantized_dots_8_bit() {
         check_block_dots::<Act8Block>();
+    }
+
+    /// The AVX2 8-bit quantization writes the portable one's values (ties
+    /// included: both round to even), scale and Σq; half sums to f32
+    /// rounding.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn simd_8_bit_quantization_equals_the_portable_one() {
+        if !crate::backend::cpu::simd::has_avx2_fma() {
+            return;
+        }
+        let mut x = acts(1024, 5);
+        // exact ties at x·127/max = ±0.5, ±1.5, ±2.5 and an all-zero block
+        x[..4].copy_from_slice(&[127.0, 0.5, -1.5, 2.5]);
+        x[32..64].fill(0.0);
+        for xb in x.chunks(QK) {
+            let simd = unsafe { super::super::quant_x86::quantize8(xb) };
+            let (d, id, sum) = block_scale(xb, 127.0);
+            let q: Vec<i8> = xb.iter().map(|&v| (v * id).round_ties_even() as i8).collect();
+            assert_eq!((simd.d, &simd.q[..]), (d, &q[..]));
+            let qsum = [0, 1].map(|h| q[16 * h..16 * h + 16].iter().map(|&q| q as i16).sum::<i16>());
+            assert_eq!(simd.qsum, qsum);
+            for h in 0..2 {
+                assert!((simd.sum[h] - sum[h]).abs() <= 1e-6 * (1.0 + sum[h].abs()), "{} vs {}", simd.sum[h], sum[h]);
+            }
+        }
+        assert_eq!(&Act8Block::quantize(&x[..32]).q[..4], &[127, 0, -2, 2]);
     }
 
     #[test]

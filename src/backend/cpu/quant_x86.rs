@@ -44,6 +44,43 @@ pub(super) unsafe fn hsum4(a: __m256, b: __m256, c: __m256, d: __m256) -> __m128
     _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1))
 }
 
+/// The sum of the 8 i32 lanes of `v`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn hsum_i32(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+    _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 0b00_00_00_01)))
+}
+
+/// `Act8Block::quantize` of the 32 values of `x`: d = max|x| / 127, q =
+/// x · 127 / max|x| rounded to nearest even (`vcvtps2dq` under the default
+/// MXCSR), the exact half sums and Σq per half.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn quantize8(x: &[f32]) -> Act8Block {
+    debug_assert_eq!(x.len(), 32);
+    let p = x.as_ptr();
+    let v = [0, 1, 2, 3].map(|i| _mm256_loadu_ps(p.add(8 * i)));
+    let sign = _mm256_set1_ps(-0.0);
+    let a = v.map(|v| _mm256_andnot_ps(sign, v));
+    let m = _mm256_max_ps(_mm256_max_ps(a[0], a[1]), _mm256_max_ps(a[2], a[3]));
+    let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    let m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    let amax = _mm_cvtss_f32(_mm_max_ss(m2, _mm_movehdup_ps(m2)));
+    let id = _mm256_set1_ps(if amax > 0.0 { 127.0 / amax } else { 0.0 });
+    let q = v.map(|v| _mm256_cvtps_epi32(_mm256_mul_ps(v, id)));
+    // i32 -> i16 -> i8 packs work per 128-bit lane: dwords come out as
+    // [q0 0-3, q1 0-3, q2 0-3, q3 0-3 | q0 4-7, q1 4-7, ...]
+    let packed = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+    let packed = _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    let mut b = Act8Block { d: amax / 127.0, ..Default::default() };
+    _mm256_storeu_si256(b.q.as_mut_ptr() as *mut __m256i, packed);
+    b.sum = [hsum(_mm256_add_ps(v[0], v[1])), hsum(_mm256_add_ps(v[2], v[3]))];
+    b.sum32 = b.sum[0] + b.sum[1];
+    b.qsum = [hsum_i32(_mm256_add_epi32(q[0], q[1])) as i16, hsum_i32(_mm256_add_epi32(q[2], q[3])) as i16];
+    b
+}
+
 /// Σ w[i] * q[i] over 16 lanes, as 8 i32 lanes (pairs summed).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -132,7 +169,7 @@ unsafe fn dot_q4_k(row: &[u8], x: &[ActBlock]) -> f32 {
 /// of ql0 / ql1, and bits 2k, 2k+1 of qh.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q6_k_quarter(ql0: __m256i, ql1: __m256i, qh: __m256i, k: usize) -> __m256i {
+pub(super) unsafe fn q6_k_quarter(ql0: __m256i, ql1: __m256i, qh: __m256i, k: usize) -> __m256i {
     let (m4, m2) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(3));
     let ql = if k % 2 == 0 { ql0 } else { ql1 };
     let lo = if k < 2 { _mm256_and_si256(ql, m4) } else { _mm256_and_si256(_mm256_srli_epi16(ql, 4), m4) };
@@ -261,7 +298,7 @@ unsafe fn dot8_q8_0(row: &[u8], x: &[Act8Block]) -> f32 {
 /// (values 0..16) then high nibbles (values 16..32).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn nibbles(p: *const u8) -> __m256i {
+pub(super) unsafe fn nibbles(p: *const u8) -> __m256i {
     let raw = _mm_loadu_si128(p as *const __m128i);
     let mask = _mm_set1_epi8(0x0f);
     _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), mask), _mm_and_si128(raw, mask))
