@@ -242,7 +242,8 @@ fn greedy_token_by_token(m: &LoadedModel, prompt: &[u32], steps: usize) -> (Vec<
 /// equal. int8 (llama.cpp's numerics, each activation off by up to 1/254 of
 /// its block's largest): logits within INT8_LOGIT_TOL, transformers' most
 /// likely token among kiln's 5 most likely, the first greedy tokens equal
-/// in most cases, and the chat answer still names Paris.
+/// in most cases, and the chat answer still names Paris. int8 also with
+/// the prompt in one step (its matmuls of many rows take the VNNI tiles).
 #[test]
 fn quantized_activations_stay_close_to_transformers() {
     use kiln::backend::cpu::ActQuant;
@@ -266,6 +267,15 @@ fn quantized_activations_stay_close_to_transformers() {
                 assert_eq!(tokens, case.greedy_ids, "{act:?} case {i}: greedy tokens");
             } else {
                 assert!(err <= INT8_LOGIT_TOL * scale, "{act:?} case {i}: logits differ by {err} (max |logit| {scale})");
+                // the whole prompt in one step: matmuls of prompt-length rows
+                // (the AVX-512 VNNI tiles where the CPU has them)
+                let (first, _) = greedy(&m, &case.prompt_ids, 1);
+                let perr = first.iter().zip(&want).fold(0f32, |a, (x, y)| a.max((x - y).abs()));
+                println!("{act:?} case {i}, prompt in one step: max |logit error| {perr:.3e}, relative {:.2e}", perr / scale);
+                assert!(perr <= INT8_LOGIT_TOL * scale, "{act:?} case {i} prefill: logits differ by {perr} (max |logit| {scale})");
+                let best = (0..first.len()).max_by(|a, b| first[*a].total_cmp(&first[*b])).unwrap();
+                let above = first.iter().filter(|&&v| v > first[case.top20_ids[0] as usize]).count();
+                assert!(above < 5, "{act:?} case {i} prefill: transformers' top token ranks {} (kiln's top {best})", above + 1);
             }
             agree += (same >= 4) as usize;
         }

@@ -569,6 +569,35 @@ mod tests {
         }
     }
 
+    /// 8-bit activations give the same products at every m: matmuls of 4+
+    /// rows (AVX-512 VNNI tiles where the CPU has them) equal the same rows
+    /// one at a time (the row kernels), over a stack of parts whose types
+    /// change inside a tile (Q4_1 | Q6_K | Q8_0 | Q4_K) and with a bias.
+    #[test]
+    fn int8_matmuls_of_many_rows_equal_their_rows_one_at_a_time() {
+        use crate::backend::cpu::quant::random_blocks;
+        let k = 512;
+        let part = |ty: GgmlType, rows: usize, seed| Weight { rows, cols: k, data: WeightData::Blocks(ty, random_blocks(ty, rows * k / ty.block_layout().unwrap().0, seed)) };
+        let parts = [part(GgmlType::Q4_1, 13, 1), part(GgmlType::Q6_K, 6, 2), part(GgmlType::Q8_0, 21, 3), part(GgmlType::Q4_K, 9, 4)];
+        let w = Weight::concat_rows(&parts.iter().collect::<Vec<_>>());
+        let n = w.rows;
+        let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.1 - 2.0).collect();
+        for m in [4usize, 16, 23, 40] {
+            let x: Vec<f32> = (0..m * k).map(|i| (((i * 29) % 53) as f32 / 26.0 - 1.0) * if i % 61 == 0 { 9.0 } else { 1.0 }).collect();
+            let mut all = vec![f32::NAN; m * n];
+            matmul_with(&x, m, &w, Some(&bias), &mut all, ActQuant::Int8);
+            let mut one = vec![f32::NAN; n];
+            for i in 0..m {
+                matmul_with(&x[i * k..(i + 1) * k], 1, &w, Some(&bias), &mut one, ActQuant::Int8);
+                let mag: f32 = x[i * k..(i + 1) * k].iter().map(|v| v.abs()).sum();
+                for j in 0..n {
+                    let (a, b) = (all[i * n + j], one[j]);
+                    assert!((a - b).abs() <= 1e-5 * (mag + b.abs()), "m={m} y[{i},{j}]: {a} vs {b} one row at a time");
+                }
+            }
+        }
+    }
+
     #[test]
     fn block_format_weights_match_their_f32_values() {
         use crate::backend::cpu::quant::random_blocks;
